@@ -1,0 +1,80 @@
+"""The interface every save format implements: small and uniform, one adapter per format."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from torch import nn
+
+from ckpt_compat.atomic import atomic_path
+from ckpt_compat.devices import MapLocation
+
+
+class Unsupported(Exception):
+    """The format refuses this model, dtype or option by design; the message says why."""
+
+
+class Untrusted(Exception):
+    """Loading would unpickle arbitrary code from a file nobody vouched for."""
+
+
+@dataclass
+class Loaded:
+    """What a load returns: always a state dict; the module too for whole-model formats."""
+
+    state_dict: Mapping[str, Any]
+    module: nn.Module | None = None
+
+
+ModelFactory = Callable[[], nn.Module]
+
+
+class Format(abc.ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    suffix: ClassVar[str]
+    holds: ClassVar[Literal["state_dict", "module"]] = "state_dict"
+    # What a round trip promises to keep beyond bytes, dtype and shape.
+    preserves_strides: ClassVar[bool] = True
+    preserves_aliasing: ClassVar[bool] = True
+    # Which spellings of map_location the loader accepts (see devices.MAP_LOCATION_KINDS).
+    map_location_kinds: ClassVar[tuple[str, ...]] = ("str", "device", "dict", "callable")
+    deprecated: ClassVar[str | None] = None
+
+    def why_unavailable(self) -> str | None:
+        """None when usable with the running torch and installed packages, else the reason."""
+        return None
+
+    def load_variants(self) -> list[dict[str, Any]]:
+        """The load options worth checking, e.g. ``[{"weights_only": True}, {..., "mmap": True}]``."""
+        return [{}]
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        """Write ``model`` (or its state dict) to ``path`` atomically."""
+        with atomic_path(path) as tmp:
+            self._save(model, tmp)
+
+    @abc.abstractmethod
+    def _save(self, model: nn.Module, path: Path) -> None: ...
+
+    @abc.abstractmethod
+    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
+             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+        """Load ``path``. ``fresh_model`` builds a load target for formats that need one;
+        ``trusted`` says this run wrote the file (or the user vouched for it)."""
+
+
+def require_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise TypeError(f"{path}: expected a state dict (str -> tensor), got {type(obj).__name__}")
+    return obj
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+

@@ -1,0 +1,168 @@
+"""``load_state_dict`` checks: strict, non-strict (exact missing / unexpected sets), shape
+mismatches, ``assign=True`` onto a meta-device model, and the loaded model's forward output.
+
+Every check returns a list of `Difference` (kind ``load_state_dict`` for loading behaviour,
+the comparison kinds for values) instead of raising, so one cell reports all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckpt_compat.compare import Difference, compare_state_dicts, compare_values
+from ckpt_compat.formats.base import first_line
+
+EXTRA_KEY = "ckpt_compat_extra"
+
+
+@functools.cache
+def supports_assign() -> bool:
+    """``load_state_dict(assign=True)`` arrived in torch 2.1."""
+    return "assign" in inspect.signature(nn.Module.load_state_dict).parameters
+
+
+def _with_metadata(state: Mapping[str, Any], items: Any) -> OrderedDict[str, Any]:
+    """A new state dict that keeps the original's ``_metadata`` (module versions matter to loads)."""
+    out: OrderedDict[str, Any] = OrderedDict(items)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def strict_load(model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any],
+                *, strides: bool = True) -> list[Difference]:
+    """Strict load into ``model`` (whose values differ), then compare its state with ``expected``."""
+    try:
+        result = model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        return [Difference("load_state_dict", "load_state_dict(strict=True)", first_line(exc))]
+    out = []
+    if result.missing_keys or result.unexpected_keys:
+        out.append(Difference("load_state_dict", "load_state_dict(strict=True)",
+                              f"returned missing={result.missing_keys} unexpected={result.unexpected_keys}"))
+    return out + compare_state_dicts(expected, model.state_dict(), strides=strides,
+                                     path="loaded_model.state_dict")
+
+
+def _droppable(keys: list[str]) -> list[str]:
+    # BatchNorm fills in a missing num_batches_tracked when the state dict carries no version
+    # metadata (safetensors files never do); that documented back-compat path would hide the key
+    # from missing_keys, so those keys are not used to test key reporting.
+    return [k for k in keys if not k.endswith("num_batches_tracked")]
+
+
+def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Difference]:
+    """Drop, rename, add and reshape keys; the reported sets must be exactly what was done."""
+    keys = list(state)
+    candidates = _droppable(keys)
+    out: list[Difference] = []
+
+    def expect(label: str, changed: Mapping[str, Any], missing: set[str], unexpected: set[str]) -> None:
+        where = f"load_state_dict(strict=False, {label})"
+        try:
+            result = model.load_state_dict(changed, strict=False)
+        except Exception as exc:
+            out.append(Difference("load_state_dict", where, f"raised {first_line(exc)}"))
+            return
+        if set(result.missing_keys) != missing:
+            out.append(Difference("missing", where, f"missing_keys {sorted(result.missing_keys)}, expected {sorted(missing)}"))
+        if set(result.unexpected_keys) != unexpected:
+            out.append(Difference("unexpected", where,
+                                  f"unexpected_keys {sorted(result.unexpected_keys)}, expected {sorted(unexpected)}"))
+        if missing or unexpected:
+            try:
+                model.load_state_dict(changed, strict=True)
+            except RuntimeError:
+                pass
+            else:
+                out.append(Difference("load_state_dict", where.replace("False", "True"), "did not raise"))
+
+    if candidates:
+        dropped = {candidates[0], candidates[-1]}
+        expect(f"dropped={sorted(dropped)}", _with_metadata(state, ((k, v) for k, v in state.items() if k not in dropped)),
+               dropped, set())
+        renamed = candidates[len(candidates) // 2]
+        new_name = renamed + "_renamed"
+        expect(f"renamed={renamed!r}",
+               _with_metadata(state, ((new_name if k == renamed else k, v) for k, v in state.items())),
+               {renamed}, {new_name})
+    prefix = keys[0].rpartition(".")[0] if keys else ""
+    extra = {EXTRA_KEY} | ({f"{prefix}.{EXTRA_KEY}"} if prefix else set())
+    expect(f"extra={sorted(extra)}", _with_metadata(state, [*state.items(), *((k, torch.zeros(1)) for k in sorted(extra))]),
+           set(), extra)
+    if keys:
+        target = keys[0]
+        value = state[target]
+        # Two extra dims: a 0-d parameter would accept a 1-d tensor through a 0.3-era compat path.
+        wrong = torch.zeros((*value.shape, 2, 2), dtype=value.dtype, device="meta" if value.is_meta else "cpu")
+        try:
+            model.load_state_dict(_with_metadata(state, ((k, wrong if k == target else v) for k, v in state.items())),
+                                  strict=False)
+        except RuntimeError as exc:
+            if "size mismatch" not in str(exc):
+                out.append(Difference("load_state_dict", f"load_state_dict(strict=False, reshaped={target!r})",
+                                      f"raised without saying 'size mismatch': {first_line(exc)}"))
+        else:
+            out.append(Difference("load_state_dict", f"load_state_dict(strict=False, reshaped={target!r})",
+                                  "a shape mismatch did not raise"))
+    return out
+
+
+def assign_onto_meta(meta_model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[Difference]:
+    """``load_state_dict(assign=True)`` into a model built on meta: every persistent tensor must
+    become the loaded one, bit for bit, with ties kept through shared storage."""
+    where = "load_state_dict(assign=True) on meta"
+    try:
+        meta_model.load_state_dict(state, strict=True, assign=True)
+    except Exception as exc:
+        return [Difference("load_state_dict", where, first_line(exc))]
+    after = meta_model.state_dict()
+    out = [Difference("load_state_dict", f"{where}[{k!r}]", "still on the meta device")
+           for k, v in after.items() if v.is_meta and not expected[k].is_meta]
+    return out + compare_state_dicts(expected, after, path="assigned.state_dict")
+
+
+@dataclass(frozen=True)
+class NoForward:
+    """The original model's block could not run here (e.g. an op missing for a dtype on CPU)."""
+
+    reason: str
+
+
+def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Each top-level block's output on its input, or `NoForward` with the reason it cannot run."""
+    outputs: dict[str, Any] = {}
+    children = dict(model.named_children())
+    with torch.no_grad():
+        for name, x in inputs.items():
+            try:
+                block = children[name]
+                outputs[name] = block(*x) if isinstance(x, tuple) else block(x)
+            except Exception as exc:
+                outputs[name] = NoForward(first_line(exc))
+    return outputs
+
+
+def compare_forward(reference: Mapping[str, Any], model: nn.Module, inputs: Mapping[str, Any]) -> tuple[list[Difference], list[str]]:
+    """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run."""
+    runnable = {k: v for k, v in inputs.items() if not isinstance(reference.get(k), NoForward)}
+    notes = [f"forward of {k!r} not checked: {v.reason}" for k, v in reference.items() if isinstance(v, NoForward)]
+    got = forward_outputs(model, runnable)
+    differences: list[Difference] = []
+    for name, value in got.items():
+        path = f"forward[{name!r}]"
+        if isinstance(value, NoForward):
+            differences.append(Difference("type", path, f"raised after loading: {value.reason}"))
+        else:
+            differences += compare_values(reference[name], value, path)
+    return differences, notes
+

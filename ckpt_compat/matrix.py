@@ -1,0 +1,107 @@
+"""`Cell` (where a check ran) and `Outcome` (what happened): the unit every report is made of."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_compat.compare import KEY_KINDS, VALUE_KINDS, Difference
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    MISMATCH = "mismatch"  # a tensor's bytes, dtype, shape or strides differ, or the forward does
+    KEYS = "keys"  # keys missing or unexpected, or non-strict loading reported wrong key sets
+    ALIASING = "aliasing"  # a tie or shared storage was lost or invented
+    LOAD_ERROR = "load_error"
+    SAVE_ERROR = "save_error"
+    UNSUPPORTED = "unsupported"  # the format refuses this model or option by design; detail says why
+    CRASH = "crash"  # the loading process died (only for cells run in a subprocess)
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Outcomes that are a finding, not a failure of the checkpoint.
+EXPECTED_OUTCOMES = frozenset({Outcome.OK, Outcome.UNSUPPORTED})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a round trip: which torch, on which device."""
+
+    torch: str
+    device: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"torch": self.torch, "device": self.device}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """(spec, format, producer, consumer, load options): one checked combination."""
+
+    spec_id: str
+    format: str
+    producer: Endpoint
+    consumer: Endpoint
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """The format plus its load options, as shown in tables: ``torch_zip[mmap,weights_only]``."""
+        flags = [k if v is True else f"{k}={v}" for k, v in sorted(self.options.items())
+                 if k != "map_location" and v is not False]
+        return f"{self.format}[{','.join(flags)}]" if flags else self.format
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    outcome: Outcome
+    detail: str = ""
+
+    @property
+    def unexpected(self) -> bool:
+        return self.outcome not in EXPECTED_OUTCOMES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec_id": self.cell.spec_id,
+            "format": self.cell.format,
+            "producer": self.cell.producer.to_json(),
+            "consumer": self.cell.consumer.to_json(),
+            "options": dict(self.cell.options),
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+        }
+
+
+def outcome_of(differences: Iterable[Difference]) -> Outcome:
+    """The outcome a list of differences amounts to: keys, then values, then aliasing."""
+    found = {d.kind for d in differences}
+    if found & KEY_KINDS:
+        return Outcome.KEYS
+    if found & VALUE_KINDS:
+        return Outcome.MISMATCH
+    if found:
+        return Outcome.ALIASING
+    return Outcome.OK
+
+
+def describe(differences: list[Difference], limit: int = 8) -> str:
+    shown = "; ".join(str(d) for d in differences[:limit])
+    more = len(differences) - limit
+    return shown + (f"; ... and {more} more" if more > 0 else "")
+
+
+def counts(results: Iterable[CellResult]) -> dict[str, dict[str, int]]:
+    """Outcome counts per format variant, for tables and the report summary."""
+    table: dict[str, Counter[str]] = {}
+    for r in results:
+        table.setdefault(r.cell.variant, Counter())[r.outcome.value] += 1
+    return {variant: dict(c) for variant, c in sorted(table.items())}
