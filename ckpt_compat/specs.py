@@ -11,7 +11,8 @@ A spec is a tree of nodes:
 
 - containers: ``{"kind": "dict", "children": {name: node}}`` (a `Bundle`, the root is one),
   ``{"kind": "list", "children": [node]}`` (a `BundleList`), and
-  ``{"kind": "sequential", "children": [node]}`` (an ``nn.Sequential`` chain);
+  ``{"kind": "sequential", "children": [node], "input": [features]}`` (an ``nn.Sequential``
+  chain; ``input`` is the input shape after the batch dimension, default: the first layer's);
 - layers: ``{"kind": "Linear", "args": {...torch kwargs...}, "dtype": "float32"}`` for the
   layers in `LAYERS`;
 - custom tensors: ``{"kind": "tensors", "tensors": [TensorSpec, ...]}`` (a `TensorBag`).
@@ -143,6 +144,9 @@ def _validate_node(node: Any, where: str) -> None:
         children = node.get("children")
         if not isinstance(children, list):
             raise SpecError(f"{where}.children: expected a list")
+        width = node.get("input")
+        if width is not None and not (isinstance(width, list) and all(isinstance(w, int) and w > 0 for w in width)):
+            raise SpecError(f"{where}.input: expected a list of positive ints (the input shape after the batch), got {width!r}")
         for i, child in enumerate(children):
             _validate_node(child, f"{where}.children[{i}]")
     elif kind == "tensors":
@@ -510,7 +514,11 @@ def _node_input(node: dict[str, Any], seed: int, key: str) -> Any:
     if kind == "list":
         return [_node_input(c, seed, f"{key}.{i}") for i, c in enumerate(node["children"])]
     if kind == "sequential":
-        return _node_input(node["children"][0], seed, f"{key}.0") if node["children"] else None
+        if not node["children"]:
+            return None
+        if "input" in node:  # a chain's input is its own, not its first layer's default
+            return InputMaker(node["children"][0].get("dtype", "float32"), seed, key).floats(BATCH, *node["input"])
+        return _node_input(node["children"][0], seed, f"{key}.0")
     if kind == "tensors":
         return None
     maker = InputMaker(node.get("dtype", "float32"), seed, key)

@@ -150,7 +150,7 @@ def layer_specs(draw: st.DrawFn, kinds: list[str] | None = None, dtype: str | No
 def sequential_specs(draw: st.DrawFn) -> Node:
     """An ``nn.Sequential`` chain on [batch, features] whose shapes line up."""
     dtype = draw(dtypes(module=True))
-    features = draw(small)
+    features = first = draw(small)
     children: list[Node] = []
     for _ in range(draw(st.integers(1, 4))):
         step = draw(st.sampled_from(["Linear", "LayerNorm", "PReLU", "BatchNorm1d", "Dropout"]))
@@ -167,7 +167,7 @@ def sequential_specs(draw: st.DrawFn) -> Node:
         else:
             args = {"p": 0.0}
         children.append({"kind": step, "args": args, "dtype": dtype})
-    return {"kind": "sequential", "children": children}
+    return {"kind": "sequential", "input": [first], "children": children}
 
 
 @st.composite

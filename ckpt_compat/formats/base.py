@@ -74,7 +74,10 @@ def require_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
     return obj
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The exception as one line: torch puts the useful part of its errors on later lines."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}".strip()
 

@@ -36,11 +36,11 @@ def _refusal(exc: Exception) -> Unsupported | None:
         return Unsupported(f"safetensors {_version()} has no code for dtype {exc.args[0]}")
     if "share memory" in text or "None is covering the entire storage" in text:
         return Unsupported(
-            "safetensors refuses tensors that share memory (ties, views) by design: "
-            + text.strip().splitlines()[0].strip()
+            "safetensors refuses tensors that share memory (ties, views) by design — "
+            + " ".join(text.split())[:240]
         )
     if "non contiguous tensor" in text:
-        return Unsupported(f"safetensors save_file refuses non-contiguous tensors by design: {text[:160]}")
+        return Unsupported(f"safetensors save_file refuses non-contiguous tensors by design — {' '.join(text.split())[:120]}")
     return None
 
 

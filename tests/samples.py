@@ -1,0 +1,13 @@
+"""Hand-written specs the tests share (tests/specs/*.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckpt_compat.specs import ModelSpec
+
+SPECS = Path(__file__).with_name("specs")
+
+
+def load(name: str) -> ModelSpec:
+    return ModelSpec.loads((SPECS / f"{name}.json").read_text())

@@ -1,0 +1,97 @@
+"""The CLI as a user runs it: a subprocess, real files, exit codes and what is printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.samples import SPECS
+
+# Runs the CLI with a planted-fault format registered, to see the failure path end to end.
+WITH_FAULT = """
+import sys
+from ckpt_compat import formats
+from ckpt_compat.cli import main
+from tests.faults import Faulty, retype
+import torch
+fault = Faulty("torch_zip", after_load=retype("fc.bias", torch.float64))
+formats.all_formats()[fault.name] = fault
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli(*args: str, cwd: Path | None = None, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "ckpt_compat.cli", *args]
+    root = Path(__file__).parents[1]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd or root, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ckpt-compat: error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    assert_usage_error(cli("run", "--formats", "torch_zip,pickle9", "--out", str(tmp_path)),
+                       "--formats: unknown format 'pickle9'", "known: torch_zip")
+
+
+def test_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_usage_error(cli("run", "--out", str(blocker / "sub")), f"--out {blocker / 'sub'}: cannot write there")
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("{not json", "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ('{"root": {"kind": "dict", "children": {"x": {"kind": "Nope", "args": {}}}}}', "unknown kind 'Nope'"),
+])
+def test_bad_spec_file(tmp_path: Path, content: str, fragment: str) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(content)
+    assert_usage_error(cli("check", "--spec", str(spec), "--out", str(tmp_path)), f"--spec {spec}: ", fragment)
+
+
+def test_missing_spec_file_and_bad_examples(tmp_path: Path) -> None:
+    assert_usage_error(cli("check", "--spec", str(tmp_path / "no.json")), "cannot read it")
+    assert_usage_error(cli("run", "--examples", "0"), "expected a positive integer, got 0")
+
+
+def test_run_writes_the_report_and_exits_0(tmp_path: Path) -> None:
+    result = cli("run", "--examples", "6", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[   6/6] spec" in result.stderr  # progress
+    assert "| torch_zip[weights_only] |" in result.stdout
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["summary"]["passed"] is True and data["run"]["examples_run"] == 6
+    ok_variants = {(c["format"], json.dumps({k: v for k, v in c["options"].items() if k != "map_location"},
+                                             sort_keys=True))
+                   for c in data["cells"] if c["outcome"] == "ok"}
+    assert len(ok_variants) >= 6, ok_variants
+    assert (tmp_path / "r" / "report.md").exists()
+
+
+def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    plain = str(SPECS / "plain.json")
+    result = cli("check", "--spec", plain, "--formats", "faulty_torch_zip", "--out", str(out), script=WITH_FAULT)
+    assert result.returncode == 1, result.stderr
+    assert "state_dict['fc.bias']: dtype: expected torch.float32, got torch.float64" in result.stdout
+    reproduce = json.loads((out / "report.json").read_text())["failure"]["reproduce"]
+    assert reproduce == f"ckpt-compat check --spec {out / 'failing-spec.json'}"
+    again = cli(*reproduce.split()[1:], "--formats", "faulty_torch_zip", "--out", str(tmp_path / "again"), script=WITH_FAULT)
+    assert again.returncode == 1 and "fc.bias" in again.stdout
+
+
+def test_formats_lists_availability() -> None:
+    result = cli("formats")
+    assert result.returncode == 0 and "torch_zip" in result.stdout and "available" in result.stdout

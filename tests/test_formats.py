@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_compat.compare import compare_state_dicts
+from ckpt_compat.devices import MapLocation
+from ckpt_compat.formats import (
+    UnknownFormat,
+    Unsupported,
+    Untrusted,
+    all_formats,
+    available_formats,
+    get_format,
+    parse_format_list,
+)
+from ckpt_compat.specs import ModelSpec, build
+from tests.samples import load
+
+CPU = MapLocation("str", "cpu", "cpu")
+
+
+def _bag(dtype: str, **extra: object) -> ModelSpec:
+    tensor = {"name": "t", "role": "buffer", "dtype": dtype, "shape": [2, 3], **extra}
+    return ModelSpec.from_json({"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [tensor]}}}})
+
+
+@pytest.mark.parametrize("name", [f.name for f in available_formats()])
+def test_every_available_format_round_trips_a_plain_model(name: str, tmp_path: Path) -> None:
+    fmt, spec = get_format(name), load("plain")
+    model = build(spec)
+    path = tmp_path / f"m{fmt.suffix}"
+    fmt.save(model, path)
+    loaded = fmt.load(path, fmt.load_variants()[0], CPU, lambda: build(spec, perturb=True), trusted=True)
+    assert compare_state_dicts(model.state_dict(), loaded.state_dict, strides=fmt.preserves_strides) == []
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the atomic write left no temp file
+
+
+def test_registry_errors_name_the_culprit() -> None:
+    with pytest.raises(UnknownFormat, match="unknown format 'nope'; known: torch_zip, "):
+        get_format("nope")
+    with pytest.raises(UnknownFormat, match="no format named"):
+        parse_format_list(" , ")
+    assert [f.name for f in parse_format_list("torch_zip, torch_legacy")] == ["torch_zip", "torch_legacy"]
+    assert {"torch_zip", "torch_legacy", "torch_module", "safetensors_file", "safetensors_model"} <= set(all_formats())
+
+
+def test_safetensors_refuses_ties_by_design(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    with pytest.raises(Unsupported, match="share memory"):
+        get_format("safetensors_file").save(build(load("tied")), tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_safetensors_has_no_complex128(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    with pytest.raises(Unsupported, match="no code for dtype torch.complex128"):
+        get_format("safetensors_file").save(build(_bag("complex128")), tmp_path / "x.safetensors")
+
+
+def test_whole_model_pickle_refuses_untrusted_files(tmp_path: Path) -> None:
+    fmt, spec = get_format("torch_module"), load("plain")
+    fmt.save(build(spec), tmp_path / "m.pt")
+    with pytest.raises(Untrusted, match="pass --trust"):
+        fmt.load(tmp_path / "m.pt", {"weights_only": False}, CPU, lambda: build(spec), trusted=False)
+
+
+def test_legacy_format_cannot_mmap(tmp_path: Path) -> None:
+    fmt = get_format("torch_legacy")
+    if not any(v.get("mmap") for v in fmt.load_variants()):
+        pytest.skip(f"torch {torch.__version__} has no torch.load(mmap=)")
+    fmt.save(build(load("plain")), tmp_path / "m.pt")
+    with pytest.raises(Unsupported, match="legacy format"):
+        fmt.load(tmp_path / "m.pt", {"weights_only": True, "mmap": True}, CPU, lambda: build(load("plain")), trusted=True)
+
+
+def test_failed_save_leaves_no_file(tmp_path: Path) -> None:
+    class Broken(torch.nn.Module):
+        def __reduce_ex__(self, protocol: object) -> object:
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        get_format("torch_module").save(Broken(), tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []

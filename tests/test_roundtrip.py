@@ -1,0 +1,101 @@
+"""The harness catches what it claims to catch: each planted fault gets the right outcome and key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_compat.expectations import Expectations
+from ckpt_compat.formats import available_formats, get_format
+from ckpt_compat.matrix import Outcome
+from ckpt_compat.roundtrip import check_spec
+from ckpt_compat.specs import ModelSpec
+from tests.faults import Faulty, drop, flip_bit_of, retype, untie
+from tests.samples import load
+
+
+def _primary(results: list) -> object:
+    """The cell that loads onto the CPU with map_location='cpu' (it runs every loading check)."""
+    [cell] = [r for r in results if r.cell.consumer.device == "cpu" and r.cell.options["map_location"] == "str:cpu"]
+    return cell
+
+
+def test_clean_rich_spec_is_ok_or_explained(tmp_path: Path) -> None:
+    expectations = Expectations.load()
+    results = check_spec(load("rich"), available_formats(), tmp_path)
+    assert results
+    assert [r for r in results if r.unexpected and expectations.explain(r) is None] == []
+    ok = {r.cell.variant for r in results if r.outcome is Outcome.OK}
+    assert {"torch_zip[weights_only]", "torch_zip[mmap,weights_only]"} <= ok or not get_format("torch_zip").load_variants()[1:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("inner", ["torch_zip", "torch_legacy", "safetensors_file"])
+def test_one_bit_flipped_in_the_file_is_a_mismatch_at_that_key(inner: str, tmp_path: Path) -> None:
+    # The sign bit of element 0 (float32, little-endian): the forward output must change too.
+    fmt = Faulty(inner, after_save=flip_bit_of("fc.weight", byte=3, bit=7))
+    if fmt.inner.why_unavailable():
+        pytest.skip(fmt.inner.why_unavailable() or "")
+    cells = check_spec(load("plain"), [fmt], tmp_path, consumers=["cpu"])
+    assert cells and all(r.outcome is Outcome.MISMATCH for r in cells)
+    assert all("state_dict['fc.weight']: bytes: 1 of 48 element(s) differ" in r.detail for r in cells)
+    assert "forward['fc']" in _primary(cells).detail
+
+
+def test_a_dropped_key_is_keys_with_its_path(tmp_path: Path) -> None:
+    cell = _primary(check_spec(load("plain"), [Faulty("torch_zip", after_load=drop("bn.running_var"))], tmp_path,
+                               consumers=["cpu"]))
+    assert cell.outcome is Outcome.KEYS
+    assert "state_dict['bn.running_var']: missing" in cell.detail
+    assert "load_state_dict(strict=True): load_state_dict: RuntimeError: Error(s) in loading state_dict for Bundle: Missing key(s) in state_dict: \"bn.running_var\"" in cell.detail
+
+
+def test_a_lost_tie_is_aliasing(tmp_path: Path) -> None:
+    cell = _primary(check_spec(load("tied"), [Faulty("torch_zip", after_load=untie("lm.head.weight"))], tmp_path,
+                               consumers=["cpu"]))
+    assert cell.outcome is Outcome.ALIASING
+    assert "state_dict['lm.embed.weight', 'lm.head.weight']: aliasing: keys no longer share one storage" in cell.detail
+
+
+def test_a_wrong_dtype_is_a_mismatch(tmp_path: Path) -> None:
+    cell = _primary(check_spec(load("plain"), [Faulty("torch_zip", after_load=retype("fc.bias", torch.float64))],
+                               tmp_path, consumers=["cpu"]))
+    assert cell.outcome is Outcome.MISMATCH
+    assert "state_dict['fc.bias']: dtype: expected torch.float32, got torch.float64" in cell.detail
+
+
+def test_every_device_and_map_location_spelling_is_a_cell(tmp_path: Path) -> None:
+    results = check_spec(load("plain"), [get_format("torch_zip")], tmp_path)
+    locations = {r.cell.options["map_location"] for r in results}
+    assert {"str:cpu", "device:cpu", "dict:cpu", "callable:cpu", "str:meta", "device:meta", "dict:meta"} <= locations
+    assert all(r.outcome is Outcome.OK for r in results)
+
+
+def test_a_save_refusal_is_unsupported_not_a_crash(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    [cell] = check_spec(load("tied"), [get_format("safetensors_file")], tmp_path, consumers=["cpu"])
+    assert cell.outcome is Outcome.UNSUPPORTED and "share memory" in cell.detail
+
+
+@pytest.mark.cuda
+def test_saved_on_cuda_loaded_everywhere(tmp_path: Path) -> None:
+    results = check_spec(load("rich"), available_formats(), tmp_path, producers=["cuda"])
+    expectations = Expectations.load()
+    assert {r.cell.consumer.device for r in results} >= {"cpu", "cuda", "meta"}
+    assert [r for r in results if r.unexpected and expectations.explain(r) is None] == []
+
+
+def test_non_persistent_buffers_survive_a_whole_model_pickle(tmp_path: Path) -> None:
+    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [
+        {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [8], "persistent": False}]}}}})
+
+    def zero_hidden(model: torch.nn.Module, path: Path) -> None:
+        module = torch.load(path, weights_only=False)
+        module.bag.hidden.zero_()
+        torch.save(module, path)
+
+    fmt = Faulty("torch_module", after_save=zero_hidden)
+    cells = check_spec(spec, [fmt], tmp_path, consumers=["cpu"])
+    assert all(c.outcome is Outcome.MISMATCH and "buffers['bag.hidden']: bytes" in c.detail for c in cells)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ckpt_compat import dtypes as dtype_catalogue
+from ckpt_compat.loading import NoForward, forward_outputs
+from ckpt_compat.specs import ModelSpec, build, example_inputs
+from ckpt_compat.strategies import (
+    dtypes,
+    layer_specs,
+    model_specs,
+    sequential_specs,
+    state_dicts,
+    tensor_bags,
+    tied_pairs,
+)
+
+
+@given(dtypes())
+def test_dtypes_exist_here(name: str) -> None:
+    assert dtype_catalogue.why_unsupported(name) is None
+    assert isinstance(getattr(torch, name), torch.dtype)
+
+
+@given(st.one_of(layer_specs(), sequential_specs(), tensor_bags()))
+def test_nodes_build_inside_a_spec(node: dict) -> None:
+    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})
+    build(spec)
+
+
+@given(sequential_specs())
+def test_sequential_chains_line_up(node: dict) -> None:
+    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})
+    build(spec)(example_inputs(spec))
+
+
+@given(model_specs())
+def test_model_specs_are_valid_json_specs(spec: ModelSpec) -> None:
+    ModelSpec.from_json(spec.to_json())
+    model = build(spec)
+    for tie in spec.ties:
+        assert model.get_parameter(tie["source"]) is model.get_parameter(tie["target"])
+
+
+@given(state_dicts())
+def test_state_dicts_hold_tensors(state: dict) -> None:
+    assert all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+
+
+@given(st.one_of(layer_specs(dtype="float32"), layer_specs(dtype="float64"), sequential_specs(), tied_pairs()))
+def test_float32_and_float64_blocks_really_run_forward(node: dict) -> None:
+    # A block whose forward cannot run is only noted, not failed; in float32/64 every op exists on
+    # CPU, so a NoForward here means the strategy drew an input that does not fit the layer.
+    if any(c.get("dtype") not in ("float32", "float64") for c in [node, *node.get("children", [])]
+           if isinstance(c, dict) and "dtype" in c):
+        return
+    node = {k: v for k, v in node.items() if k != "tied"}
+    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})
+    outputs = forward_outputs(build(spec), example_inputs(spec))
+    assert not isinstance(outputs["x"], NoForward), outputs["x"]
