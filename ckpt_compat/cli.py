@@ -49,20 +49,45 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--formats", default=None, metavar="A,B",
-                       help="comma-separated format names (default: every available format)")
-        p.add_argument("--out", type=Path, default=Path("ckpt-compat-report"), metavar="DIR",
-                       help="where report.json and report.md go (default: ckpt-compat-report/)")
-        p.add_argument("--expectations", type=Path, action="append", default=[], metavar="TOML",
-                       help="extra known-issue file(s), on top of the built-in one")
+        p.add_argument(
+            "--formats",
+            default=None,
+            metavar="A,B",
+            help="comma-separated format names (default: every available format)",
+        )
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=Path("ckpt-compat-report"),
+            metavar="DIR",
+            help="where report.json and report.md go (default: ckpt-compat-report/)",
+        )
+        p.add_argument(
+            "--expectations",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="TOML",
+            help="extra known-issue file(s), on top of the built-in one",
+        )
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     run = commands.add_parser("run", help="property-check every format, device and load option on this torch")
-    run.add_argument("--examples", type=_positive, default=100, metavar="N",
-                     help="hypothesis examples (model specs) to draw (default: 100)")
+    run.add_argument(
+        "--examples",
+        type=_positive,
+        default=100,
+        metavar="N",
+        help="hypothesis examples (model specs) to draw (default: 100)",
+    )
     run.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0, reproducible)")
-    run.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
-                     help="time budget for shrinking a failure (default: 30)")
+    run.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="time budget for shrinking a failure (default: 30)",
+    )
     common(run)
 
     check = commands.add_parser("check", help="check one spec file (e.g. a failing spec from a report)")
@@ -150,8 +175,10 @@ def _finish(report: Report, out: Path) -> int:
     summary = report.summary()
     print(table(report.results))
     print()
-    print(f"{summary['cells']} cells over {summary['specs']} spec(s): {summary['outcomes']}; "
-          f"{summary['known_issues']} known issue(s), {summary['unexpected']} unexpected")
+    print(
+        f"{summary['cells']} cells over {summary['specs']} spec(s): {summary['outcomes']}; "
+        f"{summary['known_issues']} known issue(s), {summary['unexpected']} unexpected"
+    )
     if report.failure is not None:
         print(f"FAILED on spec {report.failure.id}: {report.failure_detail[:500]}")
         print(f"minimal failing spec: {out / 'failing-spec.json'}")
@@ -176,18 +203,36 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    progress(f"ckpt-compat run: torch {torch.__version__}, formats {', '.join(f.name for f in formats)}, "
-             f"{args.examples} examples, seed {args.seed}")
+    progress(
+        f"ckpt-compat run: torch {torch.__version__}, formats {', '.join(f.name for f in formats)}, "
+        f"{args.examples} examples, seed {args.seed}"
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
-        result = run_property(formats, Path(workdir), examples=args.examples, seed_value=args.seed,
-                              expectations=expectations, progress=progress, shrink_seconds=args.shrink_seconds)
+        result = run_property(
+            formats,
+            Path(workdir),
+            examples=args.examples,
+            seed_value=args.seed,
+            expectations=expectations,
+            progress=progress,
+            shrink_seconds=args.shrink_seconds,
+        )
     report = Report(
-        result.results, result.specs, expectations,
-        run={"command": "run", "seed": args.seed, "examples": args.examples, "examples_run": result.examples_run,
-             "shrink_steps": result.shrink_steps, "seconds": round(time.perf_counter() - started, 2),
-             "out": str(out)},
-        failure=result.failure, failure_detail=result.failure_detail,
+        result.results,
+        result.specs,
+        expectations,
+        run={
+            "command": "run",
+            "seed": args.seed,
+            "examples": args.examples,
+            "examples_run": result.examples_run,
+            "shrink_steps": result.shrink_steps,
+            "seconds": round(time.perf_counter() - started, 2),
+            "out": str(out),
+        },
+        failure=result.failure,
+        failure_detail=result.failure_detail,
     )
     return _finish(report, out)
 
@@ -212,12 +257,27 @@ def _check(args: argparse.Namespace) -> int:
     failure = failure_of(results, expectations)
     for r in results:
         if r.outcome.value != "ok" and not args.quiet:
-            print(f"{r.cell.variant} → {r.cell.consumer.device} ({r.cell.options.get('map_location', '-')}): "
-                  f"{r.outcome.value}: {r.detail}", file=sys.stderr)
-    report = Report(results, {spec.id: spec}, expectations,
-                    run={"command": "check", "spec": str(args.spec), "seed": None, "examples": 1,
-                         "examples_run": 1, "seconds": round(time.perf_counter() - started, 2), "out": str(out)},
-                    failure=spec if failure else None, failure_detail=failure)
+            print(
+                f"{r.cell.variant} → {r.cell.consumer.device} ({r.cell.options.get('map_location', '-')}): "
+                f"{r.outcome.value}: {r.detail}",
+                file=sys.stderr,
+            )
+    report = Report(
+        results,
+        {spec.id: spec},
+        expectations,
+        run={
+            "command": "check",
+            "spec": str(args.spec),
+            "seed": None,
+            "examples": 1,
+            "examples_run": 1,
+            "seconds": round(time.perf_counter() - started, 2),
+            "out": str(out),
+        },
+        failure=spec if failure else None,
+        failure_detail=failure,
+    )
     return _finish(report, out)
 
 

@@ -15,7 +15,15 @@ import torch
 import xxhash
 
 DifferenceKind = Literal[
-    "missing", "unexpected", "load_state_dict", "type", "dtype", "shape", "stride", "bytes", "device",
+    "missing",
+    "unexpected",
+    "load_state_dict",
+    "type",
+    "dtype",
+    "shape",
+    "stride",
+    "bytes",
+    "device",
     "aliasing",
 ]
 # Which difference kinds make a cell's outcome `keys`, `mismatch` or `aliasing`.
@@ -59,7 +67,7 @@ def digest(t: torch.Tensor) -> str:
     data = tensor_bytes(t)
     if data.numel() == 0:
         return xxhash.xxh3_128_hexdigest(b"")
-    return xxhash.xxh3_128_hexdigest(memoryview(data.numpy()))
+    return str(xxhash.xxh3_128_hexdigest(data.numpy().data))
 
 
 def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: bool = False) -> list[Difference]:
@@ -83,12 +91,15 @@ def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: 
         diff = (a != b).nonzero()
         first = int(diff[0]) // size
         elements = len({int(i) // size for i in diff})
-        out.append(Difference(
-            "bytes", path,
-            f"{elements} of {expected.numel()} element(s) differ, first at flat index {first} "
-            f"(expected bytes {a[first * size:(first + 1) * size].tolist()}, "
-            f"got {b[first * size:(first + 1) * size].tolist()})",
-        ))
+        out.append(
+            Difference(
+                "bytes",
+                path,
+                f"{elements} of {expected.numel()} element(s) differ, first at flat index {first} "
+                f"(expected bytes {a[first * size : (first + 1) * size].tolist()}, "
+                f"got {b[first * size : (first + 1) * size].tolist()})",
+            )
+        )
     return out
 
 
@@ -139,8 +150,9 @@ def aliasing_groups(tensors: Mapping[str, torch.Tensor]) -> frozenset[frozenset[
     return frozenset(frozenset(keys) for keys in by_storage.values() if len(keys) > 1)
 
 
-def compare_aliasing(expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor],
-                     path: str = "state_dict") -> list[Difference]:
+def compare_aliasing(
+    expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor], path: str = "state_dict"
+) -> list[Difference]:
     """Differences in which keys share storage: a lost tie or a new, unintended one."""
     want, got = aliasing_groups(expected), aliasing_groups(actual)
     out = [
@@ -156,9 +168,14 @@ def compare_aliasing(expected: Mapping[str, torch.Tensor], actual: Mapping[str, 
     return out
 
 
-def compare_state_dicts(expected: Mapping[str, Any], actual: Mapping[str, Any], *,
-                        strides: bool = False, aliasing: bool = True,
-                        path: str = "state_dict") -> list[Difference]:
+def compare_state_dicts(
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    strides: bool = False,
+    aliasing: bool = True,
+    path: str = "state_dict",
+) -> list[Difference]:
     """Every difference between two state dicts: keys, dtypes, shapes, bytes, strides, aliasing."""
     out = compare_values(dict(expected), dict(actual), path, strides=strides)
     if aliasing:

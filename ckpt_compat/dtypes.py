@@ -85,9 +85,7 @@ def info(name: str) -> DTypeInfo:
     try:
         return INFO[name]
     except KeyError:
-        raise UnknownDType(
-            f"unknown dtype {name!r}; known: {', '.join(INFO)}"
-        ) from None
+        raise UnknownDType(f"unknown dtype {name!r}; known: {', '.join(INFO)}") from None
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -114,17 +114,19 @@ def _parse(path: Path) -> list[Expectation]:
         where = f"{path}: expect[{i}]"
         try:
             outcomes = frozenset(Outcome(o) for o in raw["outcome"])
-            out.append(Expectation(
-                id=str(raw["id"]),
-                formats=tuple(raw["format"]),
-                outcomes=outcomes,
-                reason=str(raw["reason"]).strip(),
-                links=tuple(raw.get("links", ())),
-                detail=re.compile(raw["detail"]) if "detail" in raw else None,
-                producer_torch=SpecifierSet(raw["producer_torch"]) if "producer_torch" in raw else None,
-                consumer_torch=SpecifierSet(raw["consumer_torch"]) if "consumer_torch" in raw else None,
-                options=dict(raw.get("options", {})),
-            ))
+            out.append(
+                Expectation(
+                    id=str(raw["id"]),
+                    formats=tuple(raw["format"]),
+                    outcomes=outcomes,
+                    reason=str(raw["reason"]).strip(),
+                    links=tuple(raw.get("links", ())),
+                    detail=re.compile(raw["detail"]) if "detail" in raw else None,
+                    producer_torch=SpecifierSet(raw["producer_torch"]) if "producer_torch" in raw else None,
+                    consumer_torch=SpecifierSet(raw["consumer_torch"]) if "consumer_torch" in raw else None,
+                    options=dict(raw.get("options", {})),
+                )
+            )
         except KeyError as exc:
             raise ExpectationsError(f"{where}: missing required key {exc.args[0]!r}") from exc
         except (ValueError, re.error, InvalidSpecifier) as exc:

@@ -38,8 +38,9 @@ def _with_metadata(state: Mapping[str, Any], items: Any) -> OrderedDict[str, Any
     return out
 
 
-def strict_load(model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any],
-                *, strides: bool = True) -> list[Difference]:
+def strict_load(
+    model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any], *, strides: bool = True
+) -> list[Difference]:
     """Strict load into ``model`` (whose values differ), then compare its state with ``expected``."""
     try:
         result = model.load_state_dict(state, strict=True)
@@ -47,10 +48,14 @@ def strict_load(model: nn.Module, state: Mapping[str, Any], expected: Mapping[st
         return [Difference("load_state_dict", "load_state_dict(strict=True)", first_line(exc))]
     out = []
     if result.missing_keys or result.unexpected_keys:
-        out.append(Difference("load_state_dict", "load_state_dict(strict=True)",
-                              f"returned missing={result.missing_keys} unexpected={result.unexpected_keys}"))
-    return out + compare_state_dicts(expected, model.state_dict(), strides=strides,
-                                     path="loaded_model.state_dict")
+        out.append(
+            Difference(
+                "load_state_dict",
+                "load_state_dict(strict=True)",
+                f"returned missing={result.missing_keys} unexpected={result.unexpected_keys}",
+            )
+        )
+    return out + compare_state_dicts(expected, model.state_dict(), strides=strides, path="loaded_model.state_dict")
 
 
 def _droppable(keys: list[str]) -> list[str]:
@@ -74,10 +79,17 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
             out.append(Difference("load_state_dict", where, f"raised {first_line(exc)}"))
             return
         if set(result.missing_keys) != missing:
-            out.append(Difference("missing", where, f"missing_keys {sorted(result.missing_keys)}, expected {sorted(missing)}"))
+            out.append(
+                Difference("missing", where, f"missing_keys {sorted(result.missing_keys)}, expected {sorted(missing)}")
+            )
         if set(result.unexpected_keys) != unexpected:
-            out.append(Difference("unexpected", where,
-                                  f"unexpected_keys {sorted(result.unexpected_keys)}, expected {sorted(unexpected)}"))
+            out.append(
+                Difference(
+                    "unexpected",
+                    where,
+                    f"unexpected_keys {sorted(result.unexpected_keys)}, expected {sorted(unexpected)}",
+                )
+            )
         if missing or unexpected:
             try:
                 model.load_state_dict(changed, strict=True)
@@ -88,32 +100,54 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
 
     if candidates:
         dropped = {candidates[0], candidates[-1]}
-        expect(f"dropped={sorted(dropped)}", _with_metadata(state, ((k, v) for k, v in state.items() if k not in dropped)),
-               dropped, set())
+        expect(
+            f"dropped={sorted(dropped)}",
+            _with_metadata(state, ((k, v) for k, v in state.items() if k not in dropped)),
+            dropped,
+            set(),
+        )
         renamed = candidates[len(candidates) // 2]
         new_name = renamed + "_renamed"
-        expect(f"renamed={renamed!r}",
-               _with_metadata(state, ((new_name if k == renamed else k, v) for k, v in state.items())),
-               {renamed}, {new_name})
+        expect(
+            f"renamed={renamed!r}",
+            _with_metadata(state, ((new_name if k == renamed else k, v) for k, v in state.items())),
+            {renamed},
+            {new_name},
+        )
     prefix = keys[0].rpartition(".")[0] if keys else ""
     extra = {EXTRA_KEY} | ({f"{prefix}.{EXTRA_KEY}"} if prefix else set())
-    expect(f"extra={sorted(extra)}", _with_metadata(state, [*state.items(), *((k, torch.zeros(1)) for k in sorted(extra))]),
-           set(), extra)
+    expect(
+        f"extra={sorted(extra)}",
+        _with_metadata(state, [*state.items(), *((k, torch.zeros(1)) for k in sorted(extra))]),
+        set(),
+        extra,
+    )
     if keys:
         target = keys[0]
         value = state[target]
         # Two extra dims: a 0-d parameter would accept a 1-d tensor through a 0.3-era compat path.
         wrong = torch.zeros((*value.shape, 2, 2), dtype=value.dtype, device="meta" if value.is_meta else "cpu")
         try:
-            model.load_state_dict(_with_metadata(state, ((k, wrong if k == target else v) for k, v in state.items())),
-                                  strict=False)
+            model.load_state_dict(
+                _with_metadata(state, ((k, wrong if k == target else v) for k, v in state.items())), strict=False
+            )
         except RuntimeError as exc:
             if "size mismatch" not in str(exc):
-                out.append(Difference("load_state_dict", f"load_state_dict(strict=False, reshaped={target!r})",
-                                      f"raised without saying 'size mismatch': {first_line(exc)}"))
+                out.append(
+                    Difference(
+                        "load_state_dict",
+                        f"load_state_dict(strict=False, reshaped={target!r})",
+                        f"raised without saying 'size mismatch': {first_line(exc)}",
+                    )
+                )
         else:
-            out.append(Difference("load_state_dict", f"load_state_dict(strict=False, reshaped={target!r})",
-                                  "a shape mismatch did not raise"))
+            out.append(
+                Difference(
+                    "load_state_dict",
+                    f"load_state_dict(strict=False, reshaped={target!r})",
+                    "a shape mismatch did not raise",
+                )
+            )
     return out
 
 
@@ -126,8 +160,11 @@ def assign_onto_meta(meta_model: nn.Module, state: Mapping[str, Any], expected: 
     except Exception as exc:
         return [Difference("load_state_dict", where, first_line(exc))]
     after = meta_model.state_dict()
-    out = [Difference("load_state_dict", f"{where}[{k!r}]", "still on the meta device")
-           for k, v in after.items() if v.is_meta and not expected[k].is_meta]
+    out = [
+        Difference("load_state_dict", f"{where}[{k!r}]", "still on the meta device")
+        for k, v in after.items()
+        if v.is_meta and not expected[k].is_meta
+    ]
     return out + compare_state_dicts(expected, after, path="assigned.state_dict")
 
 
@@ -152,7 +189,9 @@ def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, An
     return outputs
 
 
-def compare_forward(reference: Mapping[str, Any], model: nn.Module, inputs: Mapping[str, Any]) -> tuple[list[Difference], list[str]]:
+def compare_forward(
+    reference: Mapping[str, Any], model: nn.Module, inputs: Mapping[str, Any]
+) -> tuple[list[Difference], list[str]]:
     """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run."""
     runnable = {k: v for k, v in inputs.items() if not isinstance(reference.get(k), NoForward)}
     notes = [f"forward of {k!r} not checked: {v.reason}" for k, v in reference.items() if isinstance(v, NoForward)]
@@ -165,4 +204,3 @@ def compare_forward(reference: Mapping[str, Any], model: nn.Module, inputs: Mapp
         else:
             differences += compare_values(reference[name], value, path)
     return differences, notes
-

@@ -47,14 +47,23 @@ class PropertyRun:
 def failure_of(results: Sequence[CellResult], expectations: Expectations) -> str:
     """Empty when every cell is ok, unsupported or a known issue; else what went wrong."""
     bad = [r for r in results if r.unexpected and expectations.explain(r) is None]
-    return "; ".join(f"{r.cell.variant} → {r.cell.consumer.device} "
-                     f"({r.cell.options.get('map_location', '-')}): {r.outcome.value}: {r.detail}"
-                     for r in bad[:3]) + (f"; ... {len(bad) - 3} more" if len(bad) > 3 else "")
+    return "; ".join(
+        f"{r.cell.variant} → {r.cell.consumer.device} "
+        f"({r.cell.options.get('map_location', '-')}): {r.outcome.value}: {r.detail}"
+        for r in bad[:3]
+    ) + (f"; ... {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
-def run_property(formats: Sequence[Format], workdir: Path, *, examples: int, seed_value: int,
-                 expectations: Expectations, progress: Progress = lambda _: None,
-                 shrink_seconds: float = 30.0) -> PropertyRun:
+def run_property(
+    formats: Sequence[Format],
+    workdir: Path,
+    *,
+    examples: int,
+    seed_value: int,
+    expectations: Expectations,
+    progress: Progress = lambda _: None,
+    shrink_seconds: float = 30.0,
+) -> PropertyRun:
     run = PropertyRun()
     failing: dict[str, _Failing] = {}
     minimal: list[str] = []  # the id of the smallest failing spec so far, once there is one
@@ -69,9 +78,15 @@ def run_property(formats: Sequence[Format], workdir: Path, *, examples: int, see
 
     @seed(seed_value)
     @settings(
-        max_examples=examples, deadline=None, database=None, derandomize=False,
-        phases=[Phase.explicit, Phase.generate, Phase.shrink], report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet, print_blob=False,
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+        print_blob=False,
     )
     @given(model_specs())
     def prop(spec: ModelSpec) -> None:
@@ -82,9 +97,11 @@ def run_property(formats: Sequence[Format], workdir: Path, *, examples: int, see
             run.results += found.results
             run.specs[spec.id] = spec
             ok = sum(r.outcome.value == "ok" for r in found.results)
-            progress(f"[{run.examples_run:>4}/{examples}] spec {spec.id}: {len(found.results):>3} cells, "
-                     f"{ok:>3} ok, {len(found.results) - ok:>3} other{'  FAILED' if found.detail else ''} "
-                     f"({time.perf_counter() - started:.2f}s)")
+            progress(
+                f"[{run.examples_run:>4}/{examples}] spec {spec.id}: {len(found.results):>3} cells, "
+                f"{ok:>3} ok, {len(found.results) - ok:>3} other{'  FAILED' if found.detail else ''} "
+                f"({time.perf_counter() - started:.2f}s)"
+            )
             if found.detail:
                 failing[spec.id] = found
                 minimal.append(spec.id)

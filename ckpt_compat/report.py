@@ -67,8 +67,12 @@ class Report:
             "platform": platform.platform(),
             "run": self.run,
             "formats": {
-                name: {"available": (why := f.why_unavailable()) is None, "reason": why or "",
-                       "description": f.description, "deprecated": f.deprecated}
+                name: {
+                    "available": (why := f.why_unavailable()) is None,
+                    "reason": why or "",
+                    "description": f.description,
+                    "deprecated": f.deprecated,
+                }
                 for name, f in all_formats().items()
             },
             "specs": {sid: spec.to_json() for sid, spec in self.specs.items()},
@@ -80,8 +84,12 @@ class Report:
     def _failure_json(self) -> dict[str, Any] | None:
         if self.failure is None:
             return None
-        return {"spec_id": self.failure.id, "spec": self.failure.to_json(), "detail": self.failure_detail,
-                "reproduce": reproduce_command(Path(self.run.get("out", ".")) / FAILING_SPEC)}
+        return {
+            "spec_id": self.failure.id,
+            "spec": self.failure.to_json(),
+            "detail": self.failure_detail,
+            "reproduce": reproduce_command(Path(self.run.get("out", ".")) / FAILING_SPEC),
+        }
 
     def to_markdown(self) -> str:
         s = self.summary()
@@ -117,12 +125,22 @@ class Report:
         if bad:
             lines += ["", "## Unexpected outcomes", "", "| spec | cell | outcome | detail |", "|---|---|---|---|"]
             for r in bad[:50]:
-                where = f"{r.cell.variant} {r.cell.producer.device}→{r.cell.consumer.device} {r.cell.options.get('map_location', '')}"
+                devices = f"{r.cell.producer.device}→{r.cell.consumer.device}"
+                where = f"{r.cell.variant} {devices} {r.cell.options.get('map_location', '')}"
                 lines.append(f"| `{r.cell.spec_id}` | {where} | {r.outcome.value} | {_md(r.detail)} |")
         if self.failure is not None:
-            lines += ["", "## Minimal failing spec", "", f"{self.failure_detail}", "",
-                      "```json", self.failure.dumps(), "```", "",
-                      f"Reproduce: `{reproduce_command(Path(self.run.get('out', '.')) / FAILING_SPEC)}`"]
+            lines += [
+                "",
+                "## Minimal failing spec",
+                "",
+                f"{self.failure_detail}",
+                "",
+                "```json",
+                self.failure.dumps(),
+                "```",
+                "",
+                f"Reproduce: `{reproduce_command(Path(self.run.get('out', '.')) / FAILING_SPEC)}`",
+            ]
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> list[Path]:
@@ -142,7 +160,7 @@ def _md(text: str) -> str:
 
 
 def table(results: Sequence[CellResult]) -> str:
-    """Format variant × outcome counts as a Markdown table (also readable on a terminal)."""
+    """Format variant by outcome counts as a Markdown table (also readable on a terminal)."""
     by_format = counts(results)
     outcomes = [o.value for o in Outcome if any(o.value in c for c in by_format.values())]
     header = "| format [load options] | " + " | ".join(outcomes) + " |"
@@ -154,4 +172,3 @@ def table(results: Sequence[CellResult]) -> str:
 
 def reproduce_command(spec_path: Path) -> str:
     return f"ckpt-compat check --spec {spec_path}"
-

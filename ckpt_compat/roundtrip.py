@@ -50,10 +50,15 @@ class _Saved:
     inputs: Mapping[str, Any]
 
 
-def check_spec(spec: ModelSpec, formats: Iterable[Format], workdir: Path, *,
-               producers: list[str] | None = None, consumers: list[str] | None = None) -> list[CellResult]:
+def check_spec(
+    spec: ModelSpec,
+    formats: Iterable[Format],
+    workdir: Path,
+    *,
+    producers: list[str] | None = None,
+    consumers: list[str] | None = None,
+) -> list[CellResult]:
     """Every cell for ``spec`` on the running torch; files go to ``workdir`` and are removed."""
-    version = torch.__version__
     consumers = consumers or available_devices()
     inputs = example_inputs(spec)
     reference = loading.forward_outputs(build(spec), inputs)
@@ -64,16 +69,17 @@ def check_spec(spec: ModelSpec, formats: Iterable[Format], workdir: Path, *,
         for fmt in formats:
             path = workdir / f"{spec.id}.{producer}.{fmt.name}{fmt.suffix}"
 
-            def cell(consumer: str, options: Mapping[str, Any], fmt: Format = fmt) -> Cell:
-                return Cell(spec.id, fmt.name, Endpoint(version, producer), Endpoint(version, consumer), dict(options))
-
             try:
                 fmt.save(model, path)
             except Unsupported as exc:
-                results.append(CellResult(cell(producer, {}), Outcome.UNSUPPORTED, f"save: {exc}"))
+                results.append(
+                    CellResult(_cell(spec, fmt, producer, producer, {}), Outcome.UNSUPPORTED, f"save: {exc}")
+                )
                 continue
             except Exception as exc:
-                results.append(CellResult(cell(producer, {}), Outcome.SAVE_ERROR, first_line(exc)))
+                results.append(
+                    CellResult(_cell(spec, fmt, producer, producer, {}), Outcome.SAVE_ERROR, first_line(exc))
+                )
                 continue
             saved = _Saved(spec, fmt, path, expected, hidden, reference, inputs)
             try:
@@ -82,17 +88,24 @@ def check_spec(spec: ModelSpec, formats: Iterable[Format], workdir: Path, *,
                         for location in map_locations(producer, consumer):
                             if location.kind in fmt.map_location_kinds:
                                 options = {**variant, "map_location": location.label()}
-                                results.append(_check_load(cell(consumer, options), saved, variant, location))
+                                cell = _cell(spec, fmt, producer, consumer, options)
+                                results.append(_check_load(cell, saved, variant, location))
             finally:
                 path.unlink(missing_ok=True)
     return results
 
 
+def _cell(spec: ModelSpec, fmt: Format, producer: str, consumer: str, options: Mapping[str, Any]) -> Cell:
+    version = torch.__version__
+    return Cell(spec.id, fmt.name, Endpoint(version, producer), Endpoint(version, consumer), dict(options))
+
+
 def _check_load(cell: Cell, saved: _Saved, variant: Mapping[str, Any], location: MapLocation) -> CellResult:
     spec, fmt, consumer = saved.spec, saved.fmt, location.target
     try:
-        loaded = fmt.load(saved.path, variant, location,
-                          lambda: build(spec, device=consumer, perturb=True), trusted=True)
+        loaded = fmt.load(
+            saved.path, variant, location, lambda: build(spec, device=consumer, perturb=True), trusted=True
+        )
     except Unsupported as exc:
         return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
     except Exception as exc:
@@ -100,11 +113,13 @@ def _check_load(cell: Cell, saved: _Saved, variant: Mapping[str, Any], location:
     state = loaded.state_dict
     differences = [
         Difference("device", f"state_dict[{k!r}]", f"loaded onto {v.device}, asked for {consumer}")
-        for k, v in state.items() if isinstance(v, torch.Tensor) and v.device.type != consumer
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.device.type != consumer
     ]
     # Meta tensors have no storage, so sharing cannot be observed there.
-    differences += compare_state_dicts(saved.expected, state, strides=fmt.preserves_strides,
-                                       aliasing=fmt.preserves_aliasing and consumer != "meta")
+    differences += compare_state_dicts(
+        saved.expected, state, strides=fmt.preserves_strides, aliasing=fmt.preserves_aliasing and consumer != "meta"
+    )
     if fmt.holds == "module" and loaded.module is not None:
         differences += compare_values(dict(saved.hidden), non_persistent_buffers(loaded.module), "buffers")
     notes: list[str] = []
@@ -115,7 +130,9 @@ def _check_load(cell: Cell, saved: _Saved, variant: Mapping[str, Any], location:
     return CellResult(cell, outcome_of(differences), detail)
 
 
-def _loading_checks(saved: _Saved, module: nn.Module | None, state: Mapping[str, Any]) -> tuple[list[Difference], list[str]]:
+def _loading_checks(
+    saved: _Saved, module: nn.Module | None, state: Mapping[str, Any]
+) -> tuple[list[Difference], list[str]]:
     spec = saved.spec
     differences: list[Difference] = []
     if module is None:

@@ -101,14 +101,12 @@ class ModelSpec:
         _validate_node(root, "spec.root")
         ties = tuple(_validate_pairs(obj.get("ties", []), "spec.ties", ("source", "target")))
         params = tuple(
-            _validate_pairs(obj.get("parametrizations", []), "spec.parametrizations",
-                            ("module", "tensor", "kind"))
+            _validate_pairs(obj.get("parametrizations", []), "spec.parametrizations", ("module", "tensor", "kind"))
         )
         for i, p in enumerate(params):
             if p["kind"] not in PARAMETRIZATIONS:
                 raise SpecError(
-                    f"spec.parametrizations[{i}].kind: expected one of {PARAMETRIZATIONS}, "
-                    f"got {p['kind']!r}"
+                    f"spec.parametrizations[{i}].kind: expected one of {PARAMETRIZATIONS}, got {p['kind']!r}"
                 )
         return cls(root=root, seed=seed, fill=fill, ties=ties, parametrizations=params)
 
@@ -121,8 +119,10 @@ def _validate_pairs(items: Any, where: str, keys: tuple[str, ...]) -> Iterator[d
     if not isinstance(items, list):
         raise SpecError(f"{where}: expected a list, got {type(items).__name__}")
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or sorted(item) != sorted(keys) or not all(
-            isinstance(item[k], str) for k in keys
+        if (
+            not isinstance(item, dict)
+            or sorted(item) != sorted(keys)
+            or not all(isinstance(item[k], str) for k in keys)
         ):
             raise SpecError(f"{where}[{i}]: expected an object with string keys {keys}, got {item!r}")
         yield dict(item)
@@ -146,14 +146,16 @@ def _validate_node(node: Any, where: str) -> None:
             raise SpecError(f"{where}.children: expected a list")
         width = node.get("input")
         if width is not None and not (isinstance(width, list) and all(isinstance(w, int) and w > 0 for w in width)):
-            raise SpecError(f"{where}.input: expected a list of positive ints (the input shape after the batch), got {width!r}")
+            raise SpecError(
+                f"{where}.input: expected a list of positive ints (the input shape after the batch), got {width!r}"
+            )
         for i, child in enumerate(children):
             _validate_node(child, f"{where}.children[{i}]")
     elif kind == "tensors":
         tensors = node.get("tensors")
         if not isinstance(tensors, list):
             raise SpecError(f"{where}.tensors: expected a list")
-        names = set()
+        names: set[str] = set()
         for i, t in enumerate(tensors):
             _validate_tensor(t, f"{where}.tensors[{i}]", names)
             names.add(t["name"])
@@ -181,9 +183,7 @@ def _validate_tensor(t: Any, where: str, earlier: set[str]) -> None:
         return
     if "view_of" in t:
         if t["role"] != "buffer" or t["view_of"] not in earlier:
-            raise SpecError(
-                f"{where}.view_of: must be a buffer viewing an earlier tensor, got {t['view_of']!r}"
-            )
+            raise SpecError(f"{where}.view_of: must be a buffer viewing an earlier tensor, got {t['view_of']!r}")
         if t.get("view") not in VIEW_KINDS:
             raise SpecError(f"{where}.view: expected one of {VIEW_KINDS}, got {t.get('view')!r}")
         return
@@ -255,12 +255,12 @@ def random_tensor(shape: tuple[int, ...], dtype_name: str, fill: str, seed: int,
             return t.view(dtype).reshape(shape)
         return t.to(dtype).reshape(shape)
     nbytes = numel * info.itemsize
-    data = bytearray(_raw(seed, key, -(-nbytes // 8)).tobytes()[:nbytes])
+    raw = bytearray(_raw(seed, key, -(-nbytes // 8)).tobytes()[:nbytes])
     if info.kind in ("float", "complex") and fill == "bits":
         size = info.component_size
         for i, pattern in enumerate(_special_patterns(info)[: numel * info.components]):
-            data[i * size : (i + 1) * size] = pattern.to_bytes(size, "little")
-    return _from_bytes(bytes(data), dtype).reshape(shape)
+            raw[i * size : (i + 1) * size] = pattern.to_bytes(size, "little")
+    return _from_bytes(bytes(raw), dtype).reshape(shape)
 
 
 def _from_bytes(data: bytes, dtype: torch.dtype) -> torch.Tensor:
@@ -315,8 +315,7 @@ class TensorBag(nn.Module):
                 self.register_buffer(name, _view(base, t["view"]), persistent=t.get("persistent", True))
                 self.views.append(name)
                 continue
-            value = _laid_out(tuple(t["shape"]), dtypes.torch_dtype(t["dtype"]),
-                              t.get("layout", "contiguous"), device)
+            value = _laid_out(tuple(t["shape"]), dtypes.torch_dtype(t["dtype"]), t.get("layout", "contiguous"), device)
             if t["role"] == "parameter":
                 grad = value.dtype.is_floating_point or value.dtype.is_complex
                 setattr(self, name, nn.Parameter(value, requires_grad=grad))
@@ -401,9 +400,7 @@ LAYERS: dict[str, LayerKind] = {
             m.floats(BATCH, 4, a.get("vdim") or a["embed_dim"]),
         ),
     ),
-    "TransformerEncoderLayer": LayerKind(
-        nn.TransformerEncoderLayer, lambda a, m: m.floats(BATCH, 3, a["d_model"])
-    ),
+    "TransformerEncoderLayer": LayerKind(nn.TransformerEncoderLayer, lambda a, m: m.floats(BATCH, 3, a["d_model"])),
     "PReLU": LayerKind(nn.PReLU, lambda a, m: m.floats(BATCH, a.get("num_parameters", 1), 3)),
     "Dropout": LayerKind(nn.Dropout, lambda a, m: m.floats(BATCH, 4), factory_kwargs=False),
 }
@@ -441,7 +438,9 @@ def _build_node(node: dict[str, Any], where: str, device: str) -> nn.Module:
     if kind == "list":
         return BundleList([_build_node(c, f"{where}.children[{i}]", device) for i, c in enumerate(node["children"])])
     if kind == "sequential":
-        return nn.Sequential(*[_build_node(c, f"{where}.children[{i}]", device) for i, c in enumerate(node["children"])])
+        return nn.Sequential(
+            *[_build_node(c, f"{where}.children[{i}]", device) for i, c in enumerate(node["children"])]
+        )
     if kind == "tensors":
         return TensorBag(node["tensors"], device)
     layer = LAYERS[kind]

@@ -12,7 +12,6 @@ Strategies shrink towards small float32 models, so a failure is reported on the 
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +29,6 @@ Node = dict[str, Any]
 small = st.integers(1, 4)
 
 
-@functools.cache
 def _accepts(cls: type[nn.Module], kwarg: str) -> bool:
     return kwarg in inspect.signature(cls.__init__).parameters
 
@@ -70,8 +68,12 @@ def _norm_args(draw: st.DrawFn, cls: type[nn.Module]) -> dict[str, Any]:
 def _rnn_args(draw: st.DrawFn, lstm: bool) -> dict[str, Any]:
     hidden = draw(small)
     args = {
-        "input_size": draw(small), "hidden_size": hidden, "num_layers": draw(st.integers(1, 2)),
-        "bias": draw(st.booleans()), "batch_first": True, "bidirectional": draw(st.booleans()),
+        "input_size": draw(small),
+        "hidden_size": hidden,
+        "num_layers": draw(st.integers(1, 2)),
+        "bias": draw(st.booleans()),
+        "batch_first": True,
+        "bidirectional": draw(st.booleans()),
     }
     if lstm and hidden > 1 and draw(st.booleans()):
         args["proj_size"] = draw(st.integers(1, hidden - 1))
@@ -82,8 +84,11 @@ def _rnn_args(draw: st.DrawFn, lstm: bool) -> dict[str, Any]:
 def _mha_args(draw: st.DrawFn) -> dict[str, Any]:
     heads = draw(st.integers(1, 2))
     args: dict[str, Any] = {
-        "embed_dim": heads * draw(st.integers(1, 3)), "num_heads": heads, "bias": draw(st.booleans()),
-        "add_bias_kv": draw(st.booleans()), "batch_first": True,
+        "embed_dim": heads * draw(st.integers(1, 3)),
+        "num_heads": heads,
+        "bias": draw(st.booleans()),
+        "add_bias_kv": draw(st.booleans()),
+        "batch_first": True,
     }
     if draw(st.booleans()):  # separate q/k/v projections instead of one in_proj_weight
         args.update(kdim=draw(small), vdim=draw(small))
@@ -94,8 +99,12 @@ def _mha_args(draw: st.DrawFn) -> dict[str, Any]:
 def _encoder_args(draw: st.DrawFn) -> dict[str, Any]:
     heads = draw(st.integers(1, 2))
     args: dict[str, Any] = {
-        "d_model": heads * draw(st.integers(1, 3)), "nhead": heads, "dim_feedforward": draw(st.integers(1, 8)),
-        "dropout": 0.0, "batch_first": True, "norm_first": draw(st.booleans()),
+        "d_model": heads * draw(st.integers(1, 3)),
+        "nhead": heads,
+        "dim_feedforward": draw(st.integers(1, 8)),
+        "dropout": 0.0,
+        "batch_first": True,
+        "norm_first": draw(st.booleans()),
         "activation": draw(st.sampled_from(["relu", "gelu"])),
     }
     if _accepts(nn.TransformerEncoderLayer, "bias"):
@@ -110,9 +119,13 @@ def _group_norm_args(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _batch_norm_args() -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({
-        "num_features": small, "affine": st.booleans(), "track_running_stats": st.booleans(),
-    })
+    return st.fixed_dictionaries(
+        {
+            "num_features": small,
+            "affine": st.booleans(),
+            "track_running_stats": st.booleans(),
+        }
+    )
 
 
 LAYER_ARGS: dict[str, Callable[[], st.SearchStrategy[dict[str, Any]]]] = {
@@ -126,9 +139,13 @@ LAYER_ARGS: dict[str, Callable[[], st.SearchStrategy[dict[str, Any]]]] = {
     "LayerNorm": lambda: _norm_args(nn.LayerNorm),
     "GroupNorm": _group_norm_args,
     "Embedding": lambda: st.fixed_dictionaries({"num_embeddings": st.integers(1, 8), "embedding_dim": small}),
-    "EmbeddingBag": lambda: st.fixed_dictionaries({
-        "num_embeddings": st.integers(1, 8), "embedding_dim": small, "mode": st.sampled_from(["sum", "mean", "max"]),
-    }),
+    "EmbeddingBag": lambda: st.fixed_dictionaries(
+        {
+            "num_embeddings": st.integers(1, 8),
+            "embedding_dim": small,
+            "mode": st.sampled_from(["sum", "mean", "max"]),
+        }
+    ),
     "LSTM": lambda: _rnn_args(lstm=True),
     "GRU": lambda: _rnn_args(lstm=False),
     "MultiheadAttention": _mha_args,
@@ -179,13 +196,25 @@ def _tensor_spec(draw: st.DrawFn, name: str, earlier: list[dict[str, Any]]) -> d
     if choice == "view" and bases:
         base = draw(st.sampled_from(bases))
         kinds = ["alias", "offset"] + (["transpose"] if len(base["shape"]) == 2 else [])
-        return {"name": name, "role": "buffer", "view_of": base["name"], "view": draw(st.sampled_from(kinds)),
-                "persistent": draw(st.booleans())}
+        return {
+            "name": name,
+            "role": "buffer",
+            "view_of": base["name"],
+            "view": draw(st.sampled_from(kinds)),
+            "persistent": draw(st.booleans()),
+        }
     shape = draw(st.lists(st.integers(0, 4), max_size=4))
-    layouts = ["contiguous"] + (["transposed", "strided"] if shape else []) + (["channels_last"] if len(shape) == 4 else [])
+    layouts = (
+        ["contiguous"] + (["transposed", "strided"] if shape else []) + (["channels_last"] if len(shape) == 4 else [])
+    )
     role = draw(st.sampled_from(["parameter", "buffer"]))
-    spec = {"name": name, "role": role, "dtype": draw(dtypes()), "shape": shape,
-            "layout": draw(st.sampled_from(layouts))}
+    spec: dict[str, Any] = {
+        "name": name,
+        "role": role,
+        "dtype": draw(dtypes()),
+        "shape": shape,
+        "layout": draw(st.sampled_from(layouts)),
+    }
     if role == "buffer":
         spec["persistent"] = draw(st.booleans())
     return spec
@@ -204,11 +233,18 @@ def tensor_bags(draw: st.DrawFn) -> Node:
 def tied_pairs(draw: st.DrawFn) -> Node:
     """An embedding and an output head sharing one weight (the tie is added by `model_specs`)."""
     vocab, dim, dtype = draw(st.integers(1, 8)), draw(small), draw(dtypes(module=True))
-    return {"kind": "dict", "children": {
-        "embed": {"kind": "Embedding", "args": {"num_embeddings": vocab, "embedding_dim": dim}, "dtype": dtype},
-        "head": {"kind": "Linear", "args": {"in_features": dim, "out_features": vocab, "bias": draw(st.booleans())},
-                 "dtype": dtype},
-    }, "tied": True}
+    return {
+        "kind": "dict",
+        "children": {
+            "embed": {"kind": "Embedding", "args": {"num_embeddings": vocab, "embedding_dim": dim}, "dtype": dtype},
+            "head": {
+                "kind": "Linear",
+                "args": {"in_features": dim, "out_features": vocab, "bias": draw(st.booleans())},
+                "dtype": dtype,
+            },
+        },
+        "tied": True,
+    }
 
 
 def _nodes(depth: int) -> st.SearchStrategy[Node]:
@@ -220,7 +256,8 @@ def _nodes(depth: int) -> st.SearchStrategy[Node]:
         leaves,
         st.lists(inner, min_size=1, max_size=3).map(lambda c: {"kind": "list", "children": c}),
         st.lists(inner, min_size=1, max_size=3).map(
-            lambda c: {"kind": "dict", "children": {f"m{i}": n for i, n in enumerate(c)}}),
+            lambda c: {"kind": "dict", "children": {f"m{i}": n for i, n in enumerate(c)}}
+        ),
     )
 
 
@@ -242,13 +279,20 @@ def model_specs(draw: st.DrawFn, max_depth: int = 2, fill: str | None = None) ->
     for path, node in _walk(root, ""):
         if node.pop("tied", False):
             ties.append({"source": f"{path}.embed.weight", "target": f"{path}.head.weight"})
-    parametrizations = []
+    parametrizations: list[dict[str, str]] = []
     available = [k for k in PARAMETRIZATIONS if hasattr(torch.nn.utils.parametrizations, k)]
-    eligible = [p for p, n in _walk(root, "") if n.get("kind") in ("Linear", "Conv1d", "Conv2d")
-                and n.get("dtype") in ("float32", "float64") and not p.endswith(".head")]
-    if available and eligible and draw(st.booleans()):
-        parametrizations.append({"module": draw(st.sampled_from(eligible)), "tensor": "weight",
-                                 "kind": draw(st.sampled_from(available))})
+    eligible = [
+        p
+        for p, n in _walk(root, "")
+        if n.get("kind") in ("Linear", "Conv1d", "Conv2d")
+        and n.get("dtype") in ("float32", "float64")
+        and not p.endswith(".head")
+    ]
+    wanted: bool = draw(st.booleans())
+    if available and eligible and wanted:
+        parametrizations.append(
+            {"module": draw(st.sampled_from(eligible)), "tensor": "weight", "kind": draw(st.sampled_from(available))}
+        )
     return ModelSpec(
         root=root,
         seed=draw(st.integers(0, 2**32 - 1)),

@@ -34,8 +34,13 @@ class Faulty(Format):
 
     suffix = ".bin"
 
-    def __init__(self, inner: str, *, after_save: Callable[[nn.Module, Path], None] | None = None,
-                 after_load: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        inner: str,
+        *,
+        after_save: Callable[[nn.Module, Path], None] | None = None,
+        after_load: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.inner = get_format(inner)
         self.name = f"faulty_{inner}"  # type: ignore[misc]
         self.description = f"{inner} with a planted fault"  # type: ignore[misc]
@@ -55,8 +60,15 @@ class Faulty(Format):
     def _save(self, model: nn.Module, path: Path) -> None:  # pragma: no cover - save() is overridden
         raise NotImplementedError
 
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         loaded = self.inner.load(path, options, map_location, fresh_model, trusted=trusted)
         if self.after_load is None:
             return loaded
@@ -66,6 +78,7 @@ class Faulty(Format):
 def flip_bit_of(key: str, byte: int = 0, bit: int = 0) -> Callable[[nn.Module, Path], None]:
     def corrupt(model: nn.Module, path: Path) -> None:
         flip_bit(path, bytes(tensor_bytes(model.state_dict()[key]).numpy()), byte, bit)
+
     return corrupt
 
 

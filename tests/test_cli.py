@@ -27,8 +27,14 @@ sys.exit(main(sys.argv[1:]))
 def cli(*args: str, cwd: Path | None = None, script: str | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "ckpt_compat.cli", *args]
     root = Path(__file__).parents[1]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd or root, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=cwd or root,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -41,8 +47,11 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    assert_usage_error(cli("run", "--formats", "torch_zip,pickle9", "--out", str(tmp_path)),
-                       "--formats: unknown format 'pickle9'", "known: torch_zip")
+    assert_usage_error(
+        cli("run", "--formats", "torch_zip,pickle9", "--out", str(tmp_path)),
+        "--formats: unknown format 'pickle9'",
+        "known: torch_zip",
+    )
 
 
 def test_unwritable_out(tmp_path: Path) -> None:
@@ -51,10 +60,13 @@ def test_unwritable_out(tmp_path: Path) -> None:
     assert_usage_error(cli("run", "--out", str(blocker / "sub")), f"--out {blocker / 'sub'}: cannot write there")
 
 
-@pytest.mark.parametrize(("content", "fragment"), [
-    ("{not json", "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
-    ('{"root": {"kind": "dict", "children": {"x": {"kind": "Nope", "args": {}}}}}', "unknown kind 'Nope'"),
-])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+        ('{"root": {"kind": "dict", "children": {"x": {"kind": "Nope", "args": {}}}}}', "unknown kind 'Nope'"),
+    ],
+)
 def test_bad_spec_file(tmp_path: Path, content: str, fragment: str) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(content)
@@ -73,9 +85,11 @@ def test_run_writes_the_report_and_exits_0(tmp_path: Path) -> None:
     assert "| torch_zip[weights_only] |" in result.stdout
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["summary"]["passed"] is True and data["run"]["examples_run"] == 6
-    ok_variants = {(c["format"], json.dumps({k: v for k, v in c["options"].items() if k != "map_location"},
-                                             sort_keys=True))
-                   for c in data["cells"] if c["outcome"] == "ok"}
+    ok_variants = {
+        (c["format"], json.dumps({k: v for k, v in c["options"].items() if k != "map_location"}, sort_keys=True))
+        for c in data["cells"]
+        if c["outcome"] == "ok"
+    }
     assert len(ok_variants) >= 6, ok_variants
     assert (tmp_path / "r" / "report.md").exists()
 
@@ -88,7 +102,9 @@ def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:
     assert "state_dict['fc.bias']: dtype: expected torch.float32, got torch.float64" in result.stdout
     reproduce = json.loads((out / "report.json").read_text())["failure"]["reproduce"]
     assert reproduce == f"ckpt-compat check --spec {out / 'failing-spec.json'}"
-    again = cli(*reproduce.split()[1:], "--formats", "faulty_torch_zip", "--out", str(tmp_path / "again"), script=WITH_FAULT)
+    again = cli(
+        *reproduce.split()[1:], "--formats", "faulty_torch_zip", "--out", str(tmp_path / "again"), script=WITH_FAULT
+    )
     assert again.returncode == 1 and "fc.bias" in again.stdout
 
 

@@ -47,8 +47,12 @@ def test_every_difference_is_collected_then_raised_once() -> None:
     with pytest.raises(Mismatch) as info:
         assert_state_dicts_equal(expected, actual)
     found = {(d.kind, d.path) for d in info.value.differences}
-    assert found == {("bytes", "state_dict['a']"), ("dtype", "state_dict['b']"),
-                     ("missing", "state_dict['c']"), ("unexpected", "state_dict['d']")}
+    assert found == {
+        ("bytes", "state_dict['a']"),
+        ("dtype", "state_dict['b']"),
+        ("missing", "state_dict['c']"),
+        ("unexpected", "state_dict['d']"),
+    }
 
 
 def test_nested_outputs_have_paths() -> None:

@@ -22,7 +22,9 @@ def test_every_spelling_loads_onto_the_target(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "m.pt")
     for target in ("cpu", "meta"):
         spellings = map_locations("cpu", target)
-        assert {m.kind for m in spellings} == ({"str", "device", "dict", "callable"} - ({"callable"} if target == "meta" else set()))
+        assert {m.kind for m in spellings} == (
+            {"str", "device", "dict", "callable"} - ({"callable"} if target == "meta" else set())
+        )
         for location in spellings:
             loaded = torch.load(tmp_path / "m.pt", map_location=location.resolve(), weights_only=True)
             assert {v.device.type for v in loaded.values()} == {target}, location

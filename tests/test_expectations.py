@@ -20,7 +20,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_matching_on_format_outcome_detail_versions_and_options(tmp_path: Path) -> None:
-    e = Expectations.load([_write(tmp_path, '''
+    e = Expectations.load(
+        [
+            _write(
+                tmp_path,
+                """
 [[expect]]
 id = "x"
 format = ["torch_*"]
@@ -30,7 +34,10 @@ producer_torch = "<2.6"
 options = { mmap = true }
 reason = "because"
 links = ["https://example.invalid/1"]
-''')])
+""",
+            )
+        ]
+    )
     hit = _result("torch_zip", Outcome.LOAD_ERROR, "RuntimeError: boom", "2.4.1+cu121", mmap=True)
     assert e.explain(hit) is not None and e.explain(hit).id == "x"  # type: ignore[union-attr]
     for miss in [
@@ -49,11 +56,14 @@ def test_builtin_file_loads_and_every_entry_has_a_reason() -> None:
     assert entries and all(e.reason and e.links for e in entries)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[[expect]\n", "not valid TOML"),
-    ('[[expect]]\nid = "a"\nformat = ["x"]\noutcome = ["ok"]\n', "missing required key 'reason'"),
-    ('[[expect]]\nid = "a"\nformat = ["x"]\noutcome = ["nope"]\nreason = "r"\n', "'nope' is not a valid Outcome"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[expect]\n", "not valid TOML"),
+        ('[[expect]]\nid = "a"\nformat = ["x"]\noutcome = ["ok"]\n', "missing required key 'reason'"),
+        ('[[expect]]\nid = "a"\nformat = ["x"]\noutcome = ["nope"]\nreason = "r"\n', "'nope' is not a valid Outcome"),
+    ],
+)
 def test_bad_files_name_the_file_and_entry(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ExpectationsError, match=message):
         Expectations.load([_write(tmp_path, text)])

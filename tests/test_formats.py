@@ -24,7 +24,9 @@ CPU = MapLocation("str", "cpu", "cpu")
 
 def _bag(dtype: str, **extra: object) -> ModelSpec:
     tensor = {"name": "t", "role": "buffer", "dtype": dtype, "shape": [2, 3], **extra}
-    return ModelSpec.from_json({"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [tensor]}}}})
+    return ModelSpec.from_json(
+        {"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [tensor]}}}}
+    )
 
 
 @pytest.mark.parametrize("name", [f.name for f in available_formats()])
@@ -56,7 +58,7 @@ def test_safetensors_refuses_ties_by_design(tmp_path: Path) -> None:
 
 def test_safetensors_has_no_complex128(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
-    with pytest.raises(Unsupported, match="no code for dtype torch.complex128"):
+    with pytest.raises(Unsupported, match=r"no code for dtype torch\.complex128"):
         get_format("safetensors_file").save(build(_bag("complex128")), tmp_path / "x.safetensors")
 
 
@@ -73,7 +75,9 @@ def test_legacy_format_cannot_mmap(tmp_path: Path) -> None:
         pytest.skip(f"torch {torch.__version__} has no torch.load(mmap=)")
     fmt.save(build(load("plain")), tmp_path / "m.pt")
     with pytest.raises(Unsupported, match="legacy format"):
-        fmt.load(tmp_path / "m.pt", {"weights_only": True, "mmap": True}, CPU, lambda: build(load("plain")), trusted=True)
+        fmt.load(
+            tmp_path / "m.pt", {"weights_only": True, "mmap": True}, CPU, lambda: build(load("plain")), trusted=True
+        )
 
 
 def test_failed_save_leaves_no_file(tmp_path: Path) -> None:

@@ -24,8 +24,15 @@ def _corrupt_float64(state: dict[str, Any]) -> dict[str, Any]:
 def test_a_failure_is_shrunk_to_a_small_spec_that_still_fails(tmp_path: Path) -> None:
     fmt = Faulty("torch_zip", after_load=_corrupt_float64)
     lines: list[str] = []
-    run = run_property([fmt], tmp_path, examples=60, seed_value=0, expectations=Expectations(),
-                       progress=lines.append, shrink_seconds=20)
+    run = run_property(
+        [fmt],
+        tmp_path,
+        examples=60,
+        seed_value=0,
+        expectations=Expectations(),
+        progress=lines.append,
+        shrink_seconds=20,
+    )
     assert run.failure is not None
     assert "state_dict[" in run.failure_detail and "bytes" in run.failure_detail
     # The minimal spec reproduces on its own, and is no bigger than the first failing example.
@@ -38,8 +45,7 @@ def test_a_failure_is_shrunk_to_a_small_spec_that_still_fails(tmp_path: Path) ->
 
 
 def test_a_clean_run_records_every_example(tmp_path: Path) -> None:
-    run = run_property([get_format("torch_zip")], tmp_path, examples=8, seed_value=1,
-                       expectations=Expectations.load())
+    run = run_property([get_format("torch_zip")], tmp_path, examples=8, seed_value=1, expectations=Expectations.load())
     assert run.failure is None and run.examples_run == 8
     assert {r.cell.spec_id for r in run.results} == set(run.specs)
     assert all(r.outcome is Outcome.OK for r in run.results)

@@ -29,8 +29,14 @@ def test_report_json_follows_the_published_schema(tmp_path: Path) -> None:
 
 def test_failure_section_has_spec_and_reproduce_command(tmp_path: Path) -> None:
     spec = load("plain")
-    report = Report([], {spec.id: spec}, Expectations(), run={"out": str(tmp_path)}, failure=spec,
-                    failure_detail="torch_zip: mismatch")
+    report = Report(
+        [],
+        {spec.id: spec},
+        Expectations(),
+        run={"out": str(tmp_path)},
+        failure=spec,
+        failure_detail="torch_zip: mismatch",
+    )
     paths = report.write(tmp_path)
     assert not report.passed
     assert (tmp_path / "failing-spec.json").read_text().strip() == spec.dumps()

@@ -28,7 +28,9 @@ def test_clean_rich_spec_is_ok_or_explained(tmp_path: Path) -> None:
     assert results
     assert [r for r in results if r.unexpected and expectations.explain(r) is None] == []
     ok = {r.cell.variant for r in results if r.outcome is Outcome.OK}
-    assert {"torch_zip[weights_only]", "torch_zip[mmap,weights_only]"} <= ok or not get_format("torch_zip").load_variants()[1:]
+    assert {"torch_zip[weights_only]", "torch_zip[mmap,weights_only]"} <= ok or not get_format(
+        "torch_zip"
+    ).load_variants()[1:]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -45,23 +47,34 @@ def test_one_bit_flipped_in_the_file_is_a_mismatch_at_that_key(inner: str, tmp_p
 
 
 def test_a_dropped_key_is_keys_with_its_path(tmp_path: Path) -> None:
-    cell = _primary(check_spec(load("plain"), [Faulty("torch_zip", after_load=drop("bn.running_var"))], tmp_path,
-                               consumers=["cpu"]))
+    cell = _primary(
+        check_spec(load("plain"), [Faulty("torch_zip", after_load=drop("bn.running_var"))], tmp_path, consumers=["cpu"])
+    )
     assert cell.outcome is Outcome.KEYS
     assert "state_dict['bn.running_var']: missing" in cell.detail
-    assert "load_state_dict(strict=True): load_state_dict: RuntimeError: Error(s) in loading state_dict for Bundle: Missing key(s) in state_dict: \"bn.running_var\"" in cell.detail
+    assert (
+        "load_state_dict(strict=True): load_state_dict: RuntimeError: Error(s) in loading state_dict for Bundle: "
+        'Missing key(s) in state_dict: "bn.running_var"' in cell.detail
+    )
 
 
 def test_a_lost_tie_is_aliasing(tmp_path: Path) -> None:
-    cell = _primary(check_spec(load("tied"), [Faulty("torch_zip", after_load=untie("lm.head.weight"))], tmp_path,
-                               consumers=["cpu"]))
+    cell = _primary(
+        check_spec(load("tied"), [Faulty("torch_zip", after_load=untie("lm.head.weight"))], tmp_path, consumers=["cpu"])
+    )
     assert cell.outcome is Outcome.ALIASING
     assert "state_dict['lm.embed.weight', 'lm.head.weight']: aliasing: keys no longer share one storage" in cell.detail
 
 
 def test_a_wrong_dtype_is_a_mismatch(tmp_path: Path) -> None:
-    cell = _primary(check_spec(load("plain"), [Faulty("torch_zip", after_load=retype("fc.bias", torch.float64))],
-                               tmp_path, consumers=["cpu"]))
+    cell = _primary(
+        check_spec(
+            load("plain"),
+            [Faulty("torch_zip", after_load=retype("fc.bias", torch.float64))],
+            tmp_path,
+            consumers=["cpu"],
+        )
+    )
     assert cell.outcome is Outcome.MISMATCH
     assert "state_dict['fc.bias']: dtype: expected torch.float32, got torch.float64" in cell.detail
 
@@ -88,8 +101,21 @@ def test_saved_on_cuda_loaded_everywhere(tmp_path: Path) -> None:
 
 
 def test_non_persistent_buffers_survive_a_whole_model_pickle(tmp_path: Path) -> None:
-    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [
-        {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [8], "persistent": False}]}}}})
+    spec = ModelSpec.from_json(
+        {
+            "root": {
+                "kind": "dict",
+                "children": {
+                    "bag": {
+                        "kind": "tensors",
+                        "tensors": [
+                            {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [8], "persistent": False}
+                        ],
+                    }
+                },
+            }
+        }
+    )
 
     def zero_hidden(model: torch.nn.Module, path: Path) -> None:
         module = torch.load(path, weights_only=False)

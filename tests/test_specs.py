@@ -43,7 +43,9 @@ def test_random_tensor_is_stable_across_releases() -> None:
     assert digest(random_tensor((3, 5), "float32", "values", 7, "w")) == "780222a3b9821b54daeb43d371014b54"
 
 
-@pytest.mark.parametrize("name", [d.name for d in dtypes.CATALOGUE if d.kind in ("float", "complex") and d.exact_values])
+@pytest.mark.parametrize(
+    "name", [d.name for d in dtypes.CATALOGUE if d.kind in ("float", "complex") and d.exact_values]
+)
 def test_values_are_exactly_representable(name: str) -> None:
     if dtypes.why_unsupported(name):
         pytest.skip(dtypes.why_unsupported(name) or "")
@@ -68,7 +70,7 @@ def test_perturb_changes_every_persistent_byte_only() -> None:
     for key, value in base.state_dict().items():
         if value.numel():
             changed = tensor_bytes(value) != tensor_bytes(other.state_dict()[key])
-            assert bool(changed.all()) or value.dtype == torch.bool and bool(changed.any()), key
+            assert bool(changed.all()) or (value.dtype == torch.bool and bool(changed.any())), key
     assert compare_state_dicts(non_persistent_buffers(base), non_persistent_buffers(other)) == []
 
 
@@ -99,14 +101,39 @@ def test_example_inputs_are_deterministic_and_run() -> None:
     assert set(out) == set(a)
 
 
-@pytest.mark.parametrize(("patch", "message"), [
-    ({"root": {"kind": "dict", "children": {"x": {"kind": "Linearr", "args": {}}}}}, "root.children.x.kind: unknown kind 'Linearr'"),
-    ({"fill": "zeros"}, "spec.fill"),
-    ({"seed": -1}, "spec.seed"),
-    ({"root": {"kind": "dict", "children": {"x": {"kind": "tensors", "tensors": [
-        {"name": "a", "role": "buffer", "dtype": "float32", "shape": [2], "layout": "channels_last"}]}}}},
-     "channels_last needs a 4-d shape"),
-])
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (
+            {"root": {"kind": "dict", "children": {"x": {"kind": "Linearr", "args": {}}}}},
+            "root.children.x.kind: unknown kind 'Linearr'",
+        ),
+        ({"fill": "zeros"}, "spec.fill"),
+        ({"seed": -1}, "spec.seed"),
+        (
+            {
+                "root": {
+                    "kind": "dict",
+                    "children": {
+                        "x": {
+                            "kind": "tensors",
+                            "tensors": [
+                                {
+                                    "name": "a",
+                                    "role": "buffer",
+                                    "dtype": "float32",
+                                    "shape": [2],
+                                    "layout": "channels_last",
+                                }
+                            ],
+                        }
+                    },
+                }
+            },
+            "channels_last needs a 4-d shape",
+        ),
+    ],
+)
 def test_bad_specs_name_the_field(patch: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ModelSpec.from_json({**load("plain").to_json(), **patch})
@@ -121,8 +148,22 @@ def test_bad_tie_is_a_spec_error() -> None:
 
 def test_all_catalogue_dtypes_build_in_a_bag() -> None:
     names = dtypes.available_dtypes()
-    spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [
-        {"name": f"t{i}", "role": "buffer", "dtype": n, "shape": [2, 3]} for i, n in enumerate(names)]}}}})
+    spec = ModelSpec.from_json(
+        {
+            "root": {
+                "kind": "dict",
+                "children": {
+                    "bag": {
+                        "kind": "tensors",
+                        "tensors": [
+                            {"name": f"t{i}", "role": "buffer", "dtype": n, "shape": [2, 3]}
+                            for i, n in enumerate(names)
+                        ],
+                    }
+                },
+            }
+        }
+    )
     state = build(spec).state_dict()
     assert [dtypes.name_of(state[f"bag.t{i}"].dtype) for i in range(len(names))] == names
     assert all(math.prod(v.shape) == 6 for v in state.values())

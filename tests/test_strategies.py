@@ -53,8 +53,11 @@ def test_state_dicts_hold_tensors(state: dict) -> None:
 def test_float32_and_float64_blocks_really_run_forward(node: dict) -> None:
     # A block whose forward cannot run is only noted, not failed; in float32/64 every op exists on
     # CPU, so a NoForward here means the strategy drew an input that does not fit the layer.
-    if any(c.get("dtype") not in ("float32", "float64") for c in [node, *node.get("children", [])]
-           if isinstance(c, dict) and "dtype" in c):
+    if any(
+        c.get("dtype") not in ("float32", "float64")
+        for c in [node, *node.get("children", [])]
+        if isinstance(c, dict) and "dtype" in c
+    ):
         return
     node = {k: v for k, v in node.items() if k != "tied"}
     spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})

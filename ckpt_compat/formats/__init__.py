@@ -10,8 +10,17 @@ from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.safetensors import SafetensorsFile, SafetensorsModel
 from ckpt_compat.formats.torch_save import TorchLegacy, TorchModule, TorchZip
 
-__all__ = ["Format", "Loaded", "UnknownFormat", "Unsupported", "Untrusted", "all_formats",
-           "available_formats", "get_format", "parse_format_list"]
+__all__ = [
+    "Format",
+    "Loaded",
+    "UnknownFormat",
+    "Unsupported",
+    "Untrusted",
+    "all_formats",
+    "available_formats",
+    "get_format",
+    "parse_format_list",
+]
 
 ENTRY_POINT_GROUP = "ckpt_compat.formats"
 BUILTIN: tuple[type[Format], ...] = (TorchZip, TorchLegacy, TorchModule, SafetensorsFile, SafetensorsModel)

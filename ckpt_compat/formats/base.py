@@ -62,8 +62,15 @@ class Format(abc.ABC):
     def _save(self, model: nn.Module, path: Path) -> None: ...
 
     @abc.abstractmethod
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         """Load ``path``. ``fresh_model`` builds a load target for formats that need one;
         ``trusted`` says this run wrote the file (or the user vouched for it)."""
 
@@ -80,4 +87,3 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{type(exc).__name__}: {text}".strip()
-

@@ -36,11 +36,12 @@ def _refusal(exc: Exception) -> Unsupported | None:
         return Unsupported(f"safetensors {_version()} has no code for dtype {exc.args[0]}")
     if "share memory" in text or "None is covering the entire storage" in text:
         return Unsupported(
-            "safetensors refuses tensors that share memory (ties, views) by design — "
-            + " ".join(text.split())[:240]
+            "safetensors refuses tensors that share memory (ties, views) by design — " + " ".join(text.split())[:240]
         )
     if "non contiguous tensor" in text:
-        return Unsupported(f"safetensors save_file refuses non-contiguous tensors by design — {' '.join(text.split())[:120]}")
+        return Unsupported(
+            f"safetensors save_file refuses non-contiguous tensors by design — {' '.join(text.split())[:120]}"
+        )
     return None
 
 
@@ -69,8 +70,15 @@ class SafetensorsFile(Format):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise (_refusal(exc) or exc) from exc
 
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         from safetensors.torch import load_file
 
         return Loaded(load_file(str(path), device=_target(map_location)))
@@ -93,8 +101,15 @@ class SafetensorsModel(Format):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise (_refusal(exc) or exc) from exc
 
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         from safetensors.torch import load_model
 
         model = fresh_model()

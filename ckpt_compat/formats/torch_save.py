@@ -59,8 +59,15 @@ class TorchZip(Format):
     def _save(self, model: nn.Module, path: Path) -> None:
         torch.save(model.state_dict(), path)
 
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         return Loaded(require_state_dict(torch_load(path, options, map_location, trusted=trusted), path))
 
 
@@ -91,8 +98,15 @@ class TorchModule(Format):
                 ) from exc
             raise
 
-    def load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation,
-             fresh_model: ModelFactory, *, trusted: bool) -> Loaded:
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
         module = torch_load(path, options, map_location, trusted=trusted)
         if not isinstance(module, nn.Module):
             raise TypeError(f"{path}: expected a pickled nn.Module, got {type(module).__name__}")
