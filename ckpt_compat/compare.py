@@ -70,6 +70,31 @@ def digest(t: torch.Tensor) -> str:
     return str(xxhash.xxh3_128_hexdigest(data.numpy().data))
 
 
+def record(t: torch.Tensor) -> dict[str, Any]:
+    """What a manifest keeps of a tensor: enough to check a load without rebuilding the model."""
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "digest": digest(t)}
+
+
+def compare_records(
+    records: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Any], path: str = "manifest"
+) -> list[Difference]:
+    """Differences between a manifest's per-tensor records and a loaded state dict."""
+    out = [Difference("missing", f"{path}[{k!r}]", "key absent") for k in records if k not in actual]
+    out += [Difference("unexpected", f"{path}[{k!r}]", "key not in the manifest") for k in actual if k not in records]
+    for key, want in records.items():
+        t = actual.get(key)
+        if not isinstance(t, torch.Tensor):
+            continue
+        where, dtype = f"{path}[{key!r}]", str(t.dtype).removeprefix("torch.")
+        if dtype != want["dtype"]:
+            out.append(Difference("dtype", where, f"expected {want['dtype']}, got {dtype}"))
+        elif list(t.shape) != list(want["shape"]):
+            out.append(Difference("shape", where, f"expected {tuple(want['shape'])}, got {tuple(t.shape)}"))
+        elif not t.is_meta and (got := digest(t)) != want["digest"]:
+            out.append(Difference("bytes", where, f"digest {got} differs from the manifest's {want['digest']}"))
+    return out
+
+
 def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: bool = False) -> list[Difference]:
     """Differences between two tensors; meta tensors are compared on dtype and shape only."""
     if not isinstance(actual, torch.Tensor):

@@ -54,11 +54,7 @@ class Cell:
     @property
     def variant(self) -> str:
         """The format plus its load options, as shown in tables: ``torch_zip[mmap,weights_only]``."""
-        flags = [
-            k if v is True else f"{k}={v}"
-            for k, v in sorted(self.options.items())
-            if k != "map_location" and v is not False
-        ]
+        flags = [k if v is True else f"{k}={v}" for k, v in sorted(self.options.items()) if k != "map_location"]
         return f"{self.format}[{','.join(flags)}]" if flags else self.format
 
 

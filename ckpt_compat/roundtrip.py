@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ckpt_compat import loading
-from ckpt_compat.compare import Difference, compare_state_dicts, compare_values
-from ckpt_compat.devices import MapLocation, available_devices, map_locations, producer_devices
-from ckpt_compat.formats import Format, Unsupported
+from ckpt_compat.compare import Difference, compare_records, compare_state_dicts, compare_values
+from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devices, map_locations, producer_devices
+from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.formats.base import first_line
 from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome, describe, outcome_of
 from ckpt_compat.specs import ModelSpec, build, example_inputs
@@ -38,16 +38,38 @@ def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class _Saved:
-    """One spec saved in one format from one device: what every load of that file is checked against."""
+class Expected:
+    """What a spec means on the running torch: its state, hidden buffers and forward outputs."""
+
+    state: Mapping[str, torch.Tensor]
+    hidden: Mapping[str, torch.Tensor]
+    reference: Mapping[str, Any]
+    inputs: Mapping[str, Any]
+
+    @classmethod
+    def build(cls, spec: ModelSpec, device: str = "cpu") -> Expected:
+        inputs = example_inputs(spec)
+        model = build(spec, device=device)
+        reference = loading.forward_outputs(model if device == "cpu" else build(spec), inputs)
+        return cls(model.state_dict(), non_persistent_buffers(model), reference, inputs)
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """A checkpoint file and what every load of it is checked against.
+
+    ``expected`` is None when the running torch cannot build the spec (a dtype it lacks); then
+    only the producer's ``manifest`` (per-tensor dtype, shape, digest) is there to check against.
+    """
 
     spec: ModelSpec
     fmt: Format
     path: Path
-    expected: Mapping[str, torch.Tensor]
-    hidden: Mapping[str, torch.Tensor]
-    reference: Mapping[str, Any]
-    inputs: Mapping[str, Any]
+    producer: Endpoint
+    expected: Expected | None
+    manifest: Mapping[str, Mapping[str, Any]] | None = None
+    trusted: bool = True  # written by this run, a committed fixture, or vouched for with --trust
+    not_built: str = ""  # why ``expected`` is None
 
 
 def check_spec(
@@ -59,54 +81,59 @@ def check_spec(
     consumers: list[str] | None = None,
 ) -> list[CellResult]:
     """Every cell for ``spec`` on the running torch; files go to ``workdir`` and are removed."""
-    consumers = consumers or available_devices()
-    inputs = example_inputs(spec)
-    reference = loading.forward_outputs(build(spec), inputs)
     results: list[CellResult] = []
-    for producer in producers or producer_devices():
-        model = build(spec, device=producer)
-        expected, hidden = model.state_dict(), non_persistent_buffers(model)
+    for device in producers or producer_devices():
+        producer = Endpoint(torch.__version__, device)
+        model = build(spec, device=device)
+        expected = Expected.build(spec, device)
         for fmt in formats:
-            path = workdir / f"{spec.id}.{producer}.{fmt.name}{fmt.suffix}"
-
-            try:
-                fmt.save(model, path)
-            except Unsupported as exc:
-                results.append(
-                    CellResult(_cell(spec, fmt, producer, producer, {}), Outcome.UNSUPPORTED, f"save: {exc}")
-                )
+            path = workdir / f"{spec.id}.{device}.{fmt.name}{fmt.suffix}"
+            failed = save_cell(spec, fmt, model, path, producer)
+            if failed is not None:
+                results.append(failed)
                 continue
-            except Exception as exc:
-                results.append(
-                    CellResult(_cell(spec, fmt, producer, producer, {}), Outcome.SAVE_ERROR, first_line(exc))
-                )
-                continue
-            saved = _Saved(spec, fmt, path, expected, hidden, reference, inputs)
             try:
-                for variant in fmt.load_variants():
-                    for consumer in consumers:
-                        for location in map_locations(producer, consumer):
-                            if location.kind in fmt.map_location_kinds:
-                                options = {**variant, "map_location": location.label()}
-                                cell = _cell(spec, fmt, producer, consumer, options)
-                                results.append(_check_load(cell, saved, variant, location))
+                results += check_file(SavedFile(spec, fmt, path, producer, expected), consumers)
             finally:
                 path.unlink(missing_ok=True)
     return results
 
 
-def _cell(spec: ModelSpec, fmt: Format, producer: str, consumer: str, options: Mapping[str, Any]) -> Cell:
-    version = torch.__version__
-    return Cell(spec.id, fmt.name, Endpoint(version, producer), Endpoint(version, consumer), dict(options))
+def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, producer: Endpoint) -> CellResult | None:
+    """Save ``model``; None on success, else the cell saying why not (unsupported or save_error)."""
+    cell = Cell(spec.id, fmt.name, producer, producer, {})
+    try:
+        fmt.save(model, path)
+    except Unsupported as exc:
+        return CellResult(cell, Outcome.UNSUPPORTED, f"save: {exc}")
+    except Exception as exc:
+        return CellResult(cell, Outcome.SAVE_ERROR, first_line(exc))
+    return None
 
 
-def _check_load(cell: Cell, saved: _Saved, variant: Mapping[str, Any], location: MapLocation) -> CellResult:
-    spec, fmt, consumer = saved.spec, saved.fmt, location.target
+def check_file(
+    saved: SavedFile, consumers: list[str] | None = None, spellings: tuple[str, ...] = MAP_LOCATION_KINDS
+) -> list[CellResult]:
+    """One cell per (load variant, consumer device, map_location spelling) for one file."""
+    results = []
+    this_torch = torch.__version__
+    for variant in saved.fmt.load_variants():
+        for consumer in consumers or available_devices():
+            for location in map_locations(saved.producer.device, consumer):
+                if location.kind in saved.fmt.map_location_kinds and location.kind in spellings:
+                    options = {**variant, "map_location": location.label()}
+                    cell = Cell(saved.spec.id, saved.fmt.name, saved.producer, Endpoint(this_torch, consumer), options)
+                    results.append(_check_load(cell, saved, variant, location))
+    return results
+
+
+def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], location: MapLocation) -> CellResult:
+    spec, fmt, consumer, expected = saved.spec, saved.fmt, location.target, saved.expected
     try:
         loaded = fmt.load(
-            saved.path, variant, location, lambda: build(spec, device=consumer, perturb=True), trusted=True
+            saved.path, variant, location, lambda: build(spec, device=consumer, perturb=True), trusted=saved.trusted
         )
-    except Unsupported as exc:
+    except (Unsupported, Untrusted) as exc:
         return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
     except Exception as exc:
         return CellResult(cell, Outcome.LOAD_ERROR, first_line(exc))
@@ -116,33 +143,37 @@ def _check_load(cell: Cell, saved: _Saved, variant: Mapping[str, Any], location:
         for k, v in state.items()
         if isinstance(v, torch.Tensor) and v.device.type != consumer
     ]
-    # Meta tensors have no storage, so sharing cannot be observed there.
-    differences += compare_state_dicts(
-        saved.expected, state, strides=fmt.preserves_strides, aliasing=fmt.preserves_aliasing and consumer != "meta"
-    )
-    if fmt.holds == "module" and loaded.module is not None:
-        differences += compare_values(dict(saved.hidden), non_persistent_buffers(loaded.module), "buffers")
+    if saved.manifest is not None:
+        differences += compare_records(saved.manifest, state)
     notes: list[str] = []
-    if consumer == "cpu" and location.kind == "str":
-        more, notes = _loading_checks(saved, loaded.module, state)
-        differences += more
+    if expected is None:
+        notes.append(f"not rebuilt here: {saved.not_built}")
+    else:
+        # Meta tensors have no storage, so sharing cannot be observed there.
+        differences += compare_state_dicts(
+            expected.state, state, strides=fmt.preserves_strides, aliasing=fmt.preserves_aliasing and consumer != "meta"
+        )
+        if fmt.holds == "module" and loaded.module is not None:
+            differences += compare_values(dict(expected.hidden), non_persistent_buffers(loaded.module), "buffers")
+        if consumer == "cpu" and location.kind == "str":
+            more, notes = _loading_checks(spec, expected, loaded.module, state)
+            differences += more
     detail = "; ".join(filter(None, [describe(differences), *notes]))
     return CellResult(cell, outcome_of(differences), detail)
 
 
 def _loading_checks(
-    saved: _Saved, module: nn.Module | None, state: Mapping[str, Any]
+    spec: ModelSpec, expected: Expected, module: nn.Module | None, state: Mapping[str, Any]
 ) -> tuple[list[Difference], list[str]]:
-    spec = saved.spec
     differences: list[Difference] = []
     if module is None:
         module = build(spec, perturb=True)
-        differences += loading.strict_load(module, state, saved.expected)
-    forward, notes = loading.compare_forward(saved.reference, module, saved.inputs)
+        differences += loading.strict_load(module, state, expected.state)
+    forward, notes = loading.compare_forward(expected.reference, module, expected.inputs)
     differences += forward
     differences += loading.non_strict_loads(build(spec, perturb=True), state)
     if loading.supports_assign():
-        differences += loading.assign_onto_meta(build(spec, device="meta"), state, saved.expected)
+        differences += loading.assign_onto_meta(build(spec, device="meta"), state, expected.state)
     else:
         notes.append(f"assign=True not checked: torch {torch.__version__} has no load_state_dict(assign=)")
     return differences, notes

@@ -88,3 +88,17 @@ def test_failed_save_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot pickle"):
         get_format("torch_module").save(Broken(), tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_only_default_follows_the_running_torch(tmp_path: Path) -> None:
+    from ckpt_compat.formats.torch_save import default_weights_only
+
+    fmt, spec = get_format("torch_module"), load("plain")
+    fmt.save(build(spec), tmp_path / "m.pt")
+    options = {"weights_only": "default"}
+    if default_weights_only():  # torch >= 2.6: the safe loader refuses the pickled module
+        with pytest.raises(Unsupported, match=r"add_safe_globals\(\[ckpt_compat\.specs\.Bundle\]\)"):
+            fmt.load(tmp_path / "m.pt", options, CPU, lambda: build(spec), trusted=True)
+    else:  # older torch unpickles anything by default, so a foreign file needs trust
+        with pytest.raises(Untrusted):
+            fmt.load(tmp_path / "m.pt", options, CPU, lambda: build(spec), trusted=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,32 @@ def load_supports(option: str) -> bool:
     return option in inspect.signature(torch.load).parameters
 
 
+def default_weights_only() -> bool:
+    """What torch.load does when weights_only is not passed: True from torch 2.6 on."""
+    decide = getattr(torch.serialization, "_default_to_weights_only", None)
+    return bool(decide(None)) if decide is not None else False
+
+
+_REFUSED_GLOBAL = re.compile(
+    r"(?:Unsupported global: GLOBAL|Unsupported class|Trying to load unsupported GLOBAL) ?([\w.]+)"
+)
+
+
 def torch_load(path: Path, options: Mapping[str, Any], map_location: MapLocation, *, trusted: bool) -> Any:
-    """torch.load with the cell's options, refusing unsafe unpickling of files nobody vouched for."""
-    weights_only = options.get("weights_only", True)
+    """torch.load with the cell's options, refusing unsafe unpickling of files nobody vouched for.
+
+    ``weights_only`` is True, False, or "default" (not passed: what users get by default).
+    """
+    requested = options.get("weights_only", True)
+    weights_only = default_weights_only() if requested == "default" else bool(requested)
     if not weights_only and not trusted:
         raise Untrusted(
             f"{path}: refusing torch.load(weights_only=False) on a file this run did not write; "
             "pass --trust if you trust where it came from"
         )
-    kwargs: dict[str, Any] = {"map_location": map_location.resolve(), "weights_only": weights_only}
+    kwargs: dict[str, Any] = {"map_location": map_location.resolve()}
+    if requested != "default":
+        kwargs["weights_only"] = weights_only
     if options.get("mmap"):
         if not load_supports("mmap"):
             raise Unsupported(f"torch {torch.__version__}: torch.load has no mmap option (added in 2.1)")
@@ -42,10 +61,24 @@ def torch_load(path: Path, options: Mapping[str, Any], map_location: MapLocation
                 "torch.load(mmap=True) only reads the zip format; this file is the legacy format"
             ) from exc
         raise
+    except pickle.UnpicklingError as exc:
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if weights_only and refused:
+            name = refused.group(1)
+            default = " (the weights_only default is True since torch 2.6)" if requested == "default" else ""
+            raise Unsupported(
+                f"weights_only=True refuses to unpickle {name}{default} — "
+                f"allow it with torch.serialization.add_safe_globals([{name}]) if you trust the file"
+            ) from exc
+        raise
 
 
-def _mmap_variants(base: dict[str, Any]) -> list[dict[str, Any]]:
-    return [base, {**base, "mmap": True}] if load_supports("mmap") else [base]
+def _variants(*weights_only: bool | str) -> list[dict[str, Any]]:
+    """weights_only as given, then with mmap=True on the first (where torch has mmap)."""
+    out: list[dict[str, Any]] = [{"weights_only": w} for w in weights_only]
+    if load_supports("mmap"):
+        out.insert(1, {**out[0], "mmap": True})
+    return out
 
 
 class TorchZip(Format):
@@ -54,7 +87,7 @@ class TorchZip(Format):
     suffix = ".pt"
 
     def load_variants(self) -> list[dict[str, Any]]:
-        return _mmap_variants({"weights_only": True})
+        return _variants(True, False, "default")
 
     def _save(self, model: nn.Module, path: Path) -> None:
         torch.save(model.state_dict(), path)
@@ -86,7 +119,7 @@ class TorchModule(Format):
     holds = "module"
 
     def load_variants(self) -> list[dict[str, Any]]:
-        return _mmap_variants({"weights_only": False})
+        return _variants(False, True, "default")
 
     def _save(self, model: nn.Module, path: Path) -> None:
         try:
