@@ -84,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--shrink-seconds",
         type=float,
-        default=30.0,
+        default=20.0,
         metavar="S",
-        help="time budget for shrinking a failure (default: 30)",
+        help="time budget for shrinking a failure (default: 20)",
     )
     common(run)
 

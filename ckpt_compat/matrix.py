@@ -26,8 +26,9 @@ class Outcome(str, enum.Enum):
         return self.value
 
 
-# Outcomes that are a finding, not a failure of the checkpoint.
-EXPECTED_OUTCOMES = frozenset({Outcome.OK, Outcome.UNSUPPORTED})
+# Only `ok` needs no explanation: every other outcome, `unsupported` included, must match a known
+# issue (expectations.py) with its reason, or the run and the gate fail.
+EXPECTED_OUTCOMES = frozenset({Outcome.OK})
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,19 @@ class CellResult:
     detail: str = ""
 
     @property
-    def unexpected(self) -> bool:
+    def not_ok(self) -> bool:
         return self.outcome not in EXPECTED_OUTCOMES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CellResult:
+        cell = Cell(
+            data["spec_id"],
+            data["format"],
+            Endpoint(**data["producer"]),
+            Endpoint(**data["consumer"]),
+            dict(data["options"]),
+        )
+        return cls(cell, Outcome(data["outcome"]), data["detail"])
 
     def to_json(self) -> dict[str, Any]:
         return {

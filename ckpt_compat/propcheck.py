@@ -46,7 +46,7 @@ class PropertyRun:
 
 def failure_of(results: Sequence[CellResult], expectations: Expectations) -> str:
     """Empty when every cell is ok, unsupported or a known issue; else what went wrong."""
-    bad = [r for r in results if r.unexpected and expectations.explain(r) is None]
+    bad = [r for r in results if r.not_ok and expectations.explain(r) is None]
     return "; ".join(
         f"{r.cell.variant} → {r.cell.consumer.device} "
         f"({r.cell.options.get('map_location', '-')}): {r.outcome.value}: {r.detail}"

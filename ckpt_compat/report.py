@@ -34,14 +34,14 @@ class Report:
     failure_detail: str = ""
 
     def unexpected(self) -> list[CellResult]:
-        return [r for r in self.results if r.unexpected and self.expectations.explain(r) is None]
+        return [r for r in self.results if r.not_ok and self.expectations.explain(r) is None]
 
     @property
     def passed(self) -> bool:
         return not self.unexpected() and self.failure is None
 
     def summary(self) -> dict[str, Any]:
-        known = [r for r in self.results if r.unexpected and self.expectations.explain(r) is not None]
+        known = [r for r in self.results if r.not_ok and self.expectations.explain(r) is not None]
         return {
             "cells": len(self.results),
             "specs": len(self.specs),
@@ -56,7 +56,7 @@ class Report:
         cells = []
         for r in self.results:
             cell = r.to_json()
-            known = self.expectations.explain(r) if r.unexpected else None
+            known = self.expectations.explain(r) if r.not_ok else None
             cell["known_issue"] = known.to_json() if known else None
             cells.append(cell)
         return {
@@ -108,7 +108,7 @@ class Report:
             lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]
         known: dict[str, list[CellResult]] = {}
         for r in self.results:
-            if r.unexpected and (e := self.expectations.explain(r)) is not None:
+            if r.not_ok and (e := self.expectations.explain(r)) is not None:
                 known.setdefault(e.id, []).append(r)
         if known:
             lines += ["", "## Known issues seen", ""]

@@ -19,5 +19,5 @@ def test_variant_label_and_counts() -> None:
     assert cell.variant == "torch_zip[mmap,weights_only]"
     results = [CellResult(cell, Outcome.OK), CellResult(cell, Outcome.MISMATCH, "x")]
     assert counts(results) == {"torch_zip[mmap,weights_only]": {"ok": 1, "mismatch": 1}}
-    assert [r.unexpected for r in results] == [False, True]
-    assert CellResult(cell, Outcome.UNSUPPORTED).unexpected is False
+    assert [r.not_ok for r in results] == [False, True]
+    assert CellResult(cell, Outcome.UNSUPPORTED).not_ok is True

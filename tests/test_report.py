@@ -22,7 +22,7 @@ def test_report_json_follows_the_published_schema(tmp_path: Path) -> None:
     assert data["summary"]["cells"] == len(results) == len(data["cells"])
     assert data["specs"][spec.id]["root"] == spec.root
     known = [c for c in data["cells"] if c["known_issue"]]
-    assert all(c["outcome"] not in ("ok", "unsupported") for c in known)
+    assert known and all(c["outcome"] != "ok" for c in known)
     markdown = written[1].read_text()
     assert "| format [load options] |" in markdown and "# ckpt-compat report: passed" in markdown
 

@@ -1,0 +1,177 @@
+"""Corpora: checkpoints written by one torch version, and their manifest.
+
+A corpus is a directory with one sub-folder per spec (``<spec name>/<format><suffix>``) and a
+``manifest.json`` written last and atomically: torch, python, numpy, safetensors and platform
+versions, the device, per-tensor dtype, shape and digest of each file, and which formats were
+unavailable and why. A directory without a manifest is an unfinished corpus and is ignored.
+
+The specs come from ``ckpt_compat/corpus/*.json``, a fixed set (see scripts/make_corpus_specs.py).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckpt_compat import __version__
+from ckpt_compat.atomic import write_text
+from ckpt_compat.compare import record
+from ckpt_compat.dtypes import UnknownDType
+from ckpt_compat.formats import Format, all_formats
+from ckpt_compat.matrix import Endpoint, Outcome
+from ckpt_compat.roundtrip import save_cell
+from ckpt_compat.specs import ModelSpec, SpecError, build
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "ckpt-compat/manifest/1"
+SPEC_DIR = Path(__file__).with_name("corpus")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def corpus_specs(directory: Path = SPEC_DIR) -> dict[str, ModelSpec]:
+    """The fixed corpus specs by name, in name order."""
+    return {p.stem: ModelSpec.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))}
+
+
+@dataclass
+class Entry:
+    """One spec in one format: the file written (or why none was) and its per-tensor records."""
+
+    spec: str
+    spec_id: str
+    format: str
+    file: str | None
+    outcome: str
+    detail: str = ""
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    torch: str
+    device: str
+    versions: dict[str, str]
+    formats: dict[str, dict[str, Any]]
+    specs: dict[str, dict[str, Any]]
+    entries: list[Entry]
+
+    @property
+    def producer(self) -> Endpoint:
+        return Endpoint(self.torch, self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "torch": self.torch,
+            "device": self.device,
+            "versions": self.versions,
+            "formats": self.formats,
+            "specs": self.specs,
+            "entries": [e.__dict__ for e in self.entries],
+        }
+
+    @classmethod
+    def read(cls, corpus: Path) -> Manifest:
+        path = corpus / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read it ({exc.strerror})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path}: not a valid manifest ({exc}); re-run `ckpt-compat produce`") from exc
+        if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+            raise ManifestError(f"{path}: not a {MANIFEST_SCHEMA} manifest; re-run `ckpt-compat produce`")
+        try:
+            return cls(
+                torch=data["torch"],
+                device=data["device"],
+                versions=data["versions"],
+                formats=data["formats"],
+                specs=data["specs"],
+                entries=[Entry(**e) for e in data["entries"]],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def produce(
+    out: Path,
+    formats: Iterable[Format],
+    *,
+    device: str = "cpu",
+    specs: dict[str, ModelSpec] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Manifest:
+    """Write a corpus for the running torch into ``out``; the manifest goes last."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, this is no corpus
+    formats = list(formats)
+    producer = Endpoint(torch.__version__, device)
+    entries: list[Entry] = []
+    specs = corpus_specs() if specs is None else specs
+    for name, spec in specs.items():
+        try:
+            model = build(spec, device=device)
+        except (SpecError, UnknownDType) as exc:
+            reason = f"torch {torch.__version__} cannot build this spec: {exc}"
+            entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
+            progress(f"{name}: skipped ({exc})")
+            continue
+        tensors = {k: record(v) for k, v in model.state_dict().items()}
+        (out / name).mkdir(exist_ok=True)
+        for fmt in formats:
+            relative = f"{name}/{fmt.name}{fmt.suffix}"
+            failed = save_cell(spec, fmt, model, out / relative, producer)
+            if failed is None:
+                entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value, "", tensors))
+            else:
+                entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
+        progress(f"{name}: {sum(e.spec == name and e.file is not None for e in entries)} file(s)")
+    manifest = Manifest(
+        torch=torch.__version__,
+        device=device,
+        versions={
+            "ckpt_compat": __version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "numpy": np.__version__,
+            "safetensors": _package_version("safetensors"),
+        },
+        formats={
+            name: {"available": (why := f.why_unavailable()) is None, "reason": why or ""}
+            for name, f in all_formats().items()
+        },
+        specs={name: spec.to_json() for name, spec in specs.items()},
+        entries=entries,
+    )
+    write_text(out / MANIFEST, json.dumps(manifest.to_json(), indent=1) + "\n")
+    return manifest
+
+
+def find_corpora(paths: Iterable[Path]) -> list[Path]:
+    """Every directory with a manifest at or below ``paths``, each once, in path order."""
+    found: set[Path] = set()
+    for path in paths:
+        if (path / MANIFEST).is_file():
+            found.add(path.resolve())
+        elif path.is_dir():
+            found.update(p.parent.resolve() for p in path.rglob(MANIFEST))
+    return sorted(found)

@@ -1,0 +1,205 @@
+"""Verify corpora under the running torch, loading every file in a throwaway worker process.
+
+Files from other torch versions are foreign: the worker process isolates a load that crashes or
+hangs (reported as ``crash`` / ``timeout`` for that file, and the worker is restarted), and is the
+only process that unpickles them, so torch <= 2.5.1, whose weights_only loader is itself unsafe
+(CVE-2025-32434), never touches a foreign file in the main process. Whole-model pickles need
+``weights_only=False``; they are loaded only from trusted corpora (committed fixtures, or
+``--trust``), and reported ``unsupported`` otherwise.
+
+The worker speaks JSON lines: one task in on stdin, one ``{"cells": [...]}`` out on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Task:
+    corpus: str
+    entry: int
+    trusted: bool
+    consumers: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "consumers": list(self.consumers)})
+
+
+def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]) -> list[CellResult]:
+    """The cells for one manifest entry, checked under the running torch (the worker's job)."""
+    import torch
+
+    from ckpt_compat.corpus import Manifest
+    from ckpt_compat.dtypes import UnknownDType
+    from ckpt_compat.formats import all_formats
+    from ckpt_compat.roundtrip import Expected, SavedFile, check_file
+    from ckpt_compat.specs import ModelSpec, SpecError
+
+    manifest = _manifest(corpus, Manifest.read)
+    entry = manifest.entries[index]
+    producer = manifest.producer
+    here = Endpoint(torch.__version__, "cpu")
+    fmt = all_formats().get(entry.format)
+    if entry.file is None:
+        return []  # the producer could not save it; its manifest says why
+    if fmt is None or (why := fmt.why_unavailable()):
+        reason = why if fmt else f"format {entry.format!r} is unknown to this ckpt-compat"
+        return [CellResult(Cell(entry.spec_id, entry.format, producer, here, {}), Outcome.UNSUPPORTED, reason)]
+    spec = ModelSpec.from_json(manifest.specs[entry.spec])
+    try:
+        expected, not_built = Expected.build(spec), ""
+    except (SpecError, UnknownDType) as exc:
+        expected, not_built = None, str(exc)
+    saved = SavedFile(spec, fmt, corpus / entry.file, producer, expected, entry.tensors, trusted, not_built)
+    return check_file(saved, consumers, spellings=("str",))
+
+
+_MANIFESTS: dict[Path, Any] = {}
+
+
+def _manifest(corpus: Path, read: Callable[[Path], Any]) -> Any:
+    if corpus not in _MANIFESTS:
+        _MANIFESTS[corpus] = read(corpus)
+    return _MANIFESTS[corpus]
+
+
+def worker_main() -> None:
+    """Serve tasks until stdin closes. Anything printed by torch goes to stderr, not the protocol."""
+    protocol = sys.stdout
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        task = json.loads(line)
+        cells = check_entry(
+            Path(task["corpus"]), task["entry"], trusted=task["trusted"], consumers=list(task["consumers"])
+        )
+        protocol.write(json.dumps({"cells": [c.to_json() for c in cells]}) + "\n")
+        protocol.flush()
+
+
+class Worker:
+    """One worker process, restarted after it crashes or hangs."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr: IO[str] | None = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _start(self) -> subprocess.Popen[str]:
+        self.stderr = tempfile.TemporaryFile("w+")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_compat.verify", "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+        )
+        return self.proc
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.stderr is not None:
+            self.stderr.close()
+            self.stderr = None
+
+    def _stderr_tail(self) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        lines = [line for line in self.stderr.read().splitlines() if line.strip()]
+        return " | ".join(lines[-3:])[-400:]
+
+    def run(self, task: Task) -> list[dict[str, Any]] | tuple[Outcome, str]:
+        """The task's cells as JSON, or (crash|timeout, detail) when the worker died or hung."""
+        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(task.to_json() + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+        if not ready:
+            self._stop()
+            return Outcome.TIMEOUT, f"no result within {self.timeout:.0f}s; the worker was killed"
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait()
+            detail = f"the worker died ({_exit_reason(code)}): {self._stderr_tail()}"
+            self._stop()
+            return Outcome.CRASH, detail
+        cells: list[dict[str, Any]] = json.loads(line)["cells"]
+        return cells
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        import signal
+
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def verify(
+    corpora: Iterable[Path],
+    *,
+    trusted: Callable[[Path], bool],
+    consumers: list[str],
+    timeout: float = 120.0,
+    progress: Progress = lambda _: None,
+) -> list[CellResult]:
+    """Every cell for every entry of every corpus, each file loaded in the worker process."""
+    import torch
+
+    from ckpt_compat.corpus import Manifest
+
+    results: list[CellResult] = []
+    with Worker(timeout) as worker:
+        for corpus in corpora:
+            manifest = Manifest.read(corpus)
+            before = len(results)
+            for index, entry in enumerate(manifest.entries):
+                if entry.file is None:
+                    continue
+                answer = worker.run(Task(str(corpus), index, trusted(corpus), tuple(consumers)))
+                if isinstance(answer, tuple):
+                    outcome, detail = answer
+                    cell = Cell(entry.spec_id, entry.format, manifest.producer, Endpoint(torch.__version__, "cpu"), {})
+                    results.append(CellResult(cell, outcome, f"{corpus / entry.file}: {detail}"))
+                else:
+                    results += [CellResult.from_json(c) for c in answer]
+            ok = sum(r.outcome is Outcome.OK for r in results[before:])
+            progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(results) - before} cells, {ok} ok")
+    return results
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        worker_main()
+    else:
+        sys.exit("usage: python -m ckpt_compat.verify --worker (used by `ckpt-compat verify`)")
