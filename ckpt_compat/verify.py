@@ -56,9 +56,9 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
     fmt = all_formats().get(entry.format)
     if entry.file is None:
         return []  # the producer could not save it; its manifest says why
-    if fmt is None or (why := fmt.why_unavailable()):
-        reason = why if fmt else f"format {entry.format!r} is unknown to this ckpt-compat"
-        return [CellResult(Cell(entry.spec_id, entry.format, producer, here, {}), Outcome.UNSUPPORTED, reason)]
+    reason = f"format {entry.format!r} is unknown to this ckpt-compat" if fmt is None else fmt.why_unavailable()
+    if fmt is None or reason:
+        return [CellResult(Cell(entry.spec_id, entry.format, producer, here, {}), Outcome.UNSUPPORTED, reason or "")]
     spec = ModelSpec.from_json(manifest.specs[entry.spec])
     try:
         expected, not_built = Expected.build(spec), ""
@@ -105,7 +105,7 @@ class Worker:
         self._stop()
 
     def _start(self) -> subprocess.Popen[str]:
-        self.stderr = tempfile.TemporaryFile("w+")
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the worker
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ckpt_compat.verify", "--worker"],

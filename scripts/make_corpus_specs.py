@@ -9,7 +9,6 @@ only do it deliberately (committed fixtures are checked against these specs by i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
