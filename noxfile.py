@@ -1,11 +1,15 @@
 """nox sessions. Per-torch-version sessions come from one table: adding a version is one line.
 
-nox -s tests            # the test suite on the default torch
-nox -s lint             # ruff + mypy
-nox -s "run(torch='2.6')"   # `ckpt-compat run` under torch 2.6 (uv installs it)
+nox -s tests lint                 # what CI runs, on the default torch
+nox -s compat                     # the full cross-version matrix (produce, verify, report, gate)
+nox -s "produce(2.6)"             # one step for one torch version
+nox -s produce -- fixtures/corpora   # regenerate the committed fixtures (see fixtures/README.md)
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
@@ -13,8 +17,8 @@ nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["tests", "lint"]
 
 # torch release -> (Python it runs on, extra pins it needs). The one place versions live.
-# numpy < 2 for torch < 2.3 (built against numpy 1.x); safetensors >= 0.6 cannot import with
-# torch < 2.3 (safetensors#641), so those pin safetensors below 0.6.
+# numpy < 2 for torch < 2.3 (its wheels were built against numpy 1.x); safetensors >= 0.6 does not
+# import with torch < 2.3 (safetensors#641), so those pin safetensors below 0.6.
 TORCH: dict[str, tuple[str, tuple[str, ...]]] = {
     "2.0": ("3.10", ("numpy<2", "safetensors<0.6")),
     "2.2": ("3.10", ("numpy<2", "safetensors<0.6")),
@@ -23,24 +27,37 @@ TORCH: dict[str, tuple[str, tuple[str, ...]]] = {
     "2.8": ("3.11", ()),
     "2.10": ("3.11", ()),
     "2.13": ("3.11", ()),
+    "2.15": ("3.12", ()),
 }
 DEFAULT_TORCH = "2.13"
+COMPAT = Path("compat")  # corpora/, results/, matrix/ of `nox -s compat` (git-ignored)
+
+
+def interpreter(version: str) -> str:
+    """``3.10`` -> pyenv's python3.10 where pyenv has one (nox's discovery skips pyenv shims and
+    would try to download a Python, which machines without internet cannot); else ``3.10``."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = sorted(root.glob(f"{version}.*/bin/python{version}")) if root.is_dir() else []
+    return str(found[-1]) if found else version
+
+
+VERSIONS = [nox.param(interpreter(py), v, id=v) for v, (py, _) in TORCH.items()]
+DEFAULT_PYTHON = interpreter(TORCH[DEFAULT_TORCH][0])
 
 
 def install(session: nox.Session, torch: str, *extras: str) -> None:
     _, pins = TORCH[torch]
-    spec = ".[" + ",".join(("safetensors", *extras)) + "]"
-    session.install(f"torch=={torch}.*", *pins, "-e", spec)
+    session.install(f"torch=={torch}.*", *pins, "-e", ".[" + ",".join(("safetensors", *extras)) + "]")
 
 
-@nox.session(python=TORCH[DEFAULT_TORCH][0])
+@nox.session(python=DEFAULT_PYTHON)
 def tests(session: nox.Session) -> None:
     """The README's test command, on the default torch."""
     install(session, DEFAULT_TORCH, "test")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
-@nox.session(python=TORCH[DEFAULT_TORCH][0])
+@nox.session(python=DEFAULT_PYTHON)
 def lint(session: nox.Session) -> None:
     install(session, DEFAULT_TORCH, "dev")
     session.run("ruff", "check", ".")
@@ -49,8 +66,56 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("python,torch", [(py, v) for v, (py, _) in TORCH.items()], ids=list(TORCH))
+@nox.parametrize("python,torch", VERSIONS)
 def run(session: nox.Session, torch: str) -> None:
     """`ckpt-compat run` under one torch version; the report goes to reports/torch-<version>/."""
     install(session, torch)
     session.run("ckpt-compat", "run", "--out", f"reports/torch-{torch}", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("python,torch", VERSIONS)
+def produce(session: nox.Session, torch: str) -> None:
+    """Write the corpus of one torch version into <root>/torch-<version> (root: posargs or compat/corpora)."""
+    install(session, torch)
+    root = Path(session.posargs[0]) if session.posargs else COMPAT / "corpora"
+    session.run("ckpt-compat", "produce", "--out", str(root / f"torch-{torch}"), "-q")
+
+
+@nox.session
+@nox.parametrize("python,torch", VERSIONS)
+def verify(session: nox.Session, torch: str) -> None:
+    """Load every corpus in compat/corpora and the committed fixtures under one torch version."""
+    install(session, torch)
+    # --trust: compat/corpora holds only what this checkout's produce sessions wrote.
+    session.run(
+        "ckpt-compat",
+        "verify",
+        str(COMPAT / "corpora"),
+        "--trust",
+        "--no-fixtures",
+        "-q",
+        "--out",
+        str(COMPAT / "results" / f"torch-{torch}.json"),
+    )
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def report(session: nox.Session) -> None:
+    """Merge every results file into the matrix, then gate it on fixtures/expectations.toml."""
+    install(session, DEFAULT_TORCH)
+    results = sorted(str(p) for p in (COMPAT / "results").glob("*.json"))
+    if not results:
+        session.error("no results in compat/results: run `nox -s compat` (or the verify sessions) first")
+    expectations = ("--expectations", "fixtures/expectations.toml")
+    session.run("ckpt-compat", "report", *results, "--out", str(COMPAT / "matrix"), *expectations)
+    session.run("ckpt-compat", "gate", *results, *expectations)
+
+
+@nox.session(python=False)
+def compat(session: nox.Session) -> None:
+    """The whole cross-version protocol: produce per version, verify per version, report + gate."""
+    for step in ("produce", "verify"):
+        for version in TORCH:
+            session.notify(f"{step}({version})")
+    session.notify("report")

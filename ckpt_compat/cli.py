@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from ckpt_compat.expectations import Expectations
     from ckpt_compat.formats import Format
+    from ckpt_compat.matrix import CellResult
     from ckpt_compat.report import Report
     from ckpt_compat.specs import ModelSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -94,6 +96,63 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--spec", type=Path, required=True, metavar="FILE", help="a ModelSpec JSON file")
     common(check)
 
+    produce = commands.add_parser("produce", help="write a corpus of every format for the running torch")
+    produce.add_argument("--out", type=Path, required=True, metavar="DIR", help="the corpus directory")
+    produce.add_argument("--formats", default=None, metavar="A,B", help="comma-separated format names")
+    produce.add_argument("--device", default="cpu", help="device to save from: cpu, or cuda where present")
+    produce.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    verify = commands.add_parser("verify", help="load every corpus under the running torch; write one results file")
+    verify.add_argument(
+        "corpora", nargs="*", type=Path, metavar="DIR", help="corpus directories (searched recursively)"
+    )
+    verify.add_argument("--out", type=Path, required=True, metavar="FILE", help="the results file (report schema)")
+    verify.add_argument(
+        "--fixtures",
+        type=Path,
+        default=Path("fixtures/corpora"),
+        metavar="DIR",
+        help="committed corpora, verified too and trusted (default: fixtures/corpora if present)",
+    )
+    verify.add_argument("--no-fixtures", action="store_true", help="do not verify the committed fixtures")
+    verify.add_argument(
+        "--trust",
+        action="store_true",
+        help="the corpora come from a source you trust: allow weights_only=False on them",
+    )
+    verify.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds one file may take before its load counts as hung (default: 120)",
+    )
+    verify.add_argument(
+        "--expectations",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="TOML",
+        help="extra known-issue file(s), for the summary line",
+    )
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    report = commands.add_parser("report", help="merge results into the producer x consumer matrix")
+    report.add_argument("results", nargs="+", type=Path, metavar="RESULTS")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="matrix.md, matrix.json, junit.xml")
+    report.add_argument("--expectations", type=Path, action="append", default=[], metavar="TOML")
+
+    gate = commands.add_parser("gate", help="exit 0 only if every non-ok cell is a known, explained issue")
+    gate.add_argument("results", nargs="+", type=Path, metavar="RESULTS")
+    gate.add_argument(
+        "--expectations",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="TOML",
+        help="known-issue file(s) on top of the built-in one, e.g. fixtures/expectations.toml",
+    )
+
     commands.add_parser("formats", help="list the formats and whether they are available here")
     return parser
 
@@ -107,7 +166,15 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        command = {"run": _run, "check": _check, "formats": _formats}[args.command]
+        command = {
+            "run": _run,
+            "check": _check,
+            "formats": _formats,
+            "produce": _produce,
+            "verify": _verify,
+            "report": _report,
+            "gate": _gate,
+        }[args.command]
         return command(args)
     except UsageError as exc:
         print(f"ckpt-compat: error: {exc}", file=sys.stderr)
@@ -115,6 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ckpt-compat: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in ckpt-compat: one line, and the way to see more
+        if os.environ.get("CKPT_COMPAT_DEBUG"):
+            raise
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+        print(
+            f"ckpt-compat: internal error: {type(exc).__name__}: {exc}{place} "
+            "(set CKPT_COMPAT_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 # --------------------------------------------------------------------------- steps
@@ -279,6 +359,140 @@ def _check(args: argparse.Namespace) -> int:
         failure_detail=failure,
     )
     return _finish(report, out)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    def progress(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _produce(args: argparse.Namespace) -> int:
+    formats = _select_formats(args.formats)
+    out = _writable_dir(args.out)
+
+    from ckpt_compat.corpus import MANIFEST, produce
+    from ckpt_compat.devices import producer_devices
+
+    if args.device not in producer_devices():
+        raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
+    started = time.perf_counter()
+    manifest = produce(out, formats, device=args.device, progress=_progress(args.quiet))
+    written = sum(e.file is not None for e in manifest.entries)
+    print(
+        f"wrote {written} file(s) for {len(manifest.specs)} spec(s) in {time.perf_counter() - started:.1f}s "
+        f"under torch {manifest.torch} ({manifest.device}); manifest: {out / MANIFEST}"
+    )
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ckpt_compat.corpus import ManifestError, find_corpora
+
+    for path in args.corpora:
+        if not path.is_dir():
+            raise UsageError(f"{path}: no such corpus directory; run `ckpt-compat produce --out {path}` first")
+    fixtures = [] if args.no_fixtures or not args.fixtures.is_dir() else [args.fixtures.resolve()]
+    corpora = find_corpora([*args.corpora, *fixtures])
+    if not corpora:
+        raise UsageError("no corpus found (no manifest.json below the given directories or fixtures/corpora)")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write there ({exc.strerror})") from None
+    expectations = _expectations(args.expectations)
+
+    import torch
+
+    from ckpt_compat.corpus import Manifest
+    from ckpt_compat.devices import available_devices
+    from ckpt_compat.report import Report
+    from ckpt_compat.verify import verify
+
+    def trusted(corpus: Path) -> bool:
+        return args.trust or any(corpus.is_relative_to(root) for root in fixtures)
+
+    progress = _progress(args.quiet)
+    progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")
+    started = time.perf_counter()
+    try:
+        specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
+        results = verify(
+            corpora, trusted=trusted, consumers=available_devices(), timeout=args.timeout, progress=progress
+        )
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    report = Report(
+        results,
+        specs,
+        expectations,
+        run={
+            "command": "verify",
+            "corpora": [str(c) for c in corpora],
+            "seconds": round(time.perf_counter() - started, 2),
+            "out": str(args.out),
+        },
+    )
+    report.write_results(args.out)
+    s = report.summary()
+    print(
+        f"{s['cells']} cells from {len(corpora)} corpus/corpora: {s['outcomes']}; "
+        f"{s['known_issues']} known issue(s), {s['unexpected']} unexplained; wrote {args.out}"
+    )
+    return EXIT_OK
+
+
+def _manifest_specs(manifest: Any) -> list[ModelSpec]:
+    from ckpt_compat.specs import ModelSpec
+
+    return [ModelSpec.from_json(raw) for raw in manifest.specs.values()]
+
+
+def _load_results(paths: list[Path]) -> list[CellResult]:
+    from ckpt_compat.report import load_results
+
+    try:
+        return load_results(paths)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    results = _load_results(args.results)
+    out = _writable_dir(args.out)
+    expectations = _expectations(args.expectations)
+
+    from ckpt_compat.report import write_matrix
+
+    paths = write_matrix(results, expectations, out)
+    print(f"{len(results)} cells from {len(args.results)} file(s); wrote " + ", ".join(str(p) for p in paths))
+    return EXIT_OK
+
+
+def _gate(args: argparse.Namespace) -> int:
+    results = _load_results(args.results)
+    expectations = _expectations(args.expectations)
+    unexplained = [r for r in results if r.not_ok and expectations.explain(r) is None]
+    groups: dict[tuple[str, str, str], list[CellResult]] = {}
+    for r in unexplained:
+        key = (r.cell.variant, f"{r.cell.producer.torch}→{r.cell.consumer.torch}", r.outcome.value)
+        groups.setdefault(key, []).append(r)
+    for (variant, pair, outcome), cells in sorted(groups.items()):
+        print(f"UNEXPLAINED {variant} {pair} {outcome} ({len(cells)} cell(s)): {cells[0].detail[:300]}")
+    from ckpt_compat.expectations import BUILTIN
+
+    # Built-in entries also cover same-version `run` cells; staleness is judged on the files given here.
+    for stale in expectations.unused(results):
+        if stale.source != str(BUILTIN):
+            print(f"stale expectation {stale.id} ({stale.source}): matches no cell in these results")
+    explained = sum(r.not_ok for r in results) - len(unexplained)
+    verdict = "FAILED" if unexplained else "passed"
+    print(f"gate {verdict}: {len(results)} cells, {explained} non-ok explained, {len(unexplained)} unexplained")
+    return EXIT_FAILED if unexplained else EXIT_OK
 
 
 def _formats(args: argparse.Namespace) -> int:

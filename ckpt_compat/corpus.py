@@ -24,11 +24,11 @@ import torch
 from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
 from ckpt_compat.compare import record
-from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.formats import Format, all_formats
+from ckpt_compat.formats.base import first_line
 from ckpt_compat.matrix import Endpoint, Outcome
 from ckpt_compat.roundtrip import save_cell
-from ckpt_compat.specs import ModelSpec, SpecError, build
+from ckpt_compat.specs import ModelSpec, build
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "ckpt-compat/manifest/1"
@@ -130,8 +130,8 @@ def produce(
     for name, spec in specs.items():
         try:
             model = build(spec, device=device)
-        except (SpecError, UnknownDType) as exc:
-            reason = f"torch {torch.__version__} cannot build this spec: {exc}"
+        except Exception as exc:  # a dtype or layer this torch lacks, or an op it cannot run
+            reason = f"torch {torch.__version__} cannot build this spec: {first_line(exc)}"
             entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
             progress(f"{name}: skipped ({exc})")
             continue

@@ -113,12 +113,21 @@ def why_unsupported(name: str) -> str | None:
         raw = torch.zeros(16 * size, dtype=torch.uint8)
         t = raw.view(dtype).reshape(2, 2, 2, 2)
         t.clone().copy_(t)
+        torch.zeros((2, 2), dtype=dtype).t().copy_(torch.zeros((2, 2), dtype=dtype))  # strided destination
         t.contiguous(memory_format=torch.channels_last).reshape(-1)
         t.transpose(0, 1).contiguous().reshape(-1).view(torch.uint8)
         torch.zeros(0, dtype=dtype)
     except Exception as exc:  # any failure means "not usable here": the reason is reported
         return f"torch {torch.__version__} cannot use {name}: {type(exc).__name__}: {exc}"
     return None
+
+
+def usable_dtype(name: str) -> torch.dtype:
+    """The torch dtype, if the running torch supports everything the harness does with it."""
+    why = why_unsupported(name)
+    if why:
+        raise UnknownDType(why)
+    return torch_dtype(name)
 
 
 def available_dtypes() -> list[str]:

@@ -59,6 +59,7 @@ class Expectation:
     producer_torch: SpecifierSet | None = None
     consumer_torch: SpecifierSet | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file it came from
 
     def matches(self, result: CellResult) -> bool:
         cell = result.cell
@@ -125,6 +126,7 @@ def _parse(path: Path) -> list[Expectation]:
                     producer_torch=SpecifierSet(raw["producer_torch"]) if "producer_torch" in raw else None,
                     consumer_torch=SpecifierSet(raw["consumer_torch"]) if "consumer_torch" in raw else None,
                     options=dict(raw.get("options", {})),
+                    source=str(path),
                 )
             )
         except KeyError as exc:

@@ -116,3 +116,43 @@ def counts(results: Iterable[CellResult]) -> dict[str, dict[str, int]]:
     for r in results:
         table.setdefault(r.cell.variant, Counter())[r.outcome.value] += 1
     return {variant: dict(c) for variant, c in sorted(table.items())}
+
+
+def release(version: str) -> str:
+    """``2.13.0+cpu`` -> ``2.13.0``: the matrix axes are releases, not builds."""
+    return version.split("+", 1)[0]
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in release(version).split("."))
+
+
+@dataclass
+class MatrixEntry:
+    """All cells of one format from one producer release to one consumer release."""
+
+    results: list[CellResult] = field(default_factory=list)
+
+    def outcomes(self) -> dict[str, int]:
+        return dict(Counter(r.outcome.value for r in self.results))
+
+
+@dataclass
+class Matrix:
+    """Per format, a producer-release x consumer-release grid of cell results."""
+
+    grid: dict[str, dict[tuple[str, str], MatrixEntry]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, results: Iterable[CellResult]) -> Matrix:
+        matrix = cls()
+        for r in results:
+            key = (release(r.cell.producer.torch), release(r.cell.consumer.torch))
+            matrix.grid.setdefault(r.cell.format, {}).setdefault(key, MatrixEntry()).results.append(r)
+        return matrix
+
+    def producers(self, fmt: str) -> list[str]:
+        return sorted({p for p, _ in self.grid[fmt]}, key=version_key)
+
+    def consumers(self, fmt: str) -> list[str]:
+        return sorted({c for _, c in self.grid[fmt]}, key=version_key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import all_formats
-from ckpt_compat.matrix import CellResult, Outcome, counts
+from ckpt_compat.matrix import CellResult, Matrix, MatrixEntry, Outcome, counts, release, version_key
 from ckpt_compat.specs import ModelSpec
 
 SCHEMA = "ckpt-compat/report/1"
@@ -143,6 +144,10 @@ class Report:
             ]
         return "\n".join(lines) + "\n"
 
+    def write_results(self, path: Path) -> None:
+        """The JSON alone, to a file: what `verify` writes and `report` / `gate` read."""
+        write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+
     def write(self, out: Path) -> list[Path]:
         """Write report.json, report.md (and failing-spec.json) atomically; return the paths."""
         out.mkdir(parents=True, exist_ok=True)
@@ -172,3 +177,138 @@ def table(results: Sequence[CellResult]) -> str:
 
 def reproduce_command(spec_path: Path) -> str:
     return f"ckpt-compat check --spec {spec_path}"
+
+
+# --------------------------------------------------------------------------- cross-version matrix
+
+
+def load_results(paths: Sequence[Path]) -> list[CellResult]:
+    """Cells from report.json / results.json files; raises ValueError naming a bad file."""
+    results: list[CellResult] = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("schema") != SCHEMA:
+                raise ValueError(f"not a {SCHEMA} file")
+            results += [CellResult.from_json(c) for c in data["cells"]]
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read it ({exc.strerror})") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a results file written by ckpt-compat ({exc})") from exc
+    return results
+
+
+def _verdict(entry: MatrixEntry, expectations: Expectations) -> tuple[str, int, set[str]]:
+    """(symbol, unexplained count, known issue ids) for one matrix entry."""
+    bad = [r for r in entry.results if r.not_ok]
+    known = {e.id for r in bad if (e := expectations.explain(r)) is not None}
+    unexplained = sum(expectations.explain(r) is None for r in bad)
+    symbol = "❌" if unexplained else ("⚠️" if bad else "✅")
+    return symbol, unexplained, known
+
+
+def matrix_markdown(results: Sequence[CellResult], expectations: Expectations) -> str:
+    matrix = Matrix.of(results)
+    lines = [
+        "# ckpt-compat cross-version matrix",
+        "",
+        "Rows: the torch release that wrote the file. Columns: the torch release that loaded it.",
+        "✅ every cell ok · ⚠️ non-ok cells, all explained by known issues · ❌ unexplained non-ok cells.",
+    ]
+    findings: dict[tuple[str, str, str], set[str]] = {}
+    for fmt in sorted(matrix.grid):
+        consumers = matrix.consumers(fmt)
+        lines += [
+            "",
+            f"## {fmt}",
+            "",
+            "| producer \\ consumer | " + " | ".join(consumers) + " |",
+            "|---|" + "---|" * len(consumers),
+        ]
+        for producer in matrix.producers(fmt):
+            row = []
+            for consumer in consumers:
+                entry = matrix.grid[fmt].get((producer, consumer))
+                if entry is None:
+                    row.append("")
+                    continue
+                symbol, _, _ = _verdict(entry, expectations)
+                ok = entry.outcomes().get("ok", 0)
+                row.append(f"{symbol} {ok}/{len(entry.results)}")
+                for r in entry.results:
+                    if r.not_ok:
+                        e = expectations.explain(r)
+                        key = (f"{r.cell.variant}", r.outcome.value, e.id if e else "UNEXPLAINED")
+                        findings.setdefault(key, set()).add(f"{producer}→{consumer}")
+            lines.append(f"| **{producer}** | " + " | ".join(row) + " |")
+    if findings:
+        lines += [
+            "",
+            "## Non-ok cells",
+            "",
+            "| format [load options] | outcome | known issue | producer→consumer |",
+            "|---|---|---|---|",
+        ]
+        for (variant, outcome, known), pairs in sorted(findings.items()):
+            shown = ", ".join(sorted(pairs, key=lambda p: [version_key(v) for v in p.split("→")])[:12])
+            more = f" (+{len(pairs) - 12})" if len(pairs) > 12 else ""
+            lines.append(f"| {variant} | {outcome} | {known} | {shown}{more} |")
+    used = {k for _, _, k in findings}
+    cited = [e for e in expectations.entries if e.id in used]
+    if cited:
+        lines += ["", "## Known issues", ""]
+        lines += [f"- **{e.id}**: {' '.join(e.reason.split())} " + " ".join(f"<{u}>" for u in e.links) for e in cited]
+    return "\n".join(lines) + "\n"
+
+
+def matrix_json(results: Sequence[CellResult], expectations: Expectations) -> dict[str, Any]:
+    matrix = Matrix.of(results)
+    formats: dict[str, Any] = {}
+    for fmt, grid in sorted(matrix.grid.items()):
+        cells = []
+        for (producer, consumer), entry in sorted(grid.items()):
+            _, unexplained, known = _verdict(entry, expectations)
+            cells.append(
+                {
+                    "producer": producer,
+                    "consumer": consumer,
+                    "outcomes": entry.outcomes(),
+                    "unexplained": unexplained,
+                    "known_issues": sorted(known),
+                }
+            )
+        formats[fmt] = {"producers": matrix.producers(fmt), "consumers": matrix.consumers(fmt), "cells": cells}
+    return {"schema": "ckpt-compat/matrix/1", "formats": formats}
+
+
+def matrix_junit(results: Sequence[CellResult], expectations: Expectations) -> str:
+    """One testsuite per format, one testcase per producer→consumer pair and load variant."""
+    root = ET.Element("testsuites", name="ckpt-compat")
+    groups: dict[str, dict[str, list[CellResult]]] = {}
+    for r in results:
+        name = f"{release(r.cell.producer.torch)} -> {release(r.cell.consumer.torch)} {r.cell.variant}"
+        groups.setdefault(r.cell.format, {}).setdefault(name, []).append(r)
+    for fmt, cases in sorted(groups.items()):
+        failures = 0
+        suite = ET.SubElement(root, "testsuite", name=fmt, tests=str(len(cases)))
+        for name, cells in sorted(cases.items()):
+            case = ET.SubElement(suite, "testcase", classname=f"ckpt_compat.{fmt}", name=name)
+            unexplained = [r for r in cells if r.not_ok and expectations.explain(r) is None]
+            if unexplained:
+                failures += 1
+                failure = ET.SubElement(case, "failure", message=f"{len(unexplained)} unexplained non-ok cell(s)")
+                failure.text = "\n".join(f"{r.cell.spec_id} {r.outcome.value}: {r.detail}" for r in unexplained[:20])
+            elif any(r.not_ok for r in cells):
+                ids = sorted({e.id for r in cells if (e := expectations.explain(r)) is not None})
+                ET.SubElement(case, "skipped", message="known issues: " + ", ".join(ids))
+        suite.set("failures", str(failures))
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_matrix(results: Sequence[CellResult], expectations: Expectations, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "matrix.md", out / "matrix.json", out / "junit.xml"]
+    write_text(paths[0], matrix_markdown(results, expectations))
+    write_text(paths[1], json.dumps(matrix_json(results, expectations), indent=1) + "\n")
+    write_text(paths[2], matrix_junit(results, expectations))
+    return paths

@@ -20,10 +20,11 @@ from torch import nn
 from ckpt_compat import loading
 from ckpt_compat.compare import Difference, compare_records, compare_state_dicts, compare_values
 from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devices, map_locations, producer_devices
+from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.formats.base import first_line
 from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome, describe, outcome_of
-from ckpt_compat.specs import ModelSpec, build, example_inputs
+from ckpt_compat.specs import ModelSpec, SpecError, build, example_inputs
 
 
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,10 +130,15 @@ def check_file(
 
 def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], location: MapLocation) -> CellResult:
     spec, fmt, consumer, expected = saved.spec, saved.fmt, location.target, saved.expected
+
+    def fresh_model() -> nn.Module:
+        try:
+            return build(spec, device=consumer, perturb=True)
+        except (SpecError, UnknownDType) as exc:
+            raise Unsupported(f"torch {torch.__version__} cannot build the model to load into: {exc}") from exc
+
     try:
-        loaded = fmt.load(
-            saved.path, variant, location, lambda: build(spec, device=consumer, perturb=True), trusted=saved.trusted
-        )
+        loaded = fmt.load(saved.path, variant, location, fresh_model, trusted=saved.trusted)
     except (Unsupported, Untrusted) as exc:
         return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
     except Exception as exc:

@@ -237,7 +237,7 @@ def random_tensor(shape: tuple[int, ...], dtype_name: str, fill: str, seed: int,
     patterns and starts every float tensor with -0.0, ±inf, NaN payloads and a subnormal.
     """
     info = dtypes.info(dtype_name)
-    dtype = dtypes.torch_dtype(dtype_name)
+    dtype = dtypes.usable_dtype(dtype_name)
     numel = math.prod(shape)
     if numel == 0:
         return torch.zeros(shape, dtype=dtype)
@@ -315,7 +315,7 @@ class TensorBag(nn.Module):
                 self.register_buffer(name, _view(base, t["view"]), persistent=t.get("persistent", True))
                 self.views.append(name)
                 continue
-            value = _laid_out(tuple(t["shape"]), dtypes.torch_dtype(t["dtype"]), t.get("layout", "contiguous"), device)
+            value = _laid_out(tuple(t["shape"]), dtypes.usable_dtype(t["dtype"]), t.get("layout", "contiguous"), device)
             if t["role"] == "parameter":
                 grad = value.dtype.is_floating_point or value.dtype.is_complex
                 setattr(self, name, nn.Parameter(value, requires_grad=grad))
@@ -446,7 +446,7 @@ def _build_node(node: dict[str, Any], where: str, device: str) -> nn.Module:
     layer = LAYERS[kind]
     kwargs = dict(node["args"])
     if layer.factory_kwargs:
-        kwargs.update(dtype=dtypes.torch_dtype(node.get("dtype", "float32")), device=device)
+        kwargs.update(dtype=dtypes.usable_dtype(node.get("dtype", "float32")), device=device)
     try:
         return layer.cls(**kwargs)
     except Exception as exc:

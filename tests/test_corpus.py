@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ckpt_compat.corpus import MANIFEST, Manifest, ManifestError, corpus_specs, find_corpora, produce
+from ckpt_compat.formats import available_formats
+from ckpt_compat.specs import build
+
+
+def test_fixed_spec_set_builds_and_covers_the_edge_cases() -> None:
+    specs = corpus_specs()
+    assert {"tied", "layouts", "bits", "weight-norm", "spectral-norm", "dtype-float8_e4m3fn", "drawn-00"} <= set(specs)
+    for name in ("layers-float32", "tied", "layouts", "nested"):
+        build(specs[name])
+
+
+def test_produce_writes_files_and_a_manifest_last(tmp_path: Path) -> None:
+    specs = {k: v for k, v in corpus_specs().items() if k in ("tied", "layouts", "dtype-complex128")}
+    manifest = produce(tmp_path, available_formats(), specs=specs)
+    again = Manifest.read(tmp_path)
+    assert again.to_json() == manifest.to_json()
+    files = {e.file for e in manifest.entries if e.file}
+    assert files and all((tmp_path / f).is_file() for f in files)
+    tied = next(e for e in manifest.entries if e.spec == "tied" and e.format == "torch_zip")
+    assert set(tied.tensors) == set(build(specs["tied"]).state_dict())
+    assert all(len(r["digest"]) == 32 for r in tied.tensors.values())
+    refused = next(e for e in manifest.entries if e.spec == "tied" and e.format == "safetensors_file")
+    assert refused.file is None and refused.outcome == "unsupported" and "share memory" in refused.detail
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [MANIFEST]  # no temp files left
+
+
+def test_a_corpus_without_manifest_is_not_a_corpus(tmp_path: Path) -> None:
+    (tmp_path / "half" / "x").mkdir(parents=True)
+    produce(tmp_path / "whole", available_formats()[:1], specs={"tied": corpus_specs()["tied"]})
+    assert find_corpora([tmp_path]) == [(tmp_path / "whole").resolve()]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("{", "not a valid manifest"), ('{"schema": "x"}', "not a ckpt-compat")]
+)
+def test_bad_manifests_name_the_file(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / MANIFEST).write_text(content)
+    with pytest.raises(ManifestError, match=f"{tmp_path / MANIFEST}: {message}"):
+        Manifest.read(tmp_path)
+
+
+def test_manifest_records_versions(tmp_path: Path) -> None:
+    produce(tmp_path, available_formats()[:1], specs={"tied": corpus_specs()["tied"]})
+    data = json.loads((tmp_path / MANIFEST).read_text())
+    assert {"ckpt_compat", "python", "platform", "numpy", "safetensors"} <= set(data["versions"])
+    assert data["device"] == "cpu" and data["formats"]["torch_zip"]["available"] is True

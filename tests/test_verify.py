@@ -1,0 +1,127 @@
+"""verify under the running torch; tampering with a produced file is caught for exactly that file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_compat.corpus import MANIFEST, corpus_specs, find_corpora, produce
+from ckpt_compat.expectations import Expectations
+from ckpt_compat.formats import get_format
+from ckpt_compat.matrix import Outcome
+from ckpt_compat.verify import Task, Worker, verify
+from tests.faults import flip_bit
+
+SPECS = ("layers-float32", "tied", "layouts")
+FORMATS = ("torch_zip", "torch_legacy", "safetensors_model")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    specs = {k: v for k, v in corpus_specs().items() if k in SPECS}
+    produce(root, [get_format(f) for f in FORMATS if not get_format(f).why_unavailable()], specs=specs)
+    return root
+
+
+def _copy(corpus: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(corpus, dest)
+    return dest
+
+
+def _by_file(results: list) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in results:
+        out.setdefault((r.cell.spec_id, r.cell.format), set()).add(r.outcome.value)
+    return out
+
+
+def _unexplained(results: list) -> list:
+    expectations = Expectations.load()
+    return [r for r in results if r.not_ok and expectations.explain(r) is None]
+
+
+def test_a_clean_corpus_verifies(corpus: Path) -> None:
+    results = verify([corpus], trusted=lambda _: True, consumers=["cpu", "meta"])
+    assert results and _unexplained(results) == []
+    producers = {r.cell.producer.torch for r in results}
+    assert producers == {torch.__version__}
+
+
+def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tuple[str, str]]:
+    work = _copy(corpus, tmp_path / "c")
+    manifest = json.loads((work / MANIFEST).read_text())
+    entry = next(e for e in manifest["entries"] if e["spec"] == "layers-float32" and e["format"] == "torch_zip")
+    path = work / entry["file"]
+    if how == "flip":
+        state = torch.load(path, weights_only=True)
+        flip_bit(path, bytes(state["linear.weight"].contiguous().view(torch.uint8).numpy()), byte=2, bit=3)
+    elif how == "delete":
+        state = torch.load(path, weights_only=True)
+        del state["bn1d.running_mean"]
+        torch.save(state, path)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    results = verify([work], trusted=lambda _: True, consumers=["cpu"])
+    return results, (entry["spec_id"], "torch_zip")
+
+
+@pytest.mark.parametrize(
+    ("how", "outcome", "fragment"),
+    [
+        ("flip", Outcome.MISMATCH, "manifest['linear.weight']: bytes: digest"),
+        ("delete", Outcome.KEYS, "manifest['bn1d.running_mean']: missing"),
+        ("truncate", Outcome.LOAD_ERROR, "Error"),
+    ],
+)
+def test_tampering_is_caught_for_exactly_that_file(
+    corpus: Path, tmp_path: Path, how: str, outcome: Outcome, fragment: str
+) -> None:
+    results, tampered = _tamper_and_verify(corpus, tmp_path, how)
+    bad = _unexplained(results)
+    assert bad and {(r.cell.spec_id, r.cell.format) for r in bad} == {tampered}
+    assert all(r.outcome is outcome and fragment in r.detail for r in bad)
+
+
+def test_gate_fails_on_tampering_and_passes_clean(corpus: Path, tmp_path: Path) -> None:
+    results, _ = _tamper_and_verify(corpus, tmp_path, "flip")
+    from ckpt_compat.report import Report
+
+    bad, clean = tmp_path / "bad.json", tmp_path / "clean.json"
+    Report(results, {}, Expectations.load()).write_results(bad)
+    Report(verify([corpus], trusted=lambda _: True, consumers=["cpu"]), {}, Expectations.load()).write_results(clean)
+    gate = [sys.executable, "-m", "ckpt_compat.cli", "gate"]
+    failed = subprocess.run([*gate, str(bad)], capture_output=True, text=True)
+    passed = subprocess.run([*gate, str(clean)], capture_output=True, text=True)
+    assert failed.returncode == 1 and "UNEXPLAINED torch_zip" in failed.stdout
+    assert passed.returncode == 0 and "gate passed" in passed.stdout
+
+
+def test_untrusted_corpora_never_unpickle_modules(tmp_path: Path) -> None:
+    produce(tmp_path, [get_format("torch_module")], specs={"tied": corpus_specs()["tied"]})
+    results = verify(find_corpora([tmp_path]), trusted=lambda _: False, consumers=["cpu"])
+    refused = [r for r in results if r.cell.options.get("weights_only") is False]
+    assert refused and all(r.outcome is Outcome.UNSUPPORTED and "pass --trust" in r.detail for r in refused)
+
+
+def test_worker_timeout_and_crash_are_outcomes_and_the_worker_restarts(corpus: Path, tmp_path: Path) -> None:
+    task = Task(str(corpus), 0, True, ("cpu",))
+    with Worker(timeout=0.001) as worker:
+        assert worker.run(task)[0] is Outcome.TIMEOUT  # the worker cannot even import torch that fast
+        worker.timeout = 120
+        assert isinstance(worker.run(task), list)
+        broken = _copy(corpus, tmp_path / "broken")
+        manifest = json.loads((broken / MANIFEST).read_text())
+        manifest["specs"]["tied"]["root"] = "not a node"
+        (broken / MANIFEST).write_text(json.dumps(manifest))
+        index = next(i for i, e in enumerate(manifest["entries"]) if e["spec"] == "tied" and e["file"])
+        outcome, detail = worker.run(Task(str(broken), index, True, ("cpu",)))  # type: ignore[misc]
+        assert outcome is Outcome.CRASH and "the worker died (exit code 1)" in detail and "SpecError" in detail
+        assert isinstance(worker.run(task), list)
