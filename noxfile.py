@@ -119,3 +119,12 @@ def compat(session: nox.Session) -> None:
         for version in TORCH:
             session.notify(f"{step}({version})")
     session.notify("report")
+
+
+if __name__ == "__main__":
+    # `python noxfile.py`: the TORCH table as a GitHub Actions job matrix, so CI and nox share it.
+    import json
+
+    print(
+        json.dumps({"include": [{"torch": v, "python": py, "pins": " ".join(pins)} for v, (py, pins) in TORCH.items()]})
+    )

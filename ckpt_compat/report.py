@@ -188,7 +188,7 @@ def load_results(paths: Sequence[Path]) -> list[CellResult]:
     for path in paths:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if data.get("schema") != SCHEMA:
+            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
                 raise ValueError(f"not a {SCHEMA} file")
             results += [CellResult.from_json(c) for c in data["cells"]]
         except OSError as exc:

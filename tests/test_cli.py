@@ -111,3 +111,29 @@ def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:
 def test_formats_lists_availability() -> None:
     result = cli("formats")
     assert result.returncode == 0 and "torch_zip" in result.stdout and "available" in result.stdout
+
+
+def test_cross_version_commands_end_to_end(tmp_path: Path) -> None:
+    corpus, results, matrix = tmp_path / "corpus", tmp_path / "results.json", tmp_path / "matrix"
+    produced = cli("produce", "--out", str(corpus), "--formats", "torch_zip,safetensors_file", "-q")
+    assert produced.returncode == 0, produced.stderr
+    assert (corpus / "manifest.json").is_file() and "wrote" in produced.stdout
+    verified = cli("verify", str(corpus), "--no-fixtures", "--out", str(results), "-q")
+    assert verified.returncode == 0, verified.stderr
+    data = json.loads(results.read_text())
+    assert data["cells"] and all(c["producer"]["torch"] for c in data["cells"])
+    assert cli("report", str(results), "--out", str(matrix)).returncode == 0
+    assert (matrix / "matrix.md").is_file() and (matrix / "junit.xml").is_file()
+    gate = cli("gate", str(results))
+    assert gate.returncode == 0 and "gate passed" in gate.stdout
+
+
+def test_cross_version_commands_bad_input(tmp_path: Path) -> None:
+    assert_usage_error(cli("verify", str(tmp_path / "nope"), "--out", str(tmp_path / "r.json")), "no such corpus")
+    assert_usage_error(
+        cli("verify", str(tmp_path), "--no-fixtures", "--out", str(tmp_path / "r.json")), "no corpus found"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert_usage_error(cli("gate", str(bad)), f"{bad}: not a results file")
+    assert_usage_error(cli("report", str(tmp_path / "missing.json"), "--out", str(tmp_path)), "cannot read it")
