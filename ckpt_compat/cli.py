@@ -323,6 +323,7 @@ def _check(args: argparse.Namespace) -> int:
     out = _writable_dir(args.out)
     expectations = _expectations(args.expectations)
 
+    from ckpt_compat.dtypes import UnknownDType
     from ckpt_compat.propcheck import failure_of
     from ckpt_compat.report import Report
     from ckpt_compat.roundtrip import check_spec
@@ -332,8 +333,8 @@ def _check(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
         try:
             results = check_spec(spec, formats, Path(workdir))
-        except SpecError as exc:
-            raise UsageError(f"--spec {args.spec}: {exc}") from None
+        except (SpecError, UnknownDType) as exc:
+            raise UsageError(f"--spec {args.spec}: this torch cannot build it: {exc}") from None
     failure = failure_of(results, expectations)
     for r in results:
         if r.outcome.value != "ok" and not args.quiet:

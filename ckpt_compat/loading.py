@@ -175,17 +175,40 @@ class NoForward:
     reason: str
 
 
+def leaf_blocks(inputs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(dotted path, input) of every block that runs on its own input: the containers' inputs
+    are dicts and lists of their children's, a block's input is a tensor or a tuple of tensors."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(x: Any, path: str) -> None:
+        if isinstance(x, dict):
+            for name, child in x.items():
+                walk(child, f"{path}.{name}" if path else name)
+        elif isinstance(x, list):
+            for i, child in enumerate(x):
+                if child is not None:
+                    walk(child, f"{path}.{i}" if path else str(i))
+        else:
+            found.append((path, x))
+
+    walk(inputs, "")
+    return found
+
+
 def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Each top-level block's output on its input, or `NoForward` with the reason it cannot run."""
+    """Each block's output on its input, by dotted path, or `NoForward` with the reason it cannot
+    run. Containers are walked, not called, so a TorchScript archive (whose container forwards
+    cannot be compiled) is checked block by block like any other module."""
     outputs: dict[str, Any] = {}
-    children = dict(model.named_children())
     with torch.no_grad():
-        for name, x in inputs.items():
+        for path, x in leaf_blocks(inputs):
             try:
-                block = children[name]
-                outputs[name] = block(*x) if isinstance(x, tuple) else block(x)
+                block = model
+                for name in path.split("."):
+                    block = getattr(block, name)
+                outputs[path] = block(*x) if isinstance(x, tuple) else block(x)
             except Exception as exc:
-                outputs[name] = NoForward(first_line(exc))
+                outputs[path] = NoForward(first_line(exc))
     return outputs
 
 
@@ -193,9 +216,8 @@ def compare_forward(
     reference: Mapping[str, Any], model: nn.Module, inputs: Mapping[str, Any]
 ) -> tuple[list[Difference], list[str]]:
     """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run."""
-    runnable = {k: v for k, v in inputs.items() if not isinstance(reference.get(k), NoForward)}
     notes = [f"forward of {k!r} not checked: {v.reason}" for k, v in reference.items() if isinstance(v, NoForward)]
-    got = forward_outputs(model, runnable)
+    got = {k: v for k, v in forward_outputs(model, inputs).items() if not isinstance(reference.get(k), NoForward)}
     differences: list[Difference] = []
     for name, value in got.items():
         path = f"forward[{name!r}]"

@@ -63,15 +63,21 @@ def run_property(
     expectations: Expectations,
     progress: Progress = lambda _: None,
     shrink_seconds: float = 30.0,
+    heavy_examples: int = 12,
 ) -> PropertyRun:
+    """``heavy_examples``: how many of the examples also go through the heavy formats
+    (TorchScript, torch.export, ...); a failure is shrunk with every format."""
     run = PropertyRun()
     failing: dict[str, _Failing] = {}
     minimal: list[str] = []  # the id of the smallest failing spec so far, once there is one
     shrink_started = [0.0]
 
-    def check(spec: ModelSpec) -> _Failing:
+    light = [f for f in formats if not f.heavy]
+    every = max(1, examples // max(1, heavy_examples))
+
+    def check(spec: ModelSpec, chosen: Sequence[Format] = formats) -> _Failing:
         try:
-            results = check_spec(spec, formats, workdir)
+            results = check_spec(spec, chosen, workdir)
         except Exception as exc:  # a harness bug: report it on the smallest spec, like any failure
             return _Failing(spec, [], f"harness error: {first_line(exc)}")
         return _Failing(spec, results, failure_of(results, expectations))
@@ -92,7 +98,7 @@ def run_property(
     def prop(spec: ModelSpec) -> None:
         if not minimal:
             started = time.perf_counter()
-            found = check(spec)
+            found = check(spec, formats if run.examples_run % every == 0 else light)
             run.examples_run += 1
             run.results += found.results
             run.specs[spec.id] = spec

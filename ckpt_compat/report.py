@@ -104,6 +104,9 @@ class Report:
             "",
             table(self.results),
         ]
+        deprecated = {n: f.deprecated for n, f in all_formats().items() if f.deprecated}
+        if deprecated:
+            lines += ["", "## Deprecated formats", ""] + [f"- `{n}`: {why}" for n, why in deprecated.items()]
         unavailable = {n: why for n, f in all_formats().items() if (why := f.why_unavailable())}
         if unavailable:
             lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]

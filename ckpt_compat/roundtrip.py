@@ -104,12 +104,23 @@ def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, produc
     """Save ``model``; None on success, else the cell saying why not (unsupported or save_error)."""
     cell = Cell(spec.id, fmt.name, producer, producer, {})
     try:
-        fmt.save(model, path)
+        fmt.save(model, path, _on(example_inputs(spec), producer.device))
     except Unsupported as exc:
         return CellResult(cell, Outcome.UNSUPPORTED, f"save: {exc}")
     except Exception as exc:
         return CellResult(cell, Outcome.SAVE_ERROR, first_line(exc))
     return None
+
+
+def _on(inputs: Any, device: str) -> Any:
+    """The example inputs moved to the device the model lives on."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: _on(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_on(v, device) for v in inputs)
+    return inputs
 
 
 def check_file(
@@ -156,16 +167,41 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
         notes.append(f"not rebuilt here: {saved.not_built}")
     else:
         # Meta tensors have no storage, so sharing cannot be observed there.
-        differences += compare_state_dicts(
+        found = compare_state_dicts(
             expected.state, state, strides=fmt.preserves_strides, aliasing=fmt.preserves_aliasing and consumer != "meta"
         )
         if fmt.holds == "module" and loaded.module is not None:
-            differences += compare_values(dict(expected.hidden), non_persistent_buffers(loaded.module), "buffers")
+            found += compare_values(dict(expected.hidden), non_persistent_buffers(loaded.module), "buffers")
+        differences += _name_persisted_buffers(found, expected.hidden)
         if consumer == "cpu" and location.kind == "str":
-            more, notes = _loading_checks(spec, expected, loaded.module, state)
+            # Keys the state comparison already reported as unexpected are not reported again
+            # by every loading check.
+            known = _with_metadata_of(state, {k: v for k, v in state.items() if k in expected.state})
+            more, notes = _loading_checks(spec, expected, loaded.module, known)
             differences += more
     detail = "; ".join(filter(None, [describe(differences), *notes]))
     return CellResult(cell, outcome_of(differences), detail)
+
+
+def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, Any]) -> list[Difference]:
+    """Say what it is when a non-persistent buffer comes back as a state-dict entry."""
+    out = []
+    for d in differences:
+        key = d.path.partition("[")[2].rstrip("]").strip("'")
+        if key in hidden and (d.kind, d.path.partition("[")[0]) in (
+            ("unexpected", "state_dict"),
+            ("missing", "buffers"),
+        ):
+            out.append(Difference(d.kind, d.path, "a non-persistent buffer came back as a persistent state-dict entry"))
+        else:
+            out.append(d)
+    return out
+
+
+def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mapping[str, Any]:
+    if len(items) == len(state):
+        return state
+    return loading._with_metadata(state, items.items())
 
 
 def _loading_checks(

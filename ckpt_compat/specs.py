@@ -288,6 +288,8 @@ def _call(module: nn.Module, x: Any) -> Any:
 class Bundle(nn.ModuleDict):
     """The root and every "dict" node: each child runs on its own input."""
 
+    # Heterogeneous inputs cannot be typed for TorchScript; scripting still compiles every child.
+    @torch.jit.unused
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {name: _call(child, inputs[name]) for name, child in self.items() if name in inputs}
 
@@ -295,6 +297,7 @@ class Bundle(nn.ModuleDict):
 class BundleList(nn.ModuleList):
     """A "list" node: child i runs on input i."""
 
+    @torch.jit.unused
     def forward(self, inputs: list[Any]) -> list[Any]:
         return [_call(child, x) for child, x in zip(self, inputs, strict=True)]
 

@@ -52,12 +52,12 @@ class Faulty(Format):
     def load_variants(self) -> list[dict[str, Any]]:
         return self.inner.load_variants()[:1]
 
-    def save(self, model: nn.Module, path: Path) -> None:
-        self.inner.save(model, path)
+    def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
+        self.inner.save(model, path, inputs)
         if self.after_save:
             self.after_save(model, path)
 
-    def _save(self, model: nn.Module, path: Path) -> None:  # pragma: no cover - save() is overridden
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:  # pragma: no cover - save() is overridden
         raise NotImplementedError
 
     def load(

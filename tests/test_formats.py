@@ -16,7 +16,7 @@ from ckpt_compat.formats import (
     get_format,
     parse_format_list,
 )
-from ckpt_compat.specs import ModelSpec, build
+from ckpt_compat.specs import ModelSpec, build, example_inputs
 from tests.samples import load
 
 CPU = MapLocation("str", "cpu", "cpu")
@@ -34,7 +34,7 @@ def test_every_available_format_round_trips_a_plain_model(name: str, tmp_path: P
     fmt, spec = get_format(name), load("plain")
     model = build(spec)
     path = tmp_path / f"m{fmt.suffix}"
-    fmt.save(model, path)
+    fmt.save(model, path, example_inputs(spec))
     loaded = fmt.load(path, fmt.load_variants()[0], CPU, lambda: build(spec, perturb=True), trusted=True)
     assert compare_state_dicts(model.state_dict(), loaded.state_dict, strides=fmt.preserves_strides) == []
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the atomic write left no temp file
@@ -102,3 +102,43 @@ def test_weights_only_default_follows_the_running_torch(tmp_path: Path) -> None:
     else:  # older torch unpickles anything by default, so a foreign file needs trust
         with pytest.raises(Untrusted):
             fmt.load(tmp_path / "m.pt", options, CPU, lambda: build(spec), trusted=False)
+
+
+def test_torchscript_round_trips_block_by_block(tmp_path: Path) -> None:
+    from ckpt_compat.roundtrip import check_spec
+
+    results = check_spec(
+        load("plain"), [get_format("torchscript_script"), get_format("torchscript_trace")], tmp_path, consumers=["cpu"]
+    )
+    ok = {r.cell.variant for r in results if r.outcome.value == "ok"}
+    assert {
+        "torchscript_script[loader=jit.load]",
+        "torchscript_trace[loader=jit.load]",
+        "torchscript_trace[loader=torch.load,weights_only=False]",
+    } <= ok
+    refused = [r for r in results if r.cell.options.get("weights_only") is True]
+    assert refused and all(r.outcome.value == "unsupported" and "torch.jit.load" in r.detail for r in refused)
+    assert get_format("torchscript_script").deprecated
+
+
+def test_torchscript_keeps_non_persistent_buffers_and_says_so(tmp_path: Path) -> None:
+    from ckpt_compat.roundtrip import check_spec
+
+    spec = ModelSpec.from_json(
+        {
+            "root": {
+                "kind": "dict",
+                "children": {
+                    "bag": {
+                        "kind": "tensors",
+                        "tensors": [
+                            {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [3], "persistent": False}
+                        ],
+                    }
+                },
+            }
+        }
+    )
+    [cell] = check_spec(spec, [get_format("torchscript_script")], tmp_path, consumers=["cpu"])[:1]
+    assert cell.outcome.value == "keys"
+    assert "state_dict['bag.hidden']: unexpected: a non-persistent buffer came back as a persistent" in cell.detail

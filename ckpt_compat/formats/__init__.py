@@ -9,6 +9,7 @@ import importlib.metadata
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.safetensors import SafetensorsFile, SafetensorsModel
 from ckpt_compat.formats.torch_save import TorchLegacy, TorchModule, TorchZip
+from ckpt_compat.formats.torchscript import TorchScript, TorchTrace
 
 __all__ = [
     "Format",
@@ -23,7 +24,15 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "ckpt_compat.formats"
-BUILTIN: tuple[type[Format], ...] = (TorchZip, TorchLegacy, TorchModule, SafetensorsFile, SafetensorsModel)
+BUILTIN: tuple[type[Format], ...] = (
+    TorchZip,
+    TorchLegacy,
+    TorchModule,
+    SafetensorsFile,
+    SafetensorsModel,
+    TorchScript,
+    TorchTrace,
+)
 
 
 class UnknownFormat(ValueError):

@@ -44,6 +44,8 @@ class Format(abc.ABC):
     # Which spellings of map_location the loader accepts (see devices.MAP_LOCATION_KINDS).
     map_location_kinds: ClassVar[tuple[str, ...]] = ("str", "device", "dict", "callable")
     deprecated: ClassVar[str | None] = None
+    # Costly per model (compilation, export, processes): `run` checks it on a sample of examples.
+    heavy: ClassVar[bool] = False
 
     def why_unavailable(self) -> str | None:
         """None when usable with the running torch and installed packages, else the reason."""
@@ -53,13 +55,14 @@ class Format(abc.ABC):
         """The load options worth checking, e.g. ``[{"weights_only": True}, {..., "mmap": True}]``."""
         return [{}]
 
-    def save(self, model: nn.Module, path: Path) -> None:
-        """Write ``model`` (or its state dict) to ``path`` atomically."""
+    def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
+        """Write ``model`` (or its state dict) to ``path`` atomically. ``inputs`` is the model's
+        example input (see `specs.example_inputs`), for formats that trace or export."""
         with atomic_path(path) as tmp:
-            self._save(model, tmp)
+            self._save(model, tmp, inputs)
 
     @abc.abstractmethod
-    def _save(self, model: nn.Module, path: Path) -> None: ...
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None: ...
 
     @abc.abstractmethod
     def load(

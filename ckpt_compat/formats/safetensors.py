@@ -62,7 +62,7 @@ class SafetensorsFile(Format):
     def why_unavailable(self) -> str | None:
         return _why_unavailable()
 
-    def _save(self, model: nn.Module, path: Path) -> None:
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         from safetensors.torch import save_file
 
         try:
@@ -93,7 +93,7 @@ class SafetensorsModel(Format):
     def why_unavailable(self) -> str | None:
         return _why_unavailable()
 
-    def _save(self, model: nn.Module, path: Path) -> None:
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         from safetensors.torch import save_model
 
         try:

@@ -89,7 +89,7 @@ class TorchZip(Format):
     def load_variants(self) -> list[dict[str, Any]]:
         return _variants(True, False, "default")
 
-    def _save(self, model: nn.Module, path: Path) -> None:
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         torch.save(model.state_dict(), path)
 
     def load(
@@ -108,7 +108,7 @@ class TorchLegacy(TorchZip):
     name = "torch_legacy"
     description = "torch.save(..., _use_new_zipfile_serialization=False): the pre-1.6 format"
 
-    def _save(self, model: nn.Module, path: Path) -> None:
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
 
 
@@ -121,7 +121,7 @@ class TorchModule(Format):
     def load_variants(self) -> list[dict[str, Any]]:
         return _variants(False, True, "default")
 
-    def _save(self, model: nn.Module, path: Path) -> None:
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         try:
             torch.save(model, path)
         except RuntimeError as exc:
