@@ -29,7 +29,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
-from ckpt_compat.matrix import CellResult, Outcome
+from ckpt_compat.compare import KEY_KINDS, VALUE_KINDS, Difference
+from ckpt_compat.matrix import CellResult, Outcome, outcome_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,15 +93,46 @@ class Expectations:
         return cls(tuple(entries))
 
     def explain(self, result: CellResult) -> Expectation | None:
-        """The expectation that explains a non-ok ``result``, if any."""
+        """The expectation that explains a non-ok ``result``, if any.
+
+        A cell that lists several differences is explained only when every one of them is: each
+        difference is matched on its own (with the outcome its kind stands for), so one known
+        issue cannot hide an unknown one in the same cell.
+        """
         if result.outcome is Outcome.OK:
             return None
-        return next((e for e in self.entries if e.matches(result)), None)
+        whole = next((e for e in self.entries if e.matches(result)), None)
+        if whole is not None:
+            return whole
+        parts = _differences(result.detail)
+        if len(parts) < 2:
+            return None
+        found = []
+        for kind, text in parts:
+            part = CellResult(result.cell, outcome_of([Difference(kind, "", "")]), text)  # type: ignore[arg-type]
+            match = next((e for e in self.entries if e.matches(part)), None)
+            if match is None:
+                return None
+            found.append(match)
+        return found[0]
 
     def unused(self, results: Iterable[CellResult]) -> list[Expectation]:
         """Expectations that explain none of ``results``: stale once the matrix covers them."""
         used = {e.id for r in results if (e := self.explain(r)) is not None}
         return [e for e in self.entries if e.id not in used]
+
+
+_DIFFERENCE = re.compile(r"^\S.*?: (" + "|".join(sorted(KEY_KINDS | VALUE_KINDS | {"aliasing"})) + r"): ")
+
+
+def _differences(detail: str) -> list[tuple[str, str]]:
+    """(kind, text) of each difference in a cell's detail; notes are left out."""
+    out = []
+    for part in detail.split("; "):
+        m = _DIFFERENCE.match(part)
+        if m:
+            out.append((m.group(1), part))
+    return out
 
 
 def _parse(path: Path) -> list[Expectation]:

@@ -72,3 +72,33 @@ def test_bad_files_name_the_file_and_entry(tmp_path: Path, text: str, message: s
 def test_duplicate_ids_are_refused() -> None:
     with pytest.raises(ExpectationsError, match="defined twice"):
         Expectations.load([BUILTIN, BUILTIN])
+
+
+def test_each_difference_must_be_explained(tmp_path: Path) -> None:
+    e = Expectations.load(
+        [
+            _write(
+                tmp_path,
+                """
+[[expect]]
+id = "a"
+format = ["f"]
+outcome = ["keys"]
+detail = "^state_dict\\\\['x'\\\\]: unexpected: known$"
+reason = "r"
+
+[[expect]]
+id = "b"
+format = ["f"]
+outcome = ["mismatch"]
+detail = "^forward\\\\['y'\\\\]: bytes: known$"
+reason = "r"
+""",
+            )
+        ]
+    )
+    both = "state_dict['x']: unexpected: known; forward['y']: bytes: known; forward of 'z' not checked: a note"
+    assert e.explain(_result("f", Outcome.KEYS, both)) is not None
+    extra = both + "; state_dict['w']: bytes: something else"
+    assert e.explain(_result("f", Outcome.KEYS, extra)) is None
+    assert e.explain(_result("g", Outcome.KEYS, both)) is None

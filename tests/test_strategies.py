@@ -62,4 +62,4 @@ def test_float32_and_float64_blocks_really_run_forward(node: dict) -> None:
     node = {k: v for k, v in node.items() if k != "tied"}
     spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})
     outputs = forward_outputs(build(spec), example_inputs(spec))
-    assert not isinstance(outputs["x"], NoForward), outputs["x"]
+    assert outputs and not [v for v in outputs.values() if isinstance(v, NoForward)], outputs
