@@ -278,6 +278,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ckpt_compat.propcheck import run_property
     from ckpt_compat.report import Report
+    from ckpt_compat.training import TRAINING_SPEC, check_training
 
     def progress(line: str) -> None:
         if not args.quiet:
@@ -298,6 +299,11 @@ def _run(args: argparse.Namespace) -> int:
             progress=progress,
             shrink_seconds=args.shrink_seconds,
         )
+    progress("training checkpoints: train, save, resume in a fresh process, compare with an uninterrupted run")
+    with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+        training = check_training(formats, Path(workdir))
+    result.results += training
+    result.specs[f"training-{TRAINING_SPEC.id}"] = TRAINING_SPEC
     report = Report(
         result.results,
         result.specs,

@@ -42,6 +42,10 @@ class Endpoint:
         return {"torch": self.torch, "device": self.device}
 
 
+# Options that vary within a table row rather than defining one.
+_NOT_IN_VARIANT = frozenset({"map_location", "optimizer"})
+
+
 @dataclass(frozen=True)
 class Cell:
     """(spec, format, producer, consumer, load options): one checked combination."""
@@ -55,7 +59,8 @@ class Cell:
     @property
     def variant(self) -> str:
         """The format plus its load options, as shown in tables: ``torch_zip[mmap,weights_only]``."""
-        flags = [k if v is True else f"{k}={v}" for k, v in sorted(self.options.items()) if k != "map_location"]
+        shown = ((k, v) for k, v in sorted(self.options.items()) if k not in _NOT_IN_VARIANT)
+        flags = [k if v is True else f"{k}={v}" for k, v in shown]
         return f"{self.format}[{','.join(flags)}]" if flags else self.format
 
 

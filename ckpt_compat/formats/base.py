@@ -46,6 +46,8 @@ class Format(abc.ABC):
     deprecated: ClassVar[str | None] = None
     # Costly per model (compilation, export, processes): `run` checks it on a sample of examples.
     heavy: ClassVar[bool] = False
+    # Can hold a whole training checkpoint (a dict of state dicts, numbers, strings, RNG states).
+    holds_training_state: ClassVar[bool] = False
 
     def why_unavailable(self) -> str | None:
         """None when usable with the running torch and installed packages, else the reason."""
@@ -63,6 +65,10 @@ class Format(abc.ABC):
 
     @abc.abstractmethod
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None: ...
+
+    def save_object(self, obj: Any, path: Path) -> None:
+        """Write an arbitrary checkpoint object (formats that `holds_training_state`), atomically."""
+        raise Unsupported(f"{self.name} holds a model or its tensors only, not arbitrary objects")
 
     @abc.abstractmethod
     def load(

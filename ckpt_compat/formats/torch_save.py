@@ -8,11 +8,12 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ckpt_compat.atomic import atomic_path
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted, require_state_dict
 
@@ -85,12 +86,21 @@ class TorchZip(Format):
     name = "torch_zip"
     description = "torch.save(model.state_dict()) in the default zip format"
     suffix = ".pt"
+    holds_training_state = True
+    zip_format: ClassVar[bool] = True
 
     def load_variants(self) -> list[dict[str, Any]]:
         return _variants(True, False, "default")
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
-        torch.save(model.state_dict(), path)
+        self._torch_save(model.state_dict(), path)
+
+    def _torch_save(self, obj: Any, path: Path) -> None:
+        torch.save(obj, path, _use_new_zipfile_serialization=self.zip_format)
+
+    def save_object(self, obj: Any, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            self._torch_save(obj, tmp)
 
     def load(
         self,
@@ -107,9 +117,7 @@ class TorchZip(Format):
 class TorchLegacy(TorchZip):
     name = "torch_legacy"
     description = "torch.save(..., _use_new_zipfile_serialization=False): the pre-1.6 format"
-
-    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
-        torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    zip_format = False
 
 
 class TorchModule(Format):
