@@ -87,11 +87,11 @@ class Trainer:
         loss = torch.stack([t.float().square().mean() for t in _tensors(outputs)]).sum()
         loss = loss * (1 + 0.01 * random.random()) * (1 + 0.01 * float(np.random.rand()))
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
