@@ -46,13 +46,15 @@ class Expected:
     hidden: Mapping[str, torch.Tensor]
     reference: Mapping[str, Any]
     inputs: Mapping[str, Any]
+    block_types: Mapping[str, str]  # dotted path -> class name of each block that runs
 
     @classmethod
     def build(cls, spec: ModelSpec, device: str = "cpu") -> Expected:
         inputs = example_inputs(spec)
         model = build(spec, device=device)
         reference = loading.forward_outputs(model if device == "cpu" else build(spec), inputs)
-        return cls(model.state_dict(), non_persistent_buffers(model), reference, inputs)
+        types = {path: type(model.get_submodule(path)).__name__ for path, _ in loading.leaf_blocks(inputs)}
+        return cls(model.state_dict(), non_persistent_buffers(model), reference, inputs, types)
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,15 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
         found = compare_state_dicts(
             expected.state, state, strides=fmt.preserves_strides, aliasing=fmt.preserves_aliasing and consumer != "meta"
         )
-        if fmt.holds == "module" and loaded.module is not None:
-            found += compare_values(dict(expected.hidden), non_persistent_buffers(loaded.module), "buffers")
+        hidden = loaded.hidden
+        if hidden is None and fmt.holds == "module" and loaded.module is not None:
+            hidden = non_persistent_buffers(loaded.module)
+        if hidden is not None:
+            found += compare_values(
+                dict(expected.hidden),
+                {k: v for k, v in hidden.items() if k in expected.hidden or k not in expected.state},
+                "buffers",
+            )
         differences += _name_persisted_buffers(found, expected.hidden)
         if consumer == "cpu" and location.kind == "str":
             # Keys the state comparison already reported as unexpected are not reported again
@@ -179,8 +188,32 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
             known = _with_metadata_of(state, {k: v for k, v in state.items() if k in expected.state})
             more, notes = _loading_checks(spec, expected, loaded.module, known)
             differences += more
+            if loaded.call is not None:
+                differences += _compare_whole_call(expected, loaded.call)
     detail = "; ".join(filter(None, [describe(differences), *notes]))
     return CellResult(cell, outcome_of(differences), detail)
+
+
+def _compare_whole_call(expected: Expected, call: Any) -> list[Difference]:
+    """Run a loaded program on the whole input and compare each block's output with the reference."""
+    try:
+        with torch.no_grad():
+            outputs = call(expected.inputs)
+    except Exception as exc:
+        return [Difference("type", "program(inputs)", f"raised after loading: {first_line(exc)}")]
+    differences: list[Difference] = []
+    for path, _ in loading.leaf_blocks(expected.inputs):
+        want = expected.reference.get(path)
+        if isinstance(want, loading.NoForward):
+            continue
+        got: Any = outputs
+        for name in path.split("."):
+            got = got[int(name)] if isinstance(got, (list, tuple)) else got[name]
+        block = expected.block_types.get(path, "?")
+        differences += [
+            Difference(d.kind, d.path, f"[{block}] {d.detail}") for d in compare_values(want, got, f"program[{path!r}]")
+        ]
+    return differences
 
 
 def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, Any]) -> list[Difference]:

@@ -142,3 +142,16 @@ def test_torchscript_keeps_non_persistent_buffers_and_says_so(tmp_path: Path) ->
     [cell] = check_spec(spec, [get_format("torchscript_script")], tmp_path, consumers=["cpu"])[:1]
     assert cell.outcome.value == "keys"
     assert "state_dict['bag.hidden']: unexpected: a non-persistent buffer came back as a persistent" in cell.detail
+
+
+def test_torch_export_round_trips_state_and_program(tmp_path: Path) -> None:
+    from ckpt_compat.roundtrip import check_spec
+
+    fmt = get_format("torch_export")
+    if fmt.why_unavailable():
+        pytest.skip(fmt.why_unavailable() or "")
+    results = check_spec(load("tied"), [fmt], tmp_path, consumers=["cpu", "meta"])
+    by_device = {r.cell.consumer.device: r for r in results}
+    assert by_device["cpu"].outcome.value == "ok", by_device["cpu"].detail
+    assert by_device["meta"].outcome.value == "unsupported" and "map_location" in by_device["meta"].detail
+    assert fmt.heavy

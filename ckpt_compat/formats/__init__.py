@@ -8,6 +8,7 @@ import importlib.metadata
 
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.safetensors import SafetensorsFile, SafetensorsModel
+from ckpt_compat.formats.torch_export import TorchExport
 from ckpt_compat.formats.torch_save import TorchLegacy, TorchModule, TorchZip
 from ckpt_compat.formats.torchscript import TorchScript, TorchTrace
 
@@ -32,6 +33,7 @@ BUILTIN: tuple[type[Format], ...] = (
     SafetensorsModel,
     TorchScript,
     TorchTrace,
+    TorchExport,
 )
 
 

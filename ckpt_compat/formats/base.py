@@ -24,10 +24,13 @@ class Untrusted(Exception):
 
 @dataclass
 class Loaded:
-    """What a load returns: always a state dict; the module too for whole-model formats."""
+    """What a load returns: always a state dict; the module too for whole-model formats; for
+    programs that can only be run whole (torch.export), ``call`` and the loaded constants."""
 
     state_dict: Mapping[str, Any]
     module: nn.Module | None = None
+    hidden: Mapping[str, Any] | None = None  # non-persistent buffers as loaded, where the format keeps them
+    call: Callable[[Any], Any] | None = None
 
 
 ModelFactory = Callable[[], nn.Module]

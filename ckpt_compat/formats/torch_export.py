@@ -1,0 +1,64 @@
+"""torch.export: ``torch.export.export`` -> ``torch.export.save`` (.pt2) -> ``torch.export.load``.
+
+Checked: the program's state dict, its constants (non-persistent buffers) and the outputs of
+``ep.module()`` on the example inputs, bit for bit. A model the exporter cannot trace is
+`unsupported` with the exporter's reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckpt_compat.devices import MapLocation
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
+
+
+class TorchExport(Format):
+    name = "torch_export"
+    description = "torch.export.export(model) -> torch.export.save (.pt2) / torch.export.load"
+    suffix = ".pt2"
+    heavy = True
+    map_location_kinds = ("str",)  # torch.export.load has no map_location: files load where saved
+
+    def why_unavailable(self) -> str | None:
+        export = getattr(torch, "export", None)
+        if export is None or not all(hasattr(export, f) for f in ("export", "save", "load")):
+            return f"torch {torch.__version__} has no torch.export.export/save/load (added in 2.1)"
+        return None
+
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
+        from ckpt_compat.loading import leaf_blocks
+
+        if not leaf_blocks(inputs or {}):
+            raise Unsupported(
+                "torch.export needs a forward that computes something — no block of this model takes input"
+            )
+        try:
+            # Under no_grad, as inference exports run: fused inference paths (TransformerEncoderLayer's)
+            # are then what the program records, as eager inference would run them.
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(model, (inputs,))
+        except Exception as exc:
+            raise Unsupported(f"torch.export cannot export this model — {first_line(exc)}") from exc
+        torch.export.save(program, str(path))
+
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
+        if map_location.target != map_location.source:
+            raise Unsupported("torch.export.load has no map_location: a program loads onto the device it was saved on")
+        program = torch.export.load(str(path))
+        return Loaded(dict(program.state_dict), hidden=dict(program.constants), call=program.module())
