@@ -276,6 +276,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ckpt_compat.distributed import RESHARD_SPEC, check_reshard
     from ckpt_compat.propcheck import run_property
     from ckpt_compat.report import Report
     from ckpt_compat.training import TRAINING_SPEC, check_training
@@ -303,6 +304,11 @@ def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
         training = check_training(formats, Path(workdir))
     result.results += training
+    if any(f.name == "dcp" for f in formats):
+        progress("DCP across world sizes: save with 2 processes (gloo), load with 1 and with 4")
+        with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+            result.results += check_reshard(Path(workdir))
+        result.specs[RESHARD_SPEC.id] = RESHARD_SPEC
     result.specs[f"training-{TRAINING_SPEC.id}"] = TRAINING_SPEC
     report = Report(
         result.results,

@@ -151,7 +151,9 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
     return out
 
 
-def assign_onto_meta(meta_model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[Difference]:
+def assign_onto_meta(
+    meta_model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any], *, aliasing: bool = True
+) -> list[Difference]:
     """``load_state_dict(assign=True)`` into a model built on meta: every persistent tensor must
     become the loaded one, bit for bit, with ties kept through shared storage."""
     where = "load_state_dict(assign=True) on meta"
@@ -165,7 +167,7 @@ def assign_onto_meta(meta_model: nn.Module, state: Mapping[str, Any], expected: 
         for k, v in after.items()
         if v.is_meta and not expected[k].is_meta
     ]
-    return out + compare_state_dicts(expected, after, path="assigned.state_dict")
+    return out + compare_state_dicts(expected, after, path="assigned.state_dict", aliasing=aliasing)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class Report:
                     "reason": why or "",
                     "description": f.description,
                     "deprecated": f.deprecated,
+                    "caveat": f.caveat,
                 }
                 for name, f in all_formats().items()
             },
@@ -104,9 +105,13 @@ class Report:
             "",
             table(self.results),
         ]
-        deprecated = {n: f.deprecated for n, f in all_formats().items() if f.deprecated}
-        if deprecated:
-            lines += ["", "## Deprecated formats", ""] + [f"- `{n}`: {why}" for n, why in deprecated.items()]
+        caveats = {
+            n: "; ".join(filter(None, [f"deprecated: {f.deprecated}" if f.deprecated else "", f.caveat or ""]))
+            for n, f in all_formats().items()
+            if f.deprecated or f.caveat
+        }
+        if caveats:
+            lines += ["", "## Caveats", ""] + [f"- `{n}`: {why}" for n, why in caveats.items()]
         unavailable = {n: why for n, f in all_formats().items() if (why := f.why_unavailable())}
         if unavailable:
             lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]

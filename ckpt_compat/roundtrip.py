@@ -9,6 +9,7 @@ the forward output against the original model's, bit for bit.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,16 @@ def check_spec(
             try:
                 results += check_file(SavedFile(spec, fmt, path, producer, expected), consumers)
             finally:
-                path.unlink(missing_ok=True)
+                remove(path)
     return results
+
+
+def remove(path: Path) -> None:
+    """Remove a checkpoint, a file or (DCP) a directory."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, producer: Endpoint) -> CellResult | None:
@@ -186,7 +195,7 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
             # Keys the state comparison already reported as unexpected are not reported again
             # by every loading check.
             known = _with_metadata_of(state, {k: v for k, v in state.items() if k in expected.state})
-            more, notes = _loading_checks(spec, expected, loaded.module, known)
+            more, notes = _loading_checks(spec, expected, loaded.module, known, aliasing=fmt.preserves_aliasing)
             differences += more
             if loaded.call is not None:
                 differences += _compare_whole_call(expected, loaded.call)
@@ -238,7 +247,7 @@ def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mappin
 
 
 def _loading_checks(
-    spec: ModelSpec, expected: Expected, module: nn.Module | None, state: Mapping[str, Any]
+    spec: ModelSpec, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
 ) -> tuple[list[Difference], list[str]]:
     differences: list[Difference] = []
     if module is None:
@@ -248,7 +257,7 @@ def _loading_checks(
     differences += forward
     differences += loading.non_strict_loads(build(spec, perturb=True), state)
     if loading.supports_assign():
-        differences += loading.assign_onto_meta(build(spec, device="meta"), state, expected.state)
+        differences += loading.assign_onto_meta(build(spec, device="meta"), state, expected.state, aliasing=aliasing)
     else:
         notes.append(f"assign=True not checked: torch {torch.__version__} has no load_state_dict(assign=)")
     return differences, notes

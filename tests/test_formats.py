@@ -155,3 +155,18 @@ def test_torch_export_round_trips_state_and_program(tmp_path: Path) -> None:
     assert by_device["cpu"].outcome.value == "ok", by_device["cpu"].detail
     assert by_device["meta"].outcome.value == "unsupported" and "map_location" in by_device["meta"].detail
     assert fmt.heavy
+
+
+def test_dcp_round_trips_both_directions_and_writes_a_directory(tmp_path: Path) -> None:
+    from ckpt_compat.roundtrip import check_spec
+
+    fmt = get_format("dcp")
+    if fmt.why_unavailable():
+        pytest.skip(fmt.why_unavailable() or "")
+    results = check_spec(load("tied"), [fmt, get_format("dcp_from_torch_save")], tmp_path, consumers=["cpu"])
+    assert {r.cell.variant for r in results if r.outcome.value == "ok"} == {
+        "dcp[loader=dcp.load]", "dcp[loader=dcp_to_torch_save]", "dcp_from_torch_save[loader=dcp.load]"}
+    assert fmt.caveat and "cross" not in fmt.name
+    spec = load("plain")
+    fmt.save(build(spec), tmp_path / "x.dcp")
+    assert (tmp_path / "x.dcp" / ".metadata").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
+from ckpt_compat.formats.dcp import DCP, DCPFromTorchSave
 from ckpt_compat.formats.safetensors import SafetensorsFile, SafetensorsModel
 from ckpt_compat.formats.torch_export import TorchExport
 from ckpt_compat.formats.torch_save import TorchLegacy, TorchModule, TorchZip
@@ -34,6 +35,8 @@ BUILTIN: tuple[type[Format], ...] = (
     TorchScript,
     TorchTrace,
     TorchExport,
+    DCP,
+    DCPFromTorchSave,
 )
 
 

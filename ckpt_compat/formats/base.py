@@ -47,6 +47,7 @@ class Format(abc.ABC):
     # Which spellings of map_location the loader accepts (see devices.MAP_LOCATION_KINDS).
     map_location_kinds: ClassVar[tuple[str, ...]] = ("str", "device", "dict", "callable")
     deprecated: ClassVar[str | None] = None
+    caveat: ClassVar[str | None] = None  # a limit of its documented promise, shown in reports
     # Costly per model (compilation, export, processes): `run` checks it on a sample of examples.
     heavy: ClassVar[bool] = False
     # Can hold a whole training checkpoint (a dict of state dicts, numbers, strings, RNG states).

@@ -1,0 +1,154 @@
+"""DCP across world sizes: save with 2 processes, load with 1 and with 4 (resharding).
+
+Real processes on this machine (torch.multiprocessing, gloo backend, CPU). Every tensor of the
+model is a DTensor sharded along dim 0 over the ranks (replicated when it has no dim 0); each
+loading rank's local shard is compared bit for bit with the same slice of the single-process
+reference, and the world-size-1 load with the whole reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckpt_compat.compare import compare_tensors
+from ckpt_compat.formats.base import first_line
+from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome
+from ckpt_compat.specs import ModelSpec, build
+
+# float32/float64/int64 only: gloo's collectives, which scatter the shards, do not take every dtype.
+RESHARD_SPEC = ModelSpec.from_json(
+    {
+        "seed": 57,
+        "root": {
+            "kind": "dict",
+            "children": {
+                "fc": {"kind": "Linear", "args": {"in_features": 6, "out_features": 10}, "dtype": "float32"},
+                "bn": {"kind": "BatchNorm1d", "args": {"num_features": 5}, "dtype": "float64"},
+                "emb": {"kind": "Embedding", "args": {"num_embeddings": 9, "embedding_dim": 3}, "dtype": "float32"},
+                "rnn": {
+                    "kind": "GRU",
+                    "args": {"input_size": 3, "hidden_size": 2, "batch_first": True},
+                    "dtype": "float32",
+                },
+            },
+        },
+    }
+)
+
+
+def why_unavailable() -> str | None:
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        return f"torch {torch.__version__} has no torch.distributed with gloo"
+    try:
+        _dtensor_api()
+    except ImportError as exc:
+        return f"torch {torch.__version__} has no public DTensor / device mesh API ({exc})"
+    return None
+
+
+def _dtensor_api() -> tuple[Any, Any, Any, Any]:
+    try:
+        from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import (  # type: ignore[attr-defined]
+            Replicate,
+            Shard,
+            distribute_tensor,
+        )
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return distribute_tensor, Shard, Replicate, init_device_mesh
+
+
+def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
+    """One process of a world: save the sharded state, or load it and check this rank's shards."""
+    warnings.simplefilter("ignore")
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    distribute_tensor, shard, replicate, init_device_mesh = _dtensor_api()
+    dist.init_process_group("gloo", init_method=f"file://{task['store']}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        full = build(ModelSpec.from_json(task["spec"])).state_dict()
+
+        def placement(t: torch.Tensor) -> list[Any]:
+            return [shard(0)] if t.dim() >= 1 and t.shape[0] > 0 else [replicate()]
+
+        if task["op"] == "save":
+            sharded = {k: distribute_tensor(v, mesh, placement(v)) for k, v in full.items()}
+            dcp.save(sharded, checkpoint_id=task["dir"])  # type: ignore[attr-defined]
+            return
+        template = {k: distribute_tensor(torch.zeros_like(v), mesh, placement(v)) for k, v in full.items()}
+        dcp.load(template, checkpoint_id=task["dir"])  # type: ignore[attr-defined]
+        problems = []
+        for key, value in template.items():
+            want = distribute_tensor(full[key], mesh, placement(full[key])).to_local()
+            problems += [str(d) for d in compare_tensors(want, value.to_local(), f"rank{rank}[{key!r}]")]
+        Path(task["out"], f"rank{rank}.json").write_text(json.dumps(problems))
+    finally:
+        dist.destroy_process_group()
+
+
+def _world(world: int, task: dict[str, Any], workdir: Path) -> None:
+    import torch.multiprocessing as mp
+
+    fd, store = tempfile.mkstemp(dir=workdir, prefix="store-")
+    os.close(fd)
+    os.unlink(store)  # the file store wants a path that does not exist yet
+    mp.spawn(_rank, args=(world, {**task, "store": store}), nprocs=world, join=True)  # type: ignore[attr-defined,no-untyped-call]
+
+
+def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int, ...] = (1, 4)) -> list[CellResult]:
+    """Cells for saving with ``save_world`` processes and loading with each of ``load_worlds``."""
+    here = Endpoint(torch.__version__, "cpu")
+    spec_id = RESHARD_SPEC.id
+
+    def cell(load_world: int) -> Cell:
+        return Cell(spec_id, "dcp", here, here, {"save_world_size": save_world, "load_world_size": load_world})
+
+    why = why_unavailable()
+    if why:
+        return [CellResult(cell(w), Outcome.UNSUPPORTED, why) for w in load_worlds]
+    checkpoint = workdir / "resharded.dcp"
+    base = {"spec": RESHARD_SPEC.to_json(), "dir": str(checkpoint)}
+    try:
+        _world(save_world, {**base, "op": "save"}, workdir)
+    except Exception as exc:
+        return [
+            CellResult(cell(w), Outcome.SAVE_ERROR, f"world size {save_world}: {first_line(exc)}") for w in load_worlds
+        ]
+    results = []
+    for world in load_worlds:
+        out = workdir / f"load-{world}"
+        out.mkdir()
+        try:
+            if world == 1:
+                results.append(_single_process(cell(world), checkpoint))
+                continue
+            _world(world, {**base, "op": "load", "out": str(out)}, workdir)
+        except Exception as exc:
+            results.append(CellResult(cell(world), Outcome.LOAD_ERROR, f"world size {world}: {first_line(exc)}"))
+            continue
+        problems = [p for r in range(world) for p in json.loads((out / f"rank{r}.json").read_text())]
+        results.append(CellResult(cell(world), Outcome.MISMATCH if problems else Outcome.OK, "; ".join(problems[:8])))
+    return results
+
+
+def _single_process(cell: Cell, checkpoint: Path) -> CellResult:
+    import torch.distributed.checkpoint as dcp
+
+    full = build(RESHARD_SPEC).state_dict()
+    template = {k: torch.zeros_like(v) for k, v in full.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(template, checkpoint_id=str(checkpoint))  # type: ignore[attr-defined]
+    problems = [str(d) for k in full for d in compare_tensors(full[k], template[k], f"state_dict[{k!r}]")]
+    return CellResult(cell, Outcome.MISMATCH if problems else Outcome.OK, "; ".join(problems[:8]))

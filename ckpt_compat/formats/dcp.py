@@ -1,0 +1,125 @@
+"""torch.distributed.checkpoint (DCP), single process, no process group; and the conversions
+``dcp_to_torch_save`` / ``torch_save_to_dcp`` in both directions.
+
+A DCP checkpoint is a directory. It is written beside its destination and renamed into place, so
+a reader never sees half of one. DCP documents no compatibility across torch versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ckpt_compat.devices import MapLocation
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported
+
+CAVEAT = "torch.distributed.checkpoint documents no compatibility across torch versions"
+
+
+def _why_unavailable() -> str | None:
+    if not torch.distributed.is_available():
+        return f"torch {torch.__version__} was built without torch.distributed"
+    try:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import format_utils  # noqa: F401
+    except ImportError as exc:
+        return f"torch {torch.__version__} has no torch.distributed.checkpoint.format_utils ({exc})"
+    if not hasattr(dcp, "save") or not hasattr(dcp, "load"):
+        return f"torch {torch.__version__} has no torch.distributed.checkpoint.save/load (added in 2.2)"
+    return None
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A temporary directory beside ``path`` that replaces it on success and is removed otherwise."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class DCP(Format):
+    name = "dcp"
+    description = "torch.distributed.checkpoint.save(state_dict) / load, one process, no process group"
+    suffix = ".dcp"
+    map_location_kinds = ("str",)
+    # Loading fills a template (the fresh model's own tensors); the conversion to a torch.save
+    # file writes every tensor separately and contiguous.
+    preserves_strides = False
+    preserves_aliasing = False
+    caveat = CAVEAT
+    via_torch_save: ClassVar[bool] = False
+
+    def why_unavailable(self) -> str | None:
+        return _why_unavailable()
+
+    def load_variants(self) -> list[dict[str, Any]]:
+        return [{"loader": "dcp.load"}, {"loader": "dcp_to_torch_save"}]
+
+    def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+        state = dict(model.state_dict())
+        with atomic_dir(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.via_torch_save:
+                with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                    torch.save(state, Path(scratch) / "state.pt")
+                    torch_save_to_dcp(str(Path(scratch) / "state.pt"), str(tmp))
+            else:
+                dcp.save(state, checkpoint_id=str(tmp))  # type: ignore[attr-defined]
+
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:  # pragma: no cover - save() overrides
+        raise NotImplementedError
+
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        if map_location.target == "meta":
+            raise Unsupported("DCP loads into existing tensors; meta tensors have no storage to load into")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if options.get("loader") == "dcp_to_torch_save":
+                with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                    dcp_to_torch_save(str(path), str(Path(scratch) / "state.pt"))
+                    state = torch.load(
+                        Path(scratch) / "state.pt", map_location=map_location.resolve(), weights_only=True
+                    )
+                return Loaded(state)
+            model = fresh_model()
+            template = dict(model.state_dict())
+            dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
+            return Loaded(template, model)
+
+
+class DCPFromTorchSave(DCP):
+    name = "dcp_from_torch_save"
+    description = "torch.save(state_dict) -> format_utils.torch_save_to_dcp -> DCP load"
+    via_torch_save = True
+
+    def load_variants(self) -> list[dict[str, Any]]:
+        return [{"loader": "dcp.load"}]
