@@ -277,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ckpt_compat.distributed import RESHARD_SPEC, check_reshard
+    from ckpt_compat.multiobject import check_multi_object
     from ckpt_compat.propcheck import run_property
     from ckpt_compat.report import Report
     from ckpt_compat.training import TRAINING_SPEC, check_training
@@ -302,8 +303,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     progress("training checkpoints: train, save, resume in a fresh process, compare with an uninterrupted run")
     with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
-        training = check_training(formats, Path(workdir))
-    result.results += training
+        result.results += check_training(formats, Path(workdir))
+        result.results += check_multi_object(formats, Path(workdir))
     if any(f.name == "dcp" for f in formats):
         progress("DCP across world sizes: save with 2 processes (gloo), load with 1 and with 4")
         with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:

@@ -165,8 +165,13 @@ def test_dcp_round_trips_both_directions_and_writes_a_directory(tmp_path: Path) 
         pytest.skip(fmt.why_unavailable() or "")
     results = check_spec(load("tied"), [fmt, get_format("dcp_from_torch_save")], tmp_path, consumers=["cpu"])
     assert {r.cell.variant for r in results if r.outcome.value == "ok"} == {
-        "dcp[loader=dcp.load]", "dcp[loader=dcp_to_torch_save]", "dcp_from_torch_save[loader=dcp.load]"}
+        "dcp[loader=dcp.load]",
+        "dcp[loader=dcp_to_torch_save]",
+        "dcp_from_torch_save[loader=dcp.load]",
+    }
     assert fmt.caveat and "cross" not in fmt.name
     spec = load("plain")
     fmt.save(build(spec), tmp_path / "x.dcp")
-    assert (tmp_path / "x.dcp" / ".metadata").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (tmp_path / "x.dcp" / ".metadata").is_file() and not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".")
+    ]

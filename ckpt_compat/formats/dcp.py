@@ -39,6 +39,19 @@ def _why_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
+def _ordinary_errors() -> Iterator[None]:
+    """DCP raises CheckpointException, a BaseException: make it an error like any other."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RuntimeError(" ".join(str(exc).split())[:400] or type(exc).__name__) from exc
+
+
+@contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """A temporary directory beside ``path`` that replaces it on success and is removed otherwise."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -75,7 +88,7 @@ class DCP(Format):
         from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
 
         state = dict(model.state_dict())
-        with atomic_dir(path) as tmp, warnings.catch_warnings():
+        with atomic_dir(path) as tmp, warnings.catch_warnings(), _ordinary_errors():
             warnings.simplefilter("ignore")
             if self.via_torch_save:
                 with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -101,7 +114,7 @@ class DCP(Format):
 
         if map_location.target == "meta":
             raise Unsupported("DCP loads into existing tensors; meta tensors have no storage to load into")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _ordinary_errors():
             warnings.simplefilter("ignore")
             if options.get("loader") == "dcp_to_torch_save":
                 with tempfile.TemporaryDirectory(dir=path.parent) as scratch:

@@ -8,7 +8,7 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ _REFUSED_GLOBAL = re.compile(
 )
 
 
-def torch_load(path: Path, options: Mapping[str, Any], map_location: MapLocation, *, trusted: bool) -> Any:
+def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location: MapLocation, *, trusted: bool) -> Any:
     """torch.load with the cell's options, refusing unsafe unpickling of files nobody vouched for.
 
     ``weights_only`` is True, False, or "default" (not passed: what users get by default).

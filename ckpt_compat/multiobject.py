@@ -1,0 +1,129 @@
+"""Several objects in one file: a dict of state dicts and plain values, and several ``torch.save``
+calls into one stream (read back with one ``torch.load`` each, in order)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckpt_compat.compare import compare_aliasing, compare_values
+from ckpt_compat.devices import MapLocation
+from ckpt_compat.formats import Format, Unsupported, Untrusted
+from ckpt_compat.formats.base import first_line
+from ckpt_compat.formats.torch_save import torch_load
+from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome, describe, outcome_of
+from ckpt_compat.specs import ModelSpec, build
+
+BUNDLE_SPECS = {
+    "encoder": ModelSpec.from_json(
+        {
+            "seed": 71,
+            "root": {
+                "kind": "dict",
+                "children": {
+                    "emb": {"kind": "Embedding", "args": {"num_embeddings": 6, "embedding_dim": 4}, "dtype": "float32"},
+                    "rnn": {
+                        "kind": "GRU",
+                        "args": {"input_size": 4, "hidden_size": 3, "batch_first": True},
+                        "dtype": "float32",
+                    },
+                },
+            },
+        }
+    ),
+    "decoder": ModelSpec.from_json(
+        {
+            "seed": 72,
+            "root": {
+                "kind": "dict",
+                "children": {
+                    "fc": {"kind": "Linear", "args": {"in_features": 3, "out_features": 6}, "dtype": "bfloat16"},
+                    "bn": {"kind": "BatchNorm1d", "args": {"num_features": 6}, "dtype": "float64"},
+                },
+            },
+        }
+    ),
+}
+
+
+def bundle() -> dict[str, Any]:
+    """Two state dicts and every plain value a checkpoint dict holds."""
+    return {
+        **{name: dict(build(spec).state_dict()) for name, spec in BUNDLE_SPECS.items()},
+        "step": 1234,
+        "lr": 0.125,
+        "loss": float("-0.0"),
+        "name": "run-7 ✓",
+        "tags": ["a", "b", 3, None],
+        "shape": (2, 3),
+        "none": None,
+        "flag": True,
+        "nested": {"milestones": [10, 20], "gamma": 0.5},
+    }
+
+
+def stream() -> list[Any]:
+    """What several torch.save calls into one file write, in order."""
+    return [build(BUNDLE_SPECS["encoder"]).state_dict()["emb.weight"], {"step": 3}, [torch.arange(5), "end"]]
+
+
+def check_multi_object(formats: Iterable[Format], workdir: Path) -> list[CellResult]:
+    here = Endpoint(torch.__version__, "cpu")
+    results = []
+    for fmt in formats:
+        if not fmt.holds_training_state:
+            continue  # the same formats that hold a training checkpoint hold arbitrary objects
+        expected = bundle()
+        path = workdir / f"bundle-{fmt.name}{fmt.suffix}"
+        fmt.save_object(expected, path)
+        for variant in fmt.load_variants():
+            cell = Cell("bundle", fmt.name, here, here, {**variant, "check": "bundle"})
+            load = functools.partial(_load_object, fmt, path, variant)
+            results.append(_compare(cell, expected, load))
+        results.append(_check_stream(fmt, workdir, here))
+    return results
+
+
+def _load_object(fmt: Format, path: Path, options: Mapping[str, Any]) -> Mapping[str, Any]:
+    cpu = MapLocation("str", "cpu", "cpu")
+    return fmt.load(path, options, cpu, torch.nn.Module, trusted=True).state_dict
+
+
+def _compare(cell: Cell, expected: Mapping[str, Any], load: Any) -> CellResult:
+    try:
+        loaded = load()
+    except (Unsupported, Untrusted) as exc:
+        return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
+    except Exception as exc:
+        return CellResult(cell, Outcome.LOAD_ERROR, first_line(exc))
+    differences = compare_values(dict(expected), dict(loaded), "bundle")
+    for name in BUNDLE_SPECS:
+        if isinstance(loaded.get(name), Mapping):
+            differences += compare_aliasing(expected[name], loaded[name], f"bundle[{name!r}]")
+    return CellResult(cell, outcome_of(differences), describe(differences))
+
+
+def _check_stream(fmt: Format, workdir: Path, here: Endpoint) -> CellResult:
+    cell = Cell("stream", fmt.name, here, here, {"check": "stream", "weights_only": True})
+    expected = stream()
+    path = workdir / f"stream-{fmt.name}{fmt.suffix}"
+    with open(path, "wb") as f:
+        for obj in expected:
+            torch.save(obj, f, _use_new_zipfile_serialization=getattr(fmt, "zip_format", True))
+    loaded: list[Any] = []
+    with open(path, "rb") as f:
+        for i in range(len(expected)):
+            try:
+                loaded.append(torch_load(f, {"weights_only": True}, MapLocation("str", "cpu", "cpu"), trusted=True))
+            except Exception as exc:
+                return CellResult(
+                    cell,
+                    Outcome.LOAD_ERROR,
+                    f"torch.load of object {i + 1} of {len(expected)} from one stream: {first_line(exc)}",
+                )
+    differences = compare_values(expected, loaded, "stream")
+    return CellResult(cell, outcome_of(differences), describe(differences))

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckpt_compat.expectations import Expectations
+from ckpt_compat.formats import get_format
+from ckpt_compat.matrix import Outcome
+from ckpt_compat.multiobject import bundle, check_multi_object
+
+
+def test_a_dict_of_state_dicts_and_plain_values_survives(tmp_path: Path) -> None:
+    results = check_multi_object([get_format("torch_zip"), get_format("torch_legacy")], tmp_path)
+    bundles = [r for r in results if r.cell.options["check"] == "bundle" and not r.cell.options.get("mmap")]
+    assert len(bundles) == 6 and all(r.outcome is Outcome.OK for r in bundles), [r.detail for r in bundles]
+    assert {"step", "lr", "name", "tags", "none", "nested"} <= set(bundle())
+
+
+def test_one_stream_of_several_saves(tmp_path: Path) -> None:
+    results = {
+        r.cell.format: r
+        for r in check_multi_object([get_format("torch_zip"), get_format("torch_legacy")], tmp_path)
+        if r.cell.options["check"] == "stream"
+    }
+    assert results["torch_legacy"].outcome is Outcome.OK
+    zipped = results["torch_zip"]
+    assert zipped.outcome is Outcome.LOAD_ERROR and "object 1 of 3" in zipped.detail
+    assert Expectations.load().explain(zipped) is not None
+
+
+def test_a_changed_value_is_found(tmp_path: Path) -> None:
+    from ckpt_compat.matrix import Cell, Endpoint
+    from ckpt_compat.multiobject import _compare
+
+    here = Endpoint("x", "cpu")
+    changed = {**bundle(), "lr": 0.25, "tags": ["a", "b", 3]}
+    result = _compare(Cell("bundle", "f", here, here, {}), bundle(), lambda: changed)
+    assert result.outcome is Outcome.MISMATCH
+    assert "bundle['lr']: type: expected float 0.125, got float 0.25" in result.detail
+    assert "bundle['tags']: type: expected a sequence of 4" in result.detail
