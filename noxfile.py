@@ -76,10 +76,11 @@ def run(session: nox.Session, torch: str) -> None:
 @nox.session
 @nox.parametrize("python,torch", VERSIONS)
 def produce(session: nox.Session, torch: str) -> None:
-    """Write the corpus of one torch version into <root>/torch-<version> (root: posargs or compat/corpora)."""
+    """Write the corpus of one torch version into <root>/torch-<version> (root: the first posarg, or
+    compat/corpora; further posargs go to `ckpt-compat produce`, e.g. --sample-heavy)."""
     install(session, torch)
     root = Path(session.posargs[0]) if session.posargs else COMPAT / "corpora"
-    session.run("ckpt-compat", "produce", "--out", str(root / f"torch-{torch}"), "-q")
+    session.run("ckpt-compat", "produce", "--out", str(root / f"torch-{torch}"), "-q", *session.posargs[1:])
 
 
 @nox.session

@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--out", type=Path, required=True, metavar="DIR", help="the corpus directory")
     produce.add_argument("--formats", default=None, metavar="A,B", help="comma-separated format names")
     produce.add_argument("--device", default="cpu", help="device to save from: cpu, or cuda where present")
+    produce.add_argument(
+        "--sample-heavy",
+        action="store_true",
+        help="write heavy formats (TorchScript, torch.export, DCP) for a fixed sample of specs only",
+    )
     produce.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     verify = commands.add_parser("verify", help="load every corpus under the running torch; write one results file")
@@ -393,7 +398,7 @@ def _produce(args: argparse.Namespace) -> int:
     if args.device not in producer_devices():
         raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
     started = time.perf_counter()
-    manifest = produce(out, formats, device=args.device, progress=_progress(args.quiet))
+    manifest = produce(out, formats, device=args.device, progress=_progress(args.quiet), sample_heavy=args.sample_heavy)
     written = sum(e.file is not None for e in manifest.entries)
     print(
         f"wrote {written} file(s) for {len(manifest.specs)} spec(s) in {time.perf_counter() - started:.1f}s "

@@ -33,6 +33,8 @@ from ckpt_compat.specs import ModelSpec, build
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "ckpt-compat/manifest/1"
 SPEC_DIR = Path(__file__).with_name("corpus")
+# The specs heavy formats are written for with `produce --sample-heavy` (the committed fixtures).
+HEAVY_SAMPLE = ("layers-float32", "tied", "nested", "layouts", "weight-norm", "drawn-00", "drawn-03")
 
 
 class ManifestError(ValueError):
@@ -46,7 +48,7 @@ def corpus_specs(directory: Path = SPEC_DIR) -> dict[str, ModelSpec]:
 
 @dataclass
 class Entry:
-    """One spec in one format: the file written (or why none was) and its per-tensor records."""
+    """One spec in one format: the file written (or why none was)."""
 
     spec: str
     spec_id: str
@@ -54,7 +56,7 @@ class Entry:
     file: str | None
     outcome: str
     detail: str = ""
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # early manifests kept records here
 
 
 @dataclass
@@ -65,10 +67,15 @@ class Manifest:
     formats: dict[str, dict[str, Any]]
     specs: dict[str, dict[str, Any]]
     entries: list[Entry]
+    tensors: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # spec -> key -> record
 
     @property
     def producer(self) -> Endpoint:
         return Endpoint(self.torch, self.device)
+
+    def records(self, entry: Entry) -> dict[str, dict[str, Any]]:
+        """Per-tensor dtype, shape and digest of what ``entry``'s file holds."""
+        return entry.tensors or self.tensors.get(entry.spec, {})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,7 +85,8 @@ class Manifest:
             "versions": self.versions,
             "formats": self.formats,
             "specs": self.specs,
-            "entries": [e.__dict__ for e in self.entries],
+            "tensors": self.tensors,
+            "entries": [{k: v for k, v in e.__dict__.items() if k != "tensors" or v} for e in self.entries],
         }
 
     @classmethod
@@ -100,6 +108,7 @@ class Manifest:
                 formats=data["formats"],
                 specs=data["specs"],
                 entries=[Entry(**e) for e in data["entries"]],
+                tensors=data.get("tensors", {}),
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
@@ -119,13 +128,19 @@ def produce(
     device: str = "cpu",
     specs: dict[str, ModelSpec] | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    sample_heavy: bool = False,
 ) -> Manifest:
-    """Write a corpus for the running torch into ``out``; the manifest goes last."""
+    """Write a corpus for the running torch into ``out``; the manifest goes last.
+
+    ``sample_heavy``: heavy formats (compiled, exported, DCP: large files) only for `HEAVY_SAMPLE`,
+    to keep committed fixtures small.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, this is no corpus
     formats = list(formats)
     producer = Endpoint(torch.__version__, device)
     entries: list[Entry] = []
+    records: dict[str, dict[str, dict[str, Any]]] = {}
     specs = corpus_specs() if specs is None else specs
     for name, spec in specs.items():
         try:
@@ -135,13 +150,15 @@ def produce(
             entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
             progress(f"{name}: skipped ({exc})")
             continue
-        tensors = {k: record(v) for k, v in model.state_dict().items()}
+        records[name] = {k: record(v) for k, v in model.state_dict().items()}
         (out / name).mkdir(exist_ok=True)
         for fmt in formats:
+            if sample_heavy and fmt.heavy and name not in HEAVY_SAMPLE:
+                continue
             relative = f"{name}/{fmt.name}{fmt.suffix}"
             failed = save_cell(spec, fmt, model, out / relative, producer)
             if failed is None:
-                entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value, "", tensors))
+                entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value))
             else:
                 entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
         progress(f"{name}: {sum(e.spec == name and e.file is not None for e in entries)} file(s)")
@@ -161,6 +178,7 @@ def produce(
         },
         specs={name: spec.to_json() for name, spec in specs.items()},
         entries=entries,
+        tensors=records,
     )
     write_text(out / MANIFEST, json.dumps(manifest.to_json(), indent=1) + "\n")
     return manifest

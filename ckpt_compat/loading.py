@@ -215,9 +215,13 @@ def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, An
 
 
 def compare_forward(
-    reference: Mapping[str, Any], model: nn.Module, inputs: Mapping[str, Any]
+    reference: Mapping[str, Any],
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    block_types: Mapping[str, str] | None = None,
 ) -> tuple[list[Difference], list[str]]:
-    """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run."""
+    """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run.
+    With ``block_types`` each difference's detail starts with the block's class, ``[LSTM] ...``."""
     notes = [f"forward of {k!r} not checked: {v.reason}" for k, v in reference.items() if isinstance(v, NoForward)]
     got = {k: v for k, v in forward_outputs(model, inputs).items() if not isinstance(reference.get(k), NoForward)}
     differences: list[Difference] = []
@@ -226,5 +230,8 @@ def compare_forward(
         if isinstance(value, NoForward):
             differences.append(Difference("type", path, f"raised after loading: {value.reason}"))
         else:
-            differences += compare_values(reference[name], value, path)
+            found = compare_values(reference[name], value, path)
+            if block_types and name in block_types:
+                found = [Difference(d.kind, d.path, f"[{block_types[name]}] {d.detail}") for d in found]
+            differences += found
     return differences, notes

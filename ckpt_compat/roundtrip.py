@@ -172,7 +172,8 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
         if isinstance(v, torch.Tensor) and v.device.type != consumer
     ]
     if saved.manifest is not None:
-        differences += compare_records(saved.manifest, state)
+        records = compare_records(saved.manifest, state)
+        differences += records if expected is None else _name_persisted_buffers(records, expected.hidden)
     notes: list[str] = []
     if expected is None:
         notes.append(f"not rebuilt here: {saved.not_built}")
@@ -232,6 +233,7 @@ def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, 
         key = d.path.partition("[")[2].rstrip("]").strip("'")
         if key in hidden and (d.kind, d.path.partition("[")[0]) in (
             ("unexpected", "state_dict"),
+            ("unexpected", "manifest"),
             ("missing", "buffers"),
         ):
             out.append(Difference(d.kind, d.path, "a non-persistent buffer came back as a persistent state-dict entry"))
@@ -253,7 +255,7 @@ def _loading_checks(
     if module is None:
         module = build(spec, perturb=True)
         differences += loading.strict_load(module, state, expected.state)
-    forward, notes = loading.compare_forward(expected.reference, module, expected.inputs)
+    forward, notes = loading.compare_forward(expected.reference, module, expected.inputs, expected.block_types)
     differences += forward
     differences += loading.non_strict_loads(build(spec, perturb=True), state)
     if loading.supports_assign():

@@ -64,7 +64,7 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
         expected, not_built = Expected.build(spec), ""
     except Exception as exc:  # a dtype, layer or op this torch lacks: check against the manifest only
         expected, not_built = None, first_line(exc)
-    saved = SavedFile(spec, fmt, corpus / entry.file, producer, expected, entry.tensors, trusted, not_built)
+    saved = SavedFile(spec, fmt, corpus / entry.file, producer, expected, manifest.records(entry), trusted, not_built)
     return check_file(saved, consumers, spellings=("str",))
 
 

@@ -23,10 +23,10 @@ def test_produce_writes_files_and_a_manifest_last(tmp_path: Path) -> None:
     again = Manifest.read(tmp_path)
     assert again.to_json() == manifest.to_json()
     files = {e.file for e in manifest.entries if e.file}
-    assert files and all((tmp_path / f).is_file() for f in files)
+    assert files and all((tmp_path / f).exists() for f in files)  # DCP checkpoints are directories
     tied = next(e for e in manifest.entries if e.spec == "tied" and e.format == "torch_zip")
-    assert set(tied.tensors) == set(build(specs["tied"]).state_dict())
-    assert all(len(r["digest"]) == 32 for r in tied.tensors.values())
+    assert set(manifest.records(tied)) == set(build(specs["tied"]).state_dict())
+    assert all(len(r["digest"]) == 32 for r in manifest.records(tied).values())
     refused = next(e for e in manifest.entries if e.spec == "tied" and e.format == "safetensors_file")
     assert refused.file is None and refused.outcome == "unsupported" and "share memory" in refused.detail
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [MANIFEST]  # no temp files left
@@ -52,3 +52,15 @@ def test_manifest_records_versions(tmp_path: Path) -> None:
     data = json.loads((tmp_path / MANIFEST).read_text())
     assert {"ckpt_compat", "python", "platform", "numpy", "safetensors"} <= set(data["versions"])
     assert data["device"] == "cpu" and data["formats"]["torch_zip"]["available"] is True
+
+
+def test_sample_heavy_writes_heavy_formats_for_the_sample_only(tmp_path: Path) -> None:
+    from ckpt_compat.corpus import HEAVY_SAMPLE
+
+    specs = {k: v for k, v in corpus_specs().items() if k in ("tied", "bits")}
+    heavy = [f for f in available_formats() if f.heavy]
+    manifest = produce(tmp_path, available_formats(), specs=specs, sample_heavy=True)
+    written = {(e.spec, e.format) for e in manifest.entries}
+    assert "tied" in HEAVY_SAMPLE and "bits" not in HEAVY_SAMPLE
+    assert heavy and all(("tied", f.name) in written and ("bits", f.name) not in written for f in heavy)
+    assert ("bits", "torch_zip") in written

@@ -75,6 +75,7 @@ class DCP(Format):
     preserves_strides = False
     preserves_aliasing = False
     caveat = CAVEAT
+    heavy = True  # cheap to run, but its directories are large: sampled in `run` and in fixtures
     via_torch_save: ClassVar[bool] = False
 
     def why_unavailable(self) -> str | None:
