@@ -17,16 +17,14 @@ from ckpt_compat.formats import (
     parse_format_list,
 )
 from ckpt_compat.specs import ModelSpec, build, example_inputs
-from tests.samples import load
+from tests.samples import bag, load
 
 CPU = MapLocation("str", "cpu", "cpu")
 
 
 def _bag(dtype: str, **extra: object) -> ModelSpec:
     tensor = {"name": "t", "role": "buffer", "dtype": dtype, "shape": [2, 3], **extra}
-    return ModelSpec.from_json(
-        {"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": [tensor]}}}}
-    )
+    return bag(tensor)
 
 
 @pytest.mark.parametrize("name", [f.name for f in available_formats()])
@@ -124,21 +122,7 @@ def test_torchscript_round_trips_block_by_block(tmp_path: Path) -> None:
 def test_torchscript_keeps_non_persistent_buffers_and_says_so(tmp_path: Path) -> None:
     from ckpt_compat.roundtrip import check_spec
 
-    spec = ModelSpec.from_json(
-        {
-            "root": {
-                "kind": "dict",
-                "children": {
-                    "bag": {
-                        "kind": "tensors",
-                        "tensors": [
-                            {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [3], "persistent": False}
-                        ],
-                    }
-                },
-            }
-        }
-    )
+    spec = bag({"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [3], "persistent": False})
     [cell] = check_spec(spec, [get_format("torchscript_script")], tmp_path, consumers=["cpu"])[:1]
     assert cell.outcome.value == "keys"
     assert "state_dict['bag.hidden']: unexpected: a non-persistent buffer came back as a persistent" in cell.detail

@@ -11,9 +11,8 @@ from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import available_formats, get_format
 from ckpt_compat.matrix import Outcome
 from ckpt_compat.roundtrip import check_spec
-from ckpt_compat.specs import ModelSpec
 from tests.faults import Faulty, drop, flip_bit_of, retype, untie
-from tests.samples import load
+from tests.samples import bag, load
 
 
 def _primary(results: list) -> object:
@@ -101,21 +100,7 @@ def test_saved_on_cuda_loaded_everywhere(tmp_path: Path) -> None:
 
 
 def test_non_persistent_buffers_survive_a_whole_model_pickle(tmp_path: Path) -> None:
-    spec = ModelSpec.from_json(
-        {
-            "root": {
-                "kind": "dict",
-                "children": {
-                    "bag": {
-                        "kind": "tensors",
-                        "tensors": [
-                            {"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [8], "persistent": False}
-                        ],
-                    }
-                },
-            }
-        }
-    )
+    spec = bag({"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [8], "persistent": False})
 
     def zero_hidden(model: torch.nn.Module, path: Path) -> None:
         module = torch.load(path, weights_only=False)
