@@ -128,6 +128,31 @@ def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: 
     return out
 
 
+def compare_close(
+    expected: torch.Tensor, actual: Any, path: str, tolerance: tuple[float, float] | None
+) -> list[Difference]:
+    """Bitwise without ``tolerance``; else dtype, shape and values within (rtol, atol), NaN == NaN."""
+    if tolerance is None or not isinstance(actual, torch.Tensor) or not expected.is_floating_point():
+        return compare_tensors(expected, actual, path)
+    out = compare_tensors(expected, actual, path)
+    if any(d.kind != "bytes" for d in out) or not out:
+        return out
+    rtol, atol = tolerance
+    e, a = expected.detach().cpu().double(), actual.detach().cpu().double()
+    close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if bool(close.all()):
+        return []
+    worst = float((a - e).abs().nan_to_num(float("inf")).max())
+    return [
+        Difference(
+            "bytes",
+            path,
+            f"{int((~close).sum())} of {e.numel()} element(s) beyond rtol={rtol}, "
+            f"atol={atol} (largest difference {worst:.3g})",
+        )
+    ]
+
+
 def compare_values(expected: Any, actual: Any, path: str = "value", *, strides: bool = False) -> list[Difference]:
     """Differences between two nested structures of tensors, sequences, mappings and scalars."""
     if isinstance(expected, torch.Tensor):

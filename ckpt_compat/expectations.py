@@ -101,12 +101,9 @@ class Expectations:
         """
         if result.outcome is Outcome.OK:
             return None
-        whole = next((e for e in self.entries if e.matches(result)), None)
-        if whole is not None:
-            return whole
         parts = _differences(result.detail)
-        if len(parts) < 2:
-            return None
+        if len(parts) < 2:  # an error, or one difference: match the cell as a whole
+            return next((e for e in self.entries if e.matches(result)), None)
         found = []
         for kind, text in parts:
             part = CellResult(result.cell, outcome_of([Difference(kind, "", "")]), text)  # type: ignore[arg-type]

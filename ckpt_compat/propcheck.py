@@ -63,7 +63,7 @@ def run_property(
     expectations: Expectations,
     progress: Progress = lambda _: None,
     shrink_seconds: float = 30.0,
-    heavy_examples: int = 12,
+    heavy_examples: int = 8,
 ) -> PropertyRun:
     """``heavy_examples``: how many of the examples also go through the heavy formats
     (TorchScript, torch.export, ...); a failure is shrunk with every format."""

@@ -8,6 +8,7 @@ import importlib.metadata
 
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.dcp import DCP, DCPFromTorchSave
+from ckpt_compat.formats.onnx import ONNX
 from ckpt_compat.formats.safetensors import SafetensorsFile, SafetensorsModel
 from ckpt_compat.formats.torch_export import TorchExport
 from ckpt_compat.formats.torch_save import TorchLegacy, TorchModule, TorchZip
@@ -37,6 +38,7 @@ BUILTIN: tuple[type[Format], ...] = (
     TorchExport,
     DCP,
     DCPFromTorchSave,
+    ONNX,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ class Loaded:
     module: nn.Module | None = None
     hidden: Mapping[str, Any] | None = None  # non-persistent buffers as loaded, where the format keeps them
     call: Callable[[Any], Any] | None = None
+    # Keys the format does not keep under their name (ONNX folds some), with why: listed, not failed.
+    absent: Mapping[str, str] | None = None
+    # ``call`` returns the outputs flattened (ONNX) rather than nested like the model's forward.
+    flat_outputs: bool = False
 
 
 ModelFactory = Callable[[], nn.Module]
@@ -52,6 +57,8 @@ class Format(abc.ABC):
     heavy: ClassVar[bool] = False
     # Can hold a whole training checkpoint (a dict of state dicts, numbers, strings, RNG states).
     holds_training_state: ClassVar[bool] = False
+    # (rtol, atol) for outputs of a program run by another runtime (ONNX Runtime); None: bitwise.
+    output_tolerance: ClassVar[tuple[float, float] | None] = None
 
     def why_unavailable(self) -> str | None:
         """None when usable with the running torch and installed packages, else the reason."""
@@ -94,9 +101,12 @@ def require_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
     return obj
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(exc: BaseException, limit: int = 400) -> str:
     """The exception as one line: torch puts the useful part of its errors on later lines."""
-    text = " ".join(str(exc).split())
+    text = " ".join(_ANSI.sub("", str(exc)).split())
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{type(exc).__name__}: {text}".strip()

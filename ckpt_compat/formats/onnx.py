@@ -1,0 +1,142 @@
+"""ONNX (protobuf): ``torch.onnx.export`` (the dynamo exporter), read back with ``onnx``.
+
+Checked: every state-dict tensor against the initializer of the same name, bit for bit; a tie is
+one initializer under one of its names. Tensors the exporter folds or rewrites (an LSTM's packed
+weights, ...) have no initializer of their own name: they are listed, not failed. Where
+onnxruntime is installed, the model's outputs are compared with the eager ones within
+``RTOL``/``ATOL``: ONNX runtimes promise no bitwise outputs, and say so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckpt_compat.devices import MapLocation
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _why_unavailable() -> str | None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not importable; pip install 'ckpt-compat[onnx]'"
+    if not hasattr(torch, "onnx") or "dynamo" not in torch.onnx.export.__code__.co_varnames:
+        return f"torch {torch.__version__} has no dynamo-based torch.onnx.export"
+    return None
+
+
+class ONNX(Format):
+    name = "onnx"
+    description = "torch.onnx.export(dynamo=True) -> .onnx protobuf; initializers read back with onnx"
+    suffix = ".onnx"
+    heavy = True
+    map_location_kinds = ("str",)
+    preserves_strides = False  # initializers are dense arrays
+    preserves_aliasing = False  # a tie is one initializer; the names map back to it
+    output_tolerance = (RTOL, ATOL)
+
+    def why_unavailable(self) -> str | None:
+        return _why_unavailable()
+
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
+        from ckpt_compat.loading import leaf_blocks
+
+        if not leaf_blocks(inputs or {}):
+            raise Unsupported(
+                "ONNX export needs a forward that computes something — no block of this model takes input"
+            )
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                logging.disable(logging.WARNING)  # the exporter logs every step
+                # A dict at the end of args would be taken for keyword arguments: pass it as one.
+                # Initializers go inside the file: an external .data file would be named after the
+                # temporary path of the atomic write, and dangle once it is renamed.
+                # Unoptimized: the optimizer folds BatchNorm into a preceding Linear/Conv and rewrites that
+                # weight's initializer under the same name, so initializers would not be the state dict.
+                accepted = inspect.signature(torch.onnx.export).parameters
+                extra: dict[str, Any] = {k: False for k in ("external_data", "optimize") if k in accepted}
+                torch.onnx.export(model, (), str(path), kwargs={"inputs": inputs}, dynamo=True, verbose=False, **extra)
+        except Exception as exc:
+            raise Unsupported(f"torch.onnx.export cannot export this model — {first_line(exc)}") from exc
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def load(
+        self,
+        path: Path,
+        options: Mapping[str, Any],
+        map_location: MapLocation,
+        fresh_model: ModelFactory,
+        *,
+        trusted: bool,
+    ) -> Loaded:
+        import onnx
+        from onnx import numpy_helper
+
+        if map_location.target != "cpu":
+            raise Unsupported("an ONNX file holds arrays, read on the CPU")
+        model = onnx.load(str(path))
+        layout = fresh_model().state_dict()
+        arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        state: dict[str, torch.Tensor] = {}
+        absent: dict[str, str] = {}
+        for key, value in layout.items():
+            # A tie is one initializer, named after one of the tied keys.
+            names = [key] + [
+                k
+                for k, v in layout.items()
+                if k != key and value.numel() and v.untyped_storage().data_ptr() == value.untyped_storage().data_ptr()
+            ]
+            found = next((n for n in names if n in arrays), None)
+            if found is None:
+                absent[key] = "no initializer of this name (folded or rewritten by the exporter)"
+            else:
+                state[key] = _tensor(arrays[found], value.dtype)
+        return Loaded(state, absent=absent, call=_runtime(path), flat_outputs=True)
+
+
+def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
+    """The initializer's bytes as a tensor of the state dict's dtype (numpy has no bfloat16)."""
+    if array.dtype.itemsize != dtype.itemsize or array.size == 0:
+        return torch.from_numpy(array.copy()) if array.dtype.kind in "biufc" else torch.empty(array.shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(array.tobytes()), dtype=torch.uint8)
+    return raw.view(dtype).reshape(array.shape)
+
+
+def _runtime(path: Path) -> Any:
+    """The model run by onnxruntime on the flattened inputs, or None where it is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # the runtime rejects the exported model: a finding, not a load error
+        reason = f"onnxruntime {onnxruntime.__version__} cannot load the exported model — {first_line(exc)}"
+
+        def refuse(inputs: Mapping[str, Any]) -> list[Any]:
+            raise RuntimeError(reason)
+
+        return refuse
+    names = [i.name for i in session.get_inputs()]
+
+    def call(inputs: Mapping[str, Any]) -> list[Any]:
+        from ckpt_compat.loading import leaf_blocks
+
+        flat = [t for _, x in leaf_blocks(inputs) for t in (x if isinstance(x, tuple) else (x,))]
+        feeds = {n: t.numpy() for n, t in zip(names, flat, strict=False)}
+        return [torch.from_numpy(a) for a in session.run(None, feeds)]
+
+    return call
