@@ -92,8 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(run)
 
-    check = commands.add_parser("check", help="check one spec file (e.g. a failing spec from a report)")
-    check.add_argument("--spec", type=Path, required=True, metavar="FILE", help="a ModelSpec JSON file")
+    check = commands.add_parser(
+        "check", help="check one spec (e.g. a failing spec from a report), or say what a checkpoint file is"
+    )
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("--spec", type=Path, metavar="FILE", help="a ModelSpec JSON file: run every cell for it")
+    what.add_argument(
+        "--file",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint file or DCP directory: say what format it really is (nothing is unpickled)",
+    )
     common(check)
 
     produce = commands.add_parser("produce", help="write a corpus of every format for the running torch")
@@ -336,6 +345,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        return _identify(args.file)
     spec = _read_spec(args.spec)
     formats = _select_formats(args.formats)
     out = _writable_dir(args.out)
@@ -512,6 +523,17 @@ def _gate(args: argparse.Namespace) -> int:
     verdict = "FAILED" if unexplained else "passed"
     print(f"gate {verdict}: {len(results)} cells, {explained} non-ok explained, {len(unexplained)} unexplained")
     return EXIT_FAILED if unexplained else EXIT_OK
+
+
+def _identify(path: Path) -> int:
+    from ckpt_compat.identify import identify
+
+    try:
+        kind = identify(path)
+    except OSError as exc:
+        raise UsageError(f"--file {path}: cannot read it ({exc.strerror or exc})") from None
+    print(f"{path}: {kind}")
+    return EXIT_OK if not kind.startswith("not a checkpoint") else EXIT_USAGE
 
 
 def _formats(args: argparse.Namespace) -> int:

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_compat.formats import get_format
+from ckpt_compat.identify import identify
+from ckpt_compat.specs import build, example_inputs
+from tests.samples import load
+
+
+@pytest.mark.parametrize(
+    ("fmt", "says"),
+    [
+        ("torch_zip", "a torch.save zip archive"),
+        ("torch_legacy", "legacy (pre-1.6, non-zip) format"),
+        ("safetensors_file", "a safetensors file with 25 tensor(s)"),
+        ("torchscript_script", "a TorchScript archive"),
+        ("torch_export", "a torch.export program"),
+        ("onnx", "an ONNX model (protobuf)"),
+        ("dcp", "(DCP) directory"),
+    ],
+)
+def test_every_format_is_recognised(fmt: str, says: str, tmp_path: Path) -> None:
+    f = get_format(fmt)
+    if f.why_unavailable():
+        pytest.skip(f.why_unavailable() or "")
+    spec = load("plain")
+    f.save(build(spec), tmp_path / f"m{f.suffix}", example_inputs(spec))
+    assert says in identify(tmp_path / f"m{f.suffix}")
+
+
+def test_a_state_dict_saved_as_pb_is_not_protobuf(tmp_path: Path) -> None:
+    torch.save(build(load("plain")).state_dict(), tmp_path / "model.pb")
+    assert identify(tmp_path / "model.pb").startswith("a torch.save zip archive (not protobuf, whatever its .pb suffix")
+
+
+def test_truncated_and_unknown_files(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(3)}, tmp_path / "x.pt")
+    data = (tmp_path / "x.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupt zip" in identify(tmp_path / "cut.pt")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert identify(tmp_path / "notes.txt").startswith("not a checkpoint format")
