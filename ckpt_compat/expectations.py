@@ -10,6 +10,7 @@ The file is TOML, one ``[[expect]]`` table per known issue::
     consumer_torch = ">=2.1"                 # optional PEP 440 specifiers (local part ignored)
     producer_torch = ">=2.1"
     options = { mmap = true }                # optional: these options must match exactly
+    cross_version = true                     # optional: only producer release != consumer release
     reason = "why it happens and what to do"
     links = ["https://github.com/pytorch/pytorch/issues/..."]
 
@@ -60,6 +61,7 @@ class Expectation:
     producer_torch: SpecifierSet | None = None
     consumer_torch: SpecifierSet | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    cross_version: bool = False  # only where producer and consumer are different releases
     source: str = ""  # the file it came from
 
     def matches(self, result: CellResult) -> bool:
@@ -71,6 +73,7 @@ class Expectation:
             and (self.producer_torch is None or release(cell.producer.torch) in self.producer_torch)
             and (self.consumer_torch is None or release(cell.consumer.torch) in self.consumer_torch)
             and all(cell.options.get(k) == v for k, v in self.options.items())
+            and (not self.cross_version or release(cell.producer.torch) != release(cell.consumer.torch))
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -155,6 +158,7 @@ def _parse(path: Path) -> list[Expectation]:
                     producer_torch=SpecifierSet(raw["producer_torch"]) if "producer_torch" in raw else None,
                     consumer_torch=SpecifierSet(raw["consumer_torch"]) if "consumer_torch" in raw else None,
                     options=dict(raw.get("options", {})),
+                    cross_version=bool(raw.get("cross_version", False)),
                     source=str(path),
                 )
             )

@@ -102,3 +102,25 @@ reason = "r"
     extra = both + "; state_dict['w']: bytes: something else"
     assert e.explain(_result("f", Outcome.KEYS, extra)) is None
     assert e.explain(_result("g", Outcome.KEYS, both)) is None
+
+
+def test_cross_version_entries_never_explain_a_same_release_failure(tmp_path: Path) -> None:
+    e = Expectations.load(
+        [
+            _write(
+                tmp_path,
+                """
+[[expect]]
+id = "x"
+format = ["torch_export"]
+outcome = ["load_error"]
+cross_version = true
+detail = "KeyError"
+reason = "r"
+""",
+            )
+        ]
+    )
+    across = _result("torch_export", Outcome.LOAD_ERROR, "KeyError: 33", producer="2.4.1")
+    same = _result("torch_export", Outcome.LOAD_ERROR, "KeyError: 33", producer="2.13.0+cu130")
+    assert e.explain(across) is not None and e.explain(same) is None

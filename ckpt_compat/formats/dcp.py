@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
 
 CAVEAT = "torch.distributed.checkpoint documents no compatibility across torch versions"
 
@@ -48,6 +48,11 @@ def _ordinary_errors() -> Iterator[None]:
     except Exception:
         raise
     except BaseException as exc:
+        # CheckpointException.failures maps a rank to (the exception it raised, its traceback).
+        failures = getattr(exc, "failures", None) or {}
+        rank, (inner, *_) = next(iter(failures.items()), (None, (None,)))
+        if isinstance(inner, BaseException):
+            raise RuntimeError(f"{type(exc).__name__} on rank {rank}: {first_line(inner)}") from exc
         raise RuntimeError(" ".join(str(exc).split())[:400] or type(exc).__name__) from exc
 
 

@@ -61,4 +61,8 @@ class TorchExport(Format):
         if map_location.target != map_location.source:
             raise Unsupported("torch.export.load has no map_location: a program loads onto the device it was saved on")
         program = torch.export.load(str(path))
-        return Loaded(dict(program.state_dict), hidden=dict(program.constants), call=program.module())
+        # ExportedProgram.constants (non-persistent buffers and lifted constants) arrived in torch 2.3.
+        constants = getattr(program, "constants", None)
+        return Loaded(
+            dict(program.state_dict), hidden=None if constants is None else dict(constants), call=program.module()
+        )
