@@ -71,6 +71,32 @@ def stream() -> list[Any]:
     return [build(BUNDLE_SPECS["encoder"]).state_dict()["emb.weight"], {"step": 3}, [torch.arange(5), "end"]]
 
 
+class UserConfig:
+    """A user's own class in a checkpoint, as training scripts store their config objects."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserConfig) and other.lr == self.lr
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def refused_objects() -> dict[str, Any]:
+    """Objects real checkpoints hold that the weights_only unpickler refuses, by kind."""
+    import argparse
+
+    import numpy as np
+
+    return {
+        "numpy_array": np.arange(3, dtype=np.float32),
+        "numpy_scalar": np.float64(0.5),
+        "argparse_namespace": argparse.Namespace(lr=0.1, epochs=3),
+        "user_class": UserConfig(0.1),
+    }
+
+
 def check_multi_object(formats: Iterable[Format], workdir: Path) -> list[CellResult]:
     here = Endpoint(torch.__version__, "cpu")
     results = []
@@ -85,6 +111,15 @@ def check_multi_object(formats: Iterable[Format], workdir: Path) -> list[CellRes
             load = functools.partial(_load_object, fmt, path, variant)
             results.append(_compare(cell, expected, load))
         results.append(_check_stream(fmt, workdir, here))
+        for kind, obj in refused_objects().items():
+            path = workdir / f"refused-{kind}-{fmt.name}{fmt.suffix}"
+            fmt.save_object({"obj": obj}, path)
+            for variant in fmt.load_variants():
+                if variant.get("mmap"):
+                    continue
+                cell = Cell(f"refused-{kind}", fmt.name, here, here, {**variant, "check": "safe_unpickler"})
+                load = functools.partial(_load_object, fmt, path, variant)
+                results.append(_compare(cell, {"obj": obj}, load, plain=True))
     return results
 
 
@@ -93,18 +128,29 @@ def _load_object(fmt: Format, path: Path, options: Mapping[str, Any]) -> Mapping
     return fmt.load(path, options, cpu, torch.nn.Module, trusted=True).state_dict
 
 
-def _compare(cell: Cell, expected: Mapping[str, Any], load: Any) -> CellResult:
+def _compare(cell: Cell, expected: Mapping[str, Any], load: Any, *, plain: bool = False) -> CellResult:
     try:
         loaded = load()
     except (Unsupported, Untrusted) as exc:
         return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
     except Exception as exc:
         return CellResult(cell, Outcome.LOAD_ERROR, first_line(exc))
+    if plain:  # numpy and Python objects: equal by value, loaded only with weights_only=False
+        same = _same(expected["obj"], loaded.get("obj"))
+        return CellResult(cell, Outcome.OK if same else Outcome.MISMATCH, "" if same else f"got {loaded.get('obj')!r}")
     differences = compare_values(dict(expected), dict(loaded), "bundle")
     for name in BUNDLE_SPECS:
         if isinstance(loaded.get(name), Mapping):
             differences += compare_aliasing(expected[name], loaded[name], f"bundle[{name!r}]")
     return CellResult(cell, outcome_of(differences), describe(differences))
+
+
+def _same(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    return type(a) is type(b) and bool(a == b)
 
 
 def _check_stream(fmt: Format, workdir: Path, here: Endpoint) -> CellResult:

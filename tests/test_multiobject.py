@@ -37,3 +37,32 @@ def test_a_changed_value_is_found(tmp_path: Path) -> None:
     assert result.outcome is Outcome.MISMATCH
     assert "bundle['lr']: type: expected float 0.125, got float 0.25" in result.detail
     assert "bundle['tags']: type: expected a sequence of 4" in result.detail
+
+
+def test_refused_objects_name_the_global_and_the_hint_works(tmp_path: Path) -> None:
+    import re
+
+    import torch
+
+    results = [
+        r
+        for r in check_multi_object([get_format("torch_zip")], tmp_path)
+        if r.cell.options["check"] == "safe_unpickler"
+    ]
+    safe = {r.cell.spec_id: r for r in results if r.cell.options["weights_only"] is True}
+    assert {r.outcome for r in safe.values()} == {Outcome.UNSUPPORTED}
+    assert "argparse.Namespace" in safe["refused-argparse_namespace"].detail
+    assert (
+        "numpy._core.multiarray.scalar" in safe["refused-numpy_scalar"].detail
+        or "numpy.core" in safe["refused-numpy_scalar"].detail
+    )
+    assert all(r.outcome is Outcome.OK for r in results if r.cell.options["weights_only"] is False)
+    # The suggested call is the right one: with it, the safe loader accepts the file.
+    hint = re.search(r"add_safe_globals\(\[([\w.]+)\]\)", safe["refused-argparse_namespace"].detail)
+    assert hint is not None and hint.group(1) == "argparse.Namespace"
+    import argparse
+
+    path = tmp_path / "refused-argparse_namespace-torch_zip.pt"
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        assert torch.load(path, weights_only=True)["obj"] == argparse.Namespace(lr=0.1, epochs=3)
+    assert all(Expectations.load().explain(r) for r in safe.values())
