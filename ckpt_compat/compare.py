@@ -153,6 +153,17 @@ def compare_close(
     ]
 
 
+def tensor_leaves(x: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested structure of mappings, lists and tuples, in order."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in tensor_leaves(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in tensor_leaves(v)]
+    return []
+
+
 def compare_values(expected: Any, actual: Any, path: str = "value", *, strides: bool = False) -> list[Difference]:
     """Differences between two nested structures of tensors, sequences, mappings and scalars."""
     if isinstance(expected, torch.Tensor):

@@ -32,6 +32,7 @@ from packaging.version import Version
 
 from ckpt_compat.compare import KEY_KINDS, VALUE_KINDS, Difference
 from ckpt_compat.matrix import CellResult, Outcome, outcome_of
+from ckpt_compat.matrix import release as matrix_release
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,8 +47,8 @@ class ExpectationsError(ValueError):
 
 
 def release(version: str) -> Version:
-    """``2.13.0+cpu`` -> ``2.13.0``: CPU and CUDA builds of a release behave alike here."""
-    return Version(Version(version).base_version)
+    """``2.13.0+cpu`` -> ``Version("2.13.0")``: CPU and CUDA builds of a release behave alike here."""
+    return Version(matrix_release(version))
 
 
 @dataclass(frozen=True)

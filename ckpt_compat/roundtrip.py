@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from ckpt_compat import loading
-from ckpt_compat.compare import Difference, compare_close, compare_records, compare_state_dicts, compare_values
+from ckpt_compat.compare import (
+    Difference,
+    compare_close,
+    compare_records,
+    compare_state_dicts,
+    compare_values,
+    tensor_leaves,
+)
 from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devices, map_locations, producer_devices
 from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.formats import Format, Unsupported, Untrusted
@@ -251,7 +258,7 @@ def _compare_flat(expected: Expected, outputs: list[Any], tolerance: tuple[float
         (path, t)
         for path, _ in loading.leaf_blocks(expected.inputs)
         if not isinstance(expected.reference.get(path), loading.NoForward)
-        for t in _leaves(expected.reference.get(path))
+        for t in tensor_leaves(expected.reference.get(path))
     ]
     if len(want) != len(outputs):
         return [Difference("type", "program(inputs)", f"{len(outputs)} outputs, expected {len(want)}")]
@@ -261,14 +268,6 @@ def _compare_flat(expected: Expected, outputs: list[Any], tolerance: tuple[float
         for d in compare_close(w, got, f"program[{path!r}]", tolerance):
             differences.append(Difference(d.kind, d.path, f"[{block}] {d.detail}"))
     return differences
-
-
-def _leaves(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _leaves(v)]
-    return []
 
 
 def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, Any]) -> list[Difference]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckpt_compat.compare import digest
+from ckpt_compat.compare import digest, tensor_leaves
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.formats.base import first_line
@@ -84,7 +84,7 @@ class Trainer:
     def step(self) -> None:
         noisy = {k: (v + 0.01 * torch.rand_like(v)) if v.is_floating_point() else v for k, v in self.inputs.items()}
         outputs = self.model(noisy)
-        loss = torch.stack([t.float().square().mean() for t in _tensors(outputs)]).sum()
+        loss = torch.stack([t.float().square().mean() for t in tensor_leaves(outputs) if t.is_floating_point()]).sum()
         loss = loss * (1 + 0.01 * random.random()) * (1 + 0.01 * float(np.random.rand()))
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -147,16 +147,6 @@ def _grad_scaler() -> Any:
         return scaler_cls("cpu")
     except Exception:  # older torch: GradScaler is CUDA only
         return None
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x] if x.is_floating_point() else []
-    if isinstance(x, Mapping):
-        return [t for v in x.values() for t in _tensors(v)]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    return []
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -12,6 +12,7 @@ The worker speaks JSON lines: one task in on stdin, one ``{"cells": [...]}`` out
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -43,13 +44,12 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
     """The cells for one manifest entry, checked under the running torch (the worker's job)."""
     import torch
 
-    from ckpt_compat.corpus import Manifest
     from ckpt_compat.formats import all_formats
     from ckpt_compat.formats.base import first_line
     from ckpt_compat.roundtrip import Expected, SavedFile, check_file
     from ckpt_compat.specs import ModelSpec
 
-    manifest = _manifest(corpus, Manifest.read)
+    manifest = _manifest(corpus)
     entry = manifest.entries[index]
     producer = manifest.producer
     here = Endpoint(torch.__version__, "cpu")
@@ -68,13 +68,12 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
     return check_file(saved, consumers, spellings=("str",))
 
 
-_MANIFESTS: dict[Path, Any] = {}
+@functools.cache
+def _manifest(corpus: Path) -> Any:
+    """Each corpus's manifest, read once per worker process."""
+    from ckpt_compat.corpus import Manifest
 
-
-def _manifest(corpus: Path, read: Callable[[Path], Any]) -> Any:
-    if corpus not in _MANIFESTS:
-        _MANIFESTS[corpus] = read(corpus)
-    return _MANIFESTS[corpus]
+    return Manifest.read(corpus)
 
 
 def worker_main() -> None:

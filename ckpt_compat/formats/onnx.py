@@ -109,8 +109,10 @@ class ONNX(Format):
 
 def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
     """The initializer's bytes as a tensor of the state dict's dtype (numpy has no bfloat16)."""
-    if array.dtype.itemsize != dtype.itemsize or array.size == 0:
-        return torch.from_numpy(array.copy()) if array.dtype.kind in "biufc" else torch.empty(array.shape, dtype=dtype)
+    if array.size == 0:
+        return torch.empty(array.shape, dtype=dtype)
+    if array.dtype.itemsize != dtype.itemsize:  # a different dtype: the comparison reports it
+        return torch.from_numpy(array.copy())
     raw = torch.frombuffer(bytearray(array.tobytes()), dtype=torch.uint8)
     return raw.view(dtype).reshape(array.shape)
 
