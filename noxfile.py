@@ -4,6 +4,7 @@ nox -s tests lint                 # what CI runs, on the default torch
 nox -s compat                     # the full cross-version matrix (produce, verify, report, gate)
 nox -s "produce(2.6)"             # one step for one torch version
 nox -s produce -- fixtures/corpora   # regenerate the committed fixtures (see fixtures/README.md)
+nox -s "bench(2.13)" "bench(2.8)" "bench(2.4)" bench_report   # format benchmarks across versions
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TORCH: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 DEFAULT_TORCH = "2.13"
 COMPAT = Path("compat")  # corpora/, results/, matrix/ of `nox -s compat` (git-ignored)
+BENCH = Path("bench-results")  # torch-<version>.json and the report of `nox -s bench` (git-ignored)
 
 
 def interpreter(version: str) -> str:
@@ -111,6 +113,42 @@ def report(session: nox.Session) -> None:
     expectations = ("--expectations", "fixtures/expectations.toml")
     session.run("ckpt-compat", "report", *results, "--out", str(COMPAT / "matrix"), *expectations)
     session.run("ckpt-compat", "gate", *results, *expectations)
+
+
+@nox.session
+@nox.parametrize("python,torch", VERSIONS)
+def bench(session: nox.Session, torch: str) -> None:
+    """The benchmark suites under one torch version, at the published size (256 MiB unless
+    CKPT_COMPAT_BENCH_MIB says otherwise): pytest-benchmark JSON in bench-results/torch-<version>.json.
+    Posargs go to pytest (e.g. -k test_load --benchmark-json=bench-results/again.json)."""
+    install(session, torch, "bench")
+    BENCH.mkdir(exist_ok=True)
+    output = (
+        []
+        if any(a.startswith("--benchmark-json") for a in session.posargs)
+        else [f"--benchmark-json={BENCH / f'torch-{torch}.json'}"]
+    )
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-p",
+        "no:cacheprovider",
+        *output,
+        *session.posargs,
+        env={"CKPT_COMPAT_BENCH_MIB": os.environ.get("CKPT_COMPAT_BENCH_MIB", "256")},
+    )
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def bench_report(session: nox.Session) -> None:
+    """Merge every bench-results/torch-*.json into bench-results/report (Markdown and PNG plots)."""
+    install(session, DEFAULT_TORCH, "bench")
+    results = sorted(str(p) for p in BENCH.glob("torch-*.json"))
+    if not results:
+        session.error("no results in bench-results: run the bench sessions first")
+    session.run("ckpt-compat", "bench-report", *results, "--out", str(BENCH / "report"))
 
 
 @nox.session(python=False)

@@ -1,68 +1,54 @@
-"""Load throughput per format, in a fresh process each round, warm and cold page cache.
+"""Load throughput per format and op, each round in a fresh process, warm and cold page cache.
 
 pytest-benchmark's own timer includes the child's interpreter start; the figures to read are in
-``extra_info``: the child-measured median and IQR, GB/s, the ratio to the raw-read limit measured
-in the same session, and the child's peak RSS. Run: ``python -m pytest benchmarks
---benchmark-json out.json`` (``CKPT_COMPAT_BENCH_MIB=256`` for the published sizes).
+``extra_info`` (``ckpt_compat.bench.result_info``): the child-measured rounds, median and IQR, GB/s,
+the ratio to the limit measured in the same session, and the child's peak RSS over the operation.
+Run: ``python -m pytest benchmarks --benchmark-json out.json`` (``CKPT_COMPAT_BENCH_MIB=256`` for
+the published sizes), then ``ckpt-compat bench-report out.json``.
 """
 
 from __future__ import annotations
 
-import statistics
-from pathlib import Path
-
 import pytest
-import torch
 
-from benchmarks.conftest import ROUNDS, SIZE_MIB
+from benchmarks.conftest import HEADLINE, PROGRAMS, SIZE_MIB, FileFactory, rounds_for, skip_unless_available
 from ckpt_compat import bench
 
-FILES = {
-    "torch_load": "pt",
-    "torch_load_mmap": "pt",
-    "torch_load_mmap_touch": "pt",
-    "safetensors_load": "safetensors",
-    "safetensors_load_touch": "safetensors",
-}
+LOADS = [op for op in bench.OPS.values() if not op.saves]
+# Cold-cache rounds where the page cache changes the answer most: the headline, the loads into
+# preallocated memory and the lazy subsets (a cold subset reads only what it needs).
+COLD = (*HEADLINE, "torch_zip:into", "safetensors:into", "torch_zip:subset", "safetensors:subset")
 
 
-@pytest.mark.parametrize("cache", ["warm", "cold"])
-@pytest.mark.parametrize("op", list(FILES))
-@pytest.mark.parametrize("kind", ["transformer", "lora"])
-def test_load(benchmark, scratch: Path, limits: bench.Limits, kind: str, op: str, cache: str) -> None:  # type: ignore[no-untyped-def]
-    if op.startswith("safetensors"):
-        pytest.importorskip("safetensors")
-    path = scratch / f"{kind}.{FILES[op]}"
-    if not path.exists():
-        state = bench.workload(kind, SIZE_MIB * 2**20)
-        bench.save("torch_zip" if FILES[op] == "pt" else "safetensors", state, path)
-    size = path.stat().st_size
-    rounds = ROUNDS if benchmark.enabled else 1
-    results = []
+def _cases() -> list[tuple[str, str, str, str]]:
+    cases = []
+    for kind in ("transformer", "lora", "cnn"):
+        for op in LOADS:
+            if kind == "lora" and op.format in PROGRAMS:
+                continue
+            if kind == "cnn" and not op.complete:
+                continue
+            caches = ("warm", "cold") if op.id in COLD and kind != "cnn" else ("warm",)
+            cases += [(kind, "float32", op.id, cache) for cache in caches]
+    cases += [("transformer", "bfloat16", op_id, cache) for op_id in HEADLINE for cache in ("warm", "cold")]
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "dtype", "op_id", "cache"), _cases())
+def test_load(  # type: ignore[no-untyped-def]
+    benchmark, workload_file: FileFactory, limits: bench.Limits, kind: str, dtype: str, op_id: str, cache: str
+) -> None:
+    op = bench.OPS[op_id]
+    skip_unless_available(op)
+    path, reference = workload_file(kind, dtype, op.format)
+    rounds: list[dict[str, object]] = []
     benchmark.pedantic(
-        lambda: results.append(bench.fresh_load(op, path, cold=cache == "cold")), rounds=rounds, iterations=1
+        lambda: rounds.append(bench.fresh(op_id, path, reference, cold=cache == "cold")),
+        rounds=rounds_for(benchmark, op_id),
+        iterations=1,
     )
-    seconds = sorted(r["seconds"] for r in results)
-    median = statistics.median(seconds)
-    q = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [median, median, median]
-    gbps = size / 1e9 / median
-    benchmark.extra_info.update(
-        {
-            "format": FILES[op],
-            "op": op,
-            "workload": kind,
-            "dtype": "float32",
-            "cache": cache,
-            "bytes": size,
-            "tensors": results[0]["tensors"],
-            "torch": torch.__version__,
-            "child_median_s": median,
-            "child_iqr_s": q[2] - q[0],
-            "gbps": gbps,
-            "ratio_to_raw_read": gbps / limits.read_fresh,
-            "peak_rss_kib": max(r["peak_rss_kib"] for r in results),
-            "limits_gbps": limits.to_json(),
-            **bench.allocator_settings(),
-        }
-    )
-    assert results and all(r["tensors"] == results[0]["tensors"] for r in results)
+    info = bench.result_info(op, rounds, workload=kind, dtype=dtype, cache=cache, limits=limits, size_mib=SIZE_MIB)
+    benchmark.extra_info.update(info)
+    # Every round loaded the same thing: all its tensors (or its subset), every byte.
+    assert len({(r["tensors"], r["bytes"]) for r in rounds}) == 1
+    assert info["bytes"] > 0 and info["median_s"] > 0

@@ -45,6 +45,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage like 10% or a fraction like 0.1, got {text!r}"
+        ) from None
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"expected a slowdown between 0% and 1000%, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ckpt-compat", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -168,6 +180,31 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("formats", help="list the formats and whether they are available here")
+
+    bench_report = commands.add_parser(
+        "bench-report", help="merge benchmark JSON (one file per torch version) into a Markdown table and plots"
+    )
+    bench_report.add_argument("results", type=Path, nargs="+", metavar="JSON", help="pytest --benchmark-json files")
+    bench_report.add_argument(
+        "--out", type=Path, default=Path("bench-report"), metavar="DIR", help="where benchmarks.md and the PNGs go"
+    )
+    bench_gate = commands.add_parser(
+        "bench-gate", help="exit 1 if CURRENT is slower than BASELINE beyond --max-slowdown and the measured noise"
+    )
+    bench_gate.add_argument("baseline", type=Path, metavar="BASELINE", help="pytest --benchmark-json file")
+    bench_gate.add_argument("current", type=Path, metavar="CURRENT", help="pytest --benchmark-json file")
+    bench_gate.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=0.10,
+        metavar="PCT",
+        help="largest accepted slowdown of a median, e.g. 10%% or 0.1 (default: 10%%)",
+    )
+    bench_gate.add_argument(
+        "--any-machine",
+        action="store_true",
+        help="compare runs from different machine classes (CPU model, cores) anyway",
+    )
     return parser
 
 
@@ -188,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "verify": _verify,
             "report": _report,
             "gate": _gate,
+            "bench-report": _bench_report,
+            "bench-gate": _bench_gate,
         }[args.command]
         return command(args)
     except UsageError as exc:
@@ -523,6 +562,60 @@ def _gate(args: argparse.Namespace) -> int:
     verdict = "FAILED" if unexplained else "passed"
     print(f"gate {verdict}: {len(results)} cells, {explained} non-ok explained, {len(unexplained)} unexplained")
     return EXIT_FAILED if unexplained else EXIT_OK
+
+
+def _bench_runs(paths: list[Path]) -> list[Any]:
+    from ckpt_compat.benchreport import BenchResultError, read_runs
+
+    try:
+        return read_runs(paths)
+    except BenchResultError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    runs = _bench_runs(args.results)
+    out = _writable_dir(args.out)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError('bench-report draws its plots with matplotlib: pip install "ckpt-compat[bench]"') from None
+    from ckpt_compat.benchreport import write_report
+
+    paths = write_report(runs, out)
+    versions = ", ".join(r.torch for r in runs)
+    print(f"{sum(len(r.results) for r in runs)} results from torch {versions}; wrote " + ", ".join(map(str, paths)))
+    return EXIT_OK
+
+
+def _bench_gate(args: argparse.Namespace) -> int:
+    from ckpt_compat.benchreport import compare
+
+    baseline, current = (_bench_runs([p])[0] for p in (args.baseline, args.current))
+    if baseline.machine != current.machine and not args.any_machine:
+        raise UsageError(
+            f"{args.current} ran on {current.machine!r}, {args.baseline} on {baseline.machine!r}: "
+            "not comparable (pass --any-machine to compare anyway)"
+        )
+    changes, unmatched = compare(baseline, current)
+    if not changes:
+        raise UsageError(f"{args.baseline} and {args.current} have no result in common (same suite, same sizes?)")
+    regressed = [c for c in changes if c.regressed(args.max_slowdown)]
+    for c in sorted(changes, key=lambda c: -c.slowdown):
+        mark = "SLOWER" if c in regressed else "ok"
+        print(
+            f"{mark:6} {c.slowdown:+7.1%} (noise {c.noise:5.1%}) {c.label()}: "
+            f"{c.baseline.median * 1e3:.1f} -> {c.current.median * 1e3:.1f} ms"
+        )
+    if unmatched:
+        print(f"{len(unmatched)} result(s) in only one of the two runs, not compared")
+    worst = max(abs(c.slowdown) for c in changes)
+    verdict = "FAILED" if regressed else "passed"
+    print(
+        f"bench-gate {verdict}: {len(changes)} results compared (torch {baseline.torch} -> {current.torch}), "
+        f"{len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change {worst:.1%}"
+    )
+    return EXIT_FAILED if regressed else EXIT_OK
 
 
 def _identify(path: Path) -> int:

@@ -62,6 +62,14 @@ def tensor_bytes(t: torch.Tensor) -> torch.Tensor:
     return flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
 
 
+def _words(data: torch.Tensor) -> torch.Tensor:
+    """Flat uint8 bytes as int64 words where length and alignment allow: torch.equal compares
+    words about 4x faster than bytes (memory bandwidth instead of a byte loop)."""
+    if data.numel() % 8 == 0 and data.storage_offset() % 8 == 0 and data.numel():
+        return data.view(torch.int64)
+    return data
+
+
 def digest(t: torch.Tensor) -> str:
     """xxh3-128 of the tensor's logical bytes: the per-tensor digest written into manifests."""
     data = tensor_bytes(t)
@@ -111,7 +119,7 @@ def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: 
     if "meta" in (expected.device.type, actual.device.type):
         return out
     a, b = tensor_bytes(expected), tensor_bytes(actual)
-    if not torch.equal(a, b):
+    if not torch.equal(_words(a), _words(b)):
         size = expected.element_size()
         diff = (a != b).nonzero()
         first = int(diff[0]) // size

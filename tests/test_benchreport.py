@@ -1,0 +1,165 @@
+"""bench-report and bench-gate on the JSON of a real (tiny) benchmark run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ckpt_compat.benchreport import read_run
+from ckpt_compat.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SELECTION = (
+    "(test_load and transformer and float32 and warm and (torch_zip-load- or mmap_touch or load_touch or verify))"
+    " or (test_load and lora and cold and mmap_touch)"
+    " or (test_per_tensor and torch_zip:load) or harness or (test_save and transformer-torch_zip)"
+)
+
+
+@pytest.fixture(scope="module")
+def run_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suites at 1 MiB, 2 rounds: real fresh-process measurements, small enough for the tests."""
+    out = tmp_path_factory.mktemp("bench") / "torch-here.json"
+    env = {
+        **os.environ,
+        "CKPT_COMPAT_BENCH_MIB": "1",
+        "CKPT_COMPAT_BENCH_ROUNDS": "2",
+        "CKPT_COMPAT_BENCH_HEADLINE_ROUNDS": "3",
+    }
+    env["CKPT_COMPAT_BENCH_SWEEP_MIB"] = "1"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            SELECTION,
+            f"--benchmark-json={out}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out
+
+
+def _edit(source: Path, target: Path, change: Any) -> Path:
+    data = json.loads(source.read_text())
+    for b in data["benchmarks"]:
+        change(b["extra_info"], data)
+    target.write_text(json.dumps(data))
+    return target
+
+
+def test_report_has_the_tables_and_plots(run_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench-report", str(run_json), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "benchmarks.md").read_text()
+    run = read_run(run_json)
+    mmap = next(r for r in run.results if r.get("op") == "mmap_touch" and r["workload"] == "transformer")
+    row = next(line for line in text.splitlines() if "| transformer | float32 | warm | torch_zip:mmap_touch |" in line)
+    assert f"{mmap['gbps']:.2f} ({mmap['ratio_to_limit']:.0%})" in row
+    for heading in (
+        "## The machine's limits",
+        "## The honest comparison",
+        "## Load, transformer-like",
+        "## Load, lora-like",
+    ):
+        assert heading in text
+    assert "## Save" in text and "torch_zip:load | a=" in text and "verify's load + manifest check" in text
+    for png in ("throughput.png", "memory.png"):
+        assert (tmp_path / "r" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{png[:-4]}]({png})" in text
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_gate_passes_a_run_against_itself(run_json: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench-gate", str(run_json), str(run_json), "--max-slowdown", "10%"]) == 0
+    assert "bench-gate passed" in capsys.readouterr().out
+
+
+def test_gate_fails_a_real_slowdown_and_names_it(
+    run_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def slower(info: dict[str, Any], _: Any) -> None:
+        if info.get("op") == "mmap_touch" and info.get("workload") == "lora":
+            info["child_seconds"] = [s * 1.5 for s in info["child_seconds"]]
+
+    current = _edit(run_json, tmp_path / "slow.json", slower)
+    assert main(["bench-gate", str(run_json), str(current), "--max-slowdown", "10%"]) == 1
+    out = capsys.readouterr().out
+    assert "SLOWER  +50.0%" in out and "load torch_zip:mmap_touch [lora float32 cold, 1 MiB]" in out
+    assert "1 slower than 10% beyond noise" in out
+    assert main(["bench-gate", str(run_json), str(current), "--max-slowdown", "60%"]) == 0
+
+
+def test_gate_does_not_fail_a_shift_inside_the_noise(run_json: Path, tmp_path: Path) -> None:
+    def noisy(info: dict[str, Any], _: Any) -> None:
+        if info.get("op") == "mmap_touch" and info.get("workload") == "lora":
+            base = sorted(info["child_seconds"])[len(info["child_seconds"]) // 2]
+            info["child_seconds"] = [base * 0.5, base * 1.2, base * 2.5]  # median +20%, IQR of the same order
+
+    assert main(["bench-gate", str(run_json), str(_edit(run_json, tmp_path / "noisy.json", noisy))]) == 0
+
+
+def test_gate_refuses_other_machines_and_bad_files(
+    run_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def elsewhere(_: Any, data: dict[str, Any]) -> None:
+        data["machine_info"].setdefault("cpu", {})["brand_raw"] = "Some Other CPU"
+
+    other = _edit(run_json, tmp_path / "other.json", elsewhere)
+    assert main(["bench-gate", str(run_json), str(other)]) == 2
+    assert "not comparable (pass --any-machine" in capsys.readouterr().err
+    assert main(["bench-gate", str(run_json), str(other), "--any-machine"]) == 0
+    capsys.readouterr()
+    (tmp_path / "empty.json").write_text(json.dumps({"benchmarks": []}))
+    (tmp_path / "text.json").write_text("not json")
+    for bad, message in (
+        ("empty.json", "no ckpt-compat results in it"),
+        ("text.json", "not JSON"),
+        ("missing.json", "cannot read it"),
+    ):
+        assert main(["bench-gate", str(run_json), str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / bad) in err and message in err
+    assert main(["bench-gate", str(run_json), str(run_json), "--max-slowdown", "ten"]) == 2
+    assert main(["bench-report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_gate_needs_results_in_common(run_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def renamed(info: dict[str, Any], _: Any) -> None:
+        info["workload"] = "other-" + str(info.get("workload"))
+
+    assert main(["bench-gate", str(run_json), str(_edit(run_json, tmp_path / "r.json", renamed))]) == 2
+    assert "no result in common" in capsys.readouterr().err
+
+
+def test_runs_are_merged_in_version_order(run_json: Path, tmp_path: Path) -> None:
+    def older(info: dict[str, Any], _: Any) -> None:
+        info["torch"] = "2.4.1"
+
+    from ckpt_compat.benchreport import markdown, read_runs
+
+    runs = read_runs([run_json, _edit(run_json, tmp_path / "old.json", older)])
+    assert runs[0].torch == "2.4.1"
+    header = next(line for line in markdown(runs).splitlines() if line.startswith("| workload | dtype | cache | op"))
+    assert header.index("torch 2.4.1") < header.index(f"torch {runs[1].torch.split('+')[0]}")
+    mixed = copy.deepcopy(json.loads(run_json.read_text()))
+    mixed["benchmarks"][0]["extra_info"]["torch"] = "1.0"
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    with pytest.raises(ValueError, match="several torch versions"):
+        read_runs([tmp_path / "mixed.json"])
