@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -610,10 +611,14 @@ def _bench_gate(args: argparse.Namespace) -> int:
     if unmatched:
         print(f"{len(unmatched)} result(s) in only one of the two runs, not compared")
     worst = max(abs(c.slowdown) for c in changes)
+    within = sum(abs(c.slowdown) < 0.05 for c in changes)
+    # A shift shared by every result is the machine (or a change that slows everything): say so.
+    shift = statistics.median(c.slowdown for c in changes)
     verdict = "FAILED" if regressed else "passed"
     print(
         f"bench-gate {verdict}: {len(changes)} results compared (torch {baseline.torch} -> {current.torch}), "
-        f"{len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change {worst:.1%}"
+        f"{len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change {worst:.1%}, "
+        f"median change {shift:+.1%}, {within} within 5%"
     )
     return EXIT_FAILED if regressed else EXIT_OK
 
