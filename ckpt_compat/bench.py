@@ -144,9 +144,9 @@ def touch(state: Any) -> int:
 def evict(path: Path) -> None:
     """Drop the pages of ``path`` (a file, or every file below a directory) from the page cache.
 
-    Everything dirty is written back first (``os.sync``), not only this file: the workload files
-    written just before would otherwise still be flushing while the cold round reads, and the
-    first cold rounds measured here ran up to 2x slower than the rest.
+    Everything dirty is written back first (``os.sync``), not only this file, so no write-back of
+    files written just before runs under a cold round. (It did not remove the occasional 2-4x
+    slower cold round on this machine's virtual disk: docs/benchmarks/repeatability.md.)
     """
     os.sync()
     for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
@@ -503,8 +503,9 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
     the file's pages first. A save writes ``path`` (removed first, left for the caller).
 
     A new interpreter per round, not a fork: children forked from a process that had imported
-    torch measured mmap loads up to 2x slower than exec'd ones here (copy-on-write page tables),
-    so a fork server would need its own correction. The clock starts after the imports.
+    torch measured warm mmap loads 1.7 to 4.5x slower than exec'd ones here (cause not pinned
+    down; gc.freeze() did not help), so a fork server is no fresh process. The clock starts after
+    the imports.
     """
     op = OPS.get(op_id)
     if op is None:
