@@ -149,18 +149,21 @@ def evict(path: Path) -> None:
     slower cold round on this machine's virtual disk: docs/benchmarks/repeatability.md.)
     """
     os.sync()
-    for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in _files(path):
         fd = os.open(file, os.O_RDONLY)
         try:
-            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 
 
+def _files(path: Path) -> list[Path]:
+    """``path`` itself, or every file below it (DCP checkpoints are directories)."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
 def size_on_disk(path: Path) -> int:
-    """Bytes of a file, or of every file below a directory (DCP checkpoints are directories)."""
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(f.stat().st_size for f in _files(path))
 
 
 def _status(field: str) -> int:
@@ -316,14 +319,14 @@ OPS = {
         *(Op(f, "save", "save from memory, fsync included") for f in SUFFIX),
         Op("torch_zip", "load", "torch.load(weights_only=True)"),
         Op("torch_zip", "mmap_lazy", "torch.load(mmap=True, weights_only=True), bytes not read", complete=False),
-        Op("torch_zip", "mmap_touch", "torch.load(mmap=True, weights_only=True) + touch every page"),
+        Op("torch_zip", "mmap_touch", "torch.load(mmap=True, weights_only=True) + touch (read every byte)"),
         Op("torch_zip", "into", "torch.load(mmap=True) + copy_ into a preallocated state dict"),
         Op("torch_zip", "subset", f"torch.load(mmap=True) + touch 1 key in {SUBSET}"),
         Op("torch_zip", "verify", "torch.load(weights_only=True) + compare with the manifest (verify's check)"),
         Op("torch_legacy", "load", "torch.load(weights_only=True) of a _use_new_zipfile_serialization=False file"),
         Op("torch_module", "load", "torch.load(weights_only=False) of a pickled nn.Module"),
         Op("safetensors", "load_lazy", "safetensors.torch.load_file, bytes not read (lazy since 0.7)", complete=False),
-        Op("safetensors", "load_touch", "safetensors.torch.load_file + touch every page"),
+        Op("safetensors", "load_touch", "safetensors.torch.load_file + touch (read every byte)"),
         Op("safetensors", "into", "safetensors.torch.load_file + copy_ into a preallocated state dict"),
         Op("safetensors", "subset", f"safe_open + get_tensor of 1 key in {SUBSET}, touched"),
         Op("dcp", "into", "torch.distributed.checkpoint.load into a preallocated state dict"),
@@ -489,7 +492,7 @@ def run_op(op_id: str, path: str, reference: str) -> dict[str, Any]:
 
 
 def _fsync(path: Path) -> None:
-    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+    for file in _files(path):
         fd = os.open(file, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
@@ -514,8 +517,14 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
         remove(path)
     elif cold:
         evict(path)
+    result: dict[str, Any] = _in_new_python(_CHILD, op_id, path, reference, timeout=timeout)
+    return result
+
+
+def _in_new_python(code: str, op_id: str, path: Path, reference: Path, *args: str, timeout: float) -> Any:
+    """Run ``code`` in a new interpreter; its last stdout line, as JSON. A failure is one line."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, op_id, str(path), str(reference)],
+        [sys.executable, "-c", code, op_id, str(path), str(reference), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -524,8 +533,7 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise RuntimeError(f"{op_id} of {path} failed in the child: {why}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 _REPEAT_CHILD = """
@@ -538,17 +546,8 @@ print(json.dumps([run_op(*sys.argv[1:4]) for _ in range(int(sys.argv[4]))]))
 def same_process(op_id: str, path: Path, reference: Path, rounds: int, *, timeout: float = 600) -> list[float]:
     """Seconds of ``rounds`` repeats of a load in **one** new process (the page cache warm): what
     a benchmark that does not start a process per round measures. The first round is a fresh one."""
-    done = subprocess.run(
-        [sys.executable, "-c", _REPEAT_CHILD, op_id, str(path), str(reference), str(rounds)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise RuntimeError(f"{op_id} of {path} failed in the child: {why}")
-    return [r["seconds"] for r in json.loads(done.stdout.strip().splitlines()[-1])]
+    results = _in_new_python(_REPEAT_CHILD, op_id, path, reference, str(rounds), timeout=timeout)
+    return [r["seconds"] for r in results]
 
 
 def remove(path: Path) -> None:
