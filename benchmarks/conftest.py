@@ -1,9 +1,10 @@
 """Shared fixtures of the benchmark suites: the scratch disk, the machine's limits, workload files.
 
 Sizes: ``CKPT_COMPAT_BENCH_MIB`` (default 16; 256 for the published tables, 1024 opt-in).
-Rounds (one fresh process each): ``CKPT_COMPAT_BENCH_HEADLINE_ROUNDS`` (default 5) for the headline
-loads, whose repeatability is checked, ``CKPT_COMPAT_BENCH_ROUNDS`` (default 3) for the rest: every
-round costs an interpreter start (about 1.4 s), and the suite has to fit a CI job. With
+Rounds (one fresh process each): ``CKPT_COMPAT_BENCH_LOAD_ROUNDS`` (default 5) for every load,
+whose repeatability is checked, taken interleaved across the whole suite (test_load.py);
+``CKPT_COMPAT_BENCH_ROUNDS`` (default 3) for saves and the per-tensor sweep: every round costs an
+interpreter start (about 1 to 3 s), and the suite has to fit a CI job. With
 ``--benchmark-disable`` (the smoke run) each result gets one round.
 """
 
@@ -21,7 +22,7 @@ from ckpt_compat import bench
 
 SIZE_MIB = int(os.environ.get("CKPT_COMPAT_BENCH_MIB", "16"))
 ROUNDS = int(os.environ.get("CKPT_COMPAT_BENCH_ROUNDS", "3"))
-HEADLINE_ROUNDS = int(os.environ.get("CKPT_COMPAT_BENCH_HEADLINE_ROUNDS", "5"))
+LOAD_ROUNDS = int(os.environ.get("CKPT_COMPAT_BENCH_LOAD_ROUNDS", "5"))
 # The honest comparison people ask for: torch.load(mmap=True) + touch vs safetensors + touch.
 HEADLINE = ("torch_zip:load", "torch_zip:mmap_touch", "safetensors:load_touch")
 # Programs, not checkpoints: TorchScript and torch.export hold a model, not 30k loose adapters.
@@ -67,10 +68,8 @@ def workload_file(scratch: Path) -> FileFactory:
     return get
 
 
-def rounds_for(benchmark: object, op_id: str = "") -> int:
-    if not getattr(benchmark, "enabled", True):
-        return 1
-    return HEADLINE_ROUNDS if op_id in HEADLINE else ROUNDS
+def rounds_for(benchmark: object) -> int:
+    return ROUNDS if getattr(benchmark, "enabled", True) else 1
 
 
 def skip_unless_available(op: bench.Op) -> None:

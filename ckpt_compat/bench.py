@@ -6,8 +6,10 @@
   flatters it. The child reports its own time, from after its imports, and its peak RSS over the
   operation (VmHWM, reset through ``/proc/self/clear_refs`` just before the clock starts).
 - A lazy mmap is not a load until its bytes are read: a load op is "complete" when it ends with
-  every byte in memory (``touch`` reads one byte per page); lazy ops say so in their name.
-- The **cold** page cache is made per file with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (no root).
+  every byte in memory (``touch`` reads every byte); lazy ops say so in their name.
+- The **cold** page cache is made per file with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (no root),
+  the **warm** one by reading the file in before the round; every round records the fraction of
+  the file's pages that were resident (``mincore``) when its child started.
 - Physical limits measured in the same session (memcpy, first-touch allocation, raw file write and
   read) give every throughput a ratio to what the machine can do at all.
 """
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +37,8 @@ from torch import nn
 PAGE = 4096
 WORKLOADS = ("transformer", "lora", "cnn", "sweep")
 GB = 1e9
+Key = TypeVar("Key")
+Round = TypeVar("Round")
 
 
 # --- workloads ---------------------------------------------------------------------------------
@@ -155,6 +159,72 @@ def evict(path: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def make_resident(path: Path) -> None:
+    """Read every page of ``path`` (or of every file below it) into the page cache: what a warm
+    round assumes. Reading it once when it was written is not enough: a host may reclaim idle page
+    cache behind the benchmark's back (this VM's DAMON pages out file pages idle for 60 s), and a
+    "warm" round would then read from disk."""
+    for file in _files(path):
+        with open(file, "rb", buffering=0) as f:
+            while f.readinto(_READ_BUFFER):
+                pass
+
+
+_READ_BUFFER = bytearray(8 * 2**20)
+
+
+def resident_fraction(path: Path) -> float | None:
+    """The fraction of the pages of ``path`` (every file below a directory) in the page cache, by
+    ``mincore(2)``: proof that a warm round was warm and a cold one cold. None where the platform
+    has no mincore."""
+    mincore = _mincore()
+    if mincore is None:
+        return None
+    resident = total = 0
+    for file in _files(path):
+        size = file.stat().st_size
+        if not size:
+            continue
+        pages = -(-size // PAGE)
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            resident += mincore(fd, size, pages)
+        finally:
+            os.close(fd)
+        total += pages
+    return resident / total if total else 1.0
+
+
+def _mincore() -> Callable[[int, int, int], int] | None:
+    """``(fd, size, pages) -> resident pages`` through libc's mmap and mincore, or None."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+    def count(fd: int, size: int, pages: int) -> int:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            vector = (ctypes.c_ubyte * pages)()
+            if libc.mincore(address, size, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return sum(byte & 1 for byte in bytes(vector))
+        finally:
+            libc.munmap(address, size)
+
+    return count
 
 
 def _files(path: Path) -> list[Path]:
@@ -502,8 +572,10 @@ _CHILD = "import json, sys; from ckpt_compat.bench import run_op; print(json.dum
 
 
 def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeout: float = 600) -> dict[str, Any]:
-    """One round of ``op_id`` on ``path`` in a new ``python`` process; for a load, ``cold`` evicts
-    the file's pages first. A save writes ``path`` (removed first, left for the caller).
+    """One round of ``op_id`` on ``path`` in a new ``python`` process. For a load, ``cold`` evicts
+    the file's pages first, and warm reads them all in first; ``resident_before`` in the result is
+    the fraction of its pages in the page cache just before the child starts. A save writes
+    ``path`` (removed first, left for the caller).
 
     A new interpreter per round, not a fork: children forked from a process that had imported
     torch measured warm mmap loads 1.7 to 4.5x slower than exec'd ones here (cause not pinned
@@ -517,7 +589,11 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
         remove(path)
     elif cold:
         evict(path)
+    else:
+        make_resident(path)
+    resident = None if op.saves else resident_fraction(path)
     result: dict[str, Any] = _in_new_python(_CHILD, op_id, path, reference, timeout=timeout)
+    result["resident_before"] = resident
     return result
 
 
@@ -567,6 +643,37 @@ def write_reference(state: Mapping[str, torch.Tensor], path: Path) -> Path:
     Path(str(path) + ".layout.json").write_text(json.dumps(_layout(state)))
     Path(str(path) + ".records.json").write_text(json.dumps({k: record(t) for k, t in state.items()}))
     return path
+
+
+# --- scheduling --------------------------------------------------------------------------------
+
+
+def interleaved(
+    trials: Mapping[Key, Callable[[], Round]], rounds: Callable[[Key, list[Round]], int], *, seed: int = 0
+) -> dict[Key, list[Round]]:
+    """Run every trial its number of rounds, **interleaved**: pass after pass, each pass one round
+    of every trial that still wants one, in a new random order (seeded) each pass.
+
+    Rounds of one result taken back to back share whatever the machine was doing in those seconds
+    (a noisy neighbour, a host reclaiming memory) and the whole result shifts; spread over the
+    session, such a burst costs each result a round or two, which its median drops. This is the
+    randomized multiple interleaved trials method of Abedi and Brecht, "Conducting Repeatable
+    Experiments in Highly Variable Cloud Computing Environments" (ICPE 2017).
+
+    ``rounds(key, done)`` says how many rounds ``key`` wants, knowing its rounds so far (so a
+    result can ask for more once it proves to be fast and jittery); it is asked again every pass.
+    """
+    import random
+
+    order = random.Random(seed)
+    done: dict[Key, list[Round]] = {key: [] for key in trials}
+    while True:
+        due = [key for key in trials if len(done[key]) < rounds(key, done[key])]
+        if not due:
+            return done
+        order.shuffle(due)
+        for key in due:
+            done[key].append(trials[key]())
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -687,6 +794,7 @@ def result_info(
         "ratio_to_limit": gbps / limit,
         "peak_over_op_mib": peak / 1024,
         "peak_rss_mib": max(r["peak_rss_kib"] for r in rounds) / 1024,
+        "resident_before": [r.get("resident_before") for r in rounds],
         "limits_gbps": limits.to_json(),
         **allocator_settings(),
     }

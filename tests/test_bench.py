@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,59 @@ def test_same_process_repeats(scratch: Path) -> None:
     reference = bench.write_reference(bench.workload("lora", 2**20), scratch / "ref.pt")
     seconds = bench.same_process("torch_zip:load", reference, reference, 3)
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
+
+
+def test_interleaved_takes_one_round_of_every_trial_per_pass_in_a_seeded_order() -> None:
+    log: list[str] = []
+    trials = {key: (lambda key=key: log.append(key) or len(log)) for key in "abcd"}
+    wants = {"a": 3, "b": 3, "c": 1, "d": 0}
+    rounds = bench.interleaved(trials, lambda key, done: wants[key], seed=1)
+    assert {key: len(done) for key, done in rounds.items()} == wants
+    # Pass by pass: no trial gets its k+1-th round before every trial due gets its k-th.
+    assert sorted(log[:3]) == ["a", "b", "c"] and sorted(log[3:5]) == ["a", "b"] and sorted(log[5:]) == ["a", "b"]
+    assert rounds["a"] == sorted(rounds["a"])  # each trial's rounds in the order they ran
+    again: list[str] = []
+    bench.interleaved({k: (lambda k=k: again.append(k)) for k in "abcd"}, lambda key, done: wants[key], seed=1)
+    assert again == log  # the same seed, the same order
+    orders = set()
+    clock = itertools.count()
+    for seed in range(20):
+        rounds = bench.interleaved({k: (lambda k=k: next(clock)) for k in "abcd"}, lambda key, done: 1, seed=seed)
+        orders.add(tuple(sorted(rounds, key=lambda k: rounds[k][0])))
+    assert len(orders) > 1  # the order is shuffled, not the dict's
+
+
+def test_interleaved_asks_again_as_rounds_come_in() -> None:
+    """A trial that proves fast after its first round can ask for more (what ms-scale loads do)."""
+    trials = {"fast": lambda: 0.001, "slow": lambda: 1.0}
+    rounds = bench.interleaved(trials, lambda key, done: 5 if done and done[0] < 0.01 else 2)
+    assert len(rounds["fast"]) == 5 and len(rounds["slow"]) == 2
+
+
+def test_page_cache_residency_follows_evict_and_make_resident(scratch: Path) -> None:
+    """What proves a warm round warm and a cold one cold (on a disk that can drop its cache)."""
+    file = scratch / "data.bin"
+    file.write_bytes(torch.randint(0, 255, (3 * 2**20 + 5,), dtype=torch.uint8).numpy().tobytes())
+    directory = scratch / "dir"
+    directory.mkdir()
+    (directory / "a").write_bytes(b"x" * 10_000)
+    (directory / "empty").write_bytes(b"")
+    for path in (file, directory):
+        bench.evict(path)
+        if bench.resident_fraction(path) is None:
+            pytest.skip("no mincore on this platform")
+        if bench.resident_fraction(path) != 0.0:
+            pytest.skip(f"{scratch} cannot drop its page cache (tmpfs?)")
+        bench.make_resident(path)
+        assert bench.resident_fraction(path) == 1.0
+        bench.evict(path)
+        assert bench.resident_fraction(path) == 0.0
+
+
+def test_fresh_rounds_record_their_page_cache_state(scratch: Path) -> None:
+    reference = bench.write_reference(bench.workload("transformer", 2**20), scratch / "t.pt")
+    warm = bench.fresh("torch_zip:load", reference, reference)
+    cold = bench.fresh("torch_zip:load", reference, reference, cold=True)
+    if cold["resident_before"] is None or cold["resident_before"] > 0:
+        pytest.skip(f"{scratch} cannot drop its page cache, or there is no mincore")
+    assert warm["resident_before"] == 1.0 and cold["resident_before"] == 0.0
