@@ -149,8 +149,7 @@ def evict(path: Path) -> None:
     """Drop the pages of ``path`` (a file, or every file below a directory) from the page cache.
 
     Everything dirty is written back first (``os.sync``), not only this file, so no write-back of
-    files written just before runs under a cold round. (It did not remove the occasional 2-4x
-    slower cold round on this machine's virtual disk: docs/benchmarks/repeatability.md.)
+    files written just before runs under a cold round.
     """
     os.sync()
     for file in _files(path):
@@ -161,15 +160,36 @@ def evict(path: Path) -> None:
             os.close(fd)
 
 
-def make_resident(path: Path) -> None:
-    """Read every page of ``path`` (or of every file below it) into the page cache: what a warm
-    round assumes. Reading it once when it was written is not enough: a host may reclaim idle page
-    cache behind the benchmark's back (this VM's DAMON pages out file pages idle for 60 s), and a
-    "warm" round would then read from disk."""
+def read_through(path: Path) -> None:
+    """Read every byte of ``path`` (or of every file below it) once, sequentially."""
     for file in _files(path):
         with open(file, "rb", buffering=0) as f:
             while f.readinto(_READ_BUFFER):
                 pass
+
+
+def make_warm(path: Path) -> None:
+    """Put ``path`` in the page cache the same way before every warm round: evicted, then read
+    once, sequentially. Both halves matter on this VM:
+
+    - reading it in: a host may reclaim idle page cache behind the benchmark's back (this VM's
+      DAMON pages out file pages idle for 60 s), and a "warm" round would partly read from disk;
+    - evicting first: how the cache was filled changes a warm mmap load. Here, a 256 MiB file
+      read sequentially mmap-loads + touches in 8-10 ms; the same file cached by a cold mmap
+      load's page faults takes 15 ms, freshly written 12-13 ms (likely the page cache's folio sizes).
+    """
+    evict(path)
+    read_through(path)
+
+
+def make_cold(path: Path) -> None:
+    """Take ``path`` out of the page cache the same way before every cold round: read once, then
+    evicted. The read first puts the storage *below* the page cache in the same state every
+    round: on this VM a cold read of a file the host still caches runs at about 2 GB/s, of one it
+    does not at 0.5, and which files the host keeps is not ours to see. Cold means "not in this
+    OS's page cache", as on a machine whose drive has a cache of its own."""
+    read_through(path)
+    evict(path)
 
 
 _READ_BUFFER = bytearray(8 * 2**20)
@@ -338,7 +358,7 @@ def physical_limits(size: int, directory: Path) -> Limits:
             f.read()
 
     def read_cold() -> float:
-        evict(path)
+        make_cold(path)
         start = time.perf_counter()
         read_fresh()
         return time.perf_counter() - start
@@ -573,7 +593,8 @@ _CHILD = "import json, sys; from ckpt_compat.bench import run_op; print(json.dum
 
 def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeout: float = 600) -> dict[str, Any]:
     """One round of ``op_id`` on ``path`` in a new ``python`` process. For a load, ``cold`` evicts
-    the file's pages first, and warm reads them all in first; ``resident_before`` in the result is
+    the file's pages first, and warm reads them in first (``make_cold``, ``make_warm``: the same
+    cache state every round); ``resident_before`` in the result is
     the fraction of its pages in the page cache just before the child starts. A save writes
     ``path`` (removed first, left for the caller).
 
@@ -588,9 +609,9 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
     if op.saves:
         remove(path)
     elif cold:
-        evict(path)
+        make_cold(path)
     else:
-        make_resident(path)
+        make_warm(path)
     resident = None if op.saves else resident_fraction(path)
     result: dict[str, Any] = _in_new_python(_CHILD, op_id, path, reference, timeout=timeout)
     result["resident_before"] = resident

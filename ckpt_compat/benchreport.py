@@ -162,7 +162,7 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] = ()) -> str:
             f"- torch {run.torch} (Python {first.get('python', '?')}): {run.machine}; {run.datetime}; "
             f"{first.get('size_mib', '?')} MiB workloads; THP {first.get('transparent_hugepage', '?')}; "
             f"THP_MEM_ALLOC_ENABLE={first.get('THP_MEM_ALLOC_ENABLE') or 'unset'}; "
-            f"{first.get('torch_threads', '?')} threads; `{run.path.name}`"
+            f"{first.get('torch_threads', '?')} threads; {_rounds_note(run)}; `{run.path.name}`"
         )
     lines.append("")
     lines += _limits_section(runs)
@@ -198,6 +198,22 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] = ()) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _rounds_note(run: Run) -> str:
+    """How the load rounds were taken, and the page cache they started from (mincore)."""
+    loads = [r for r in run.results if r.get("kind") == "load"]
+    seeds = {r["schedule"]["seed"] for r in loads if r.get("schedule", {}).get("interleaved_rounds")}
+    note = f"load rounds interleaved (seed {', '.join(map(str, sorted(seeds)))})" if seeds else "rounds back to back"
+    resident = {
+        cache: [f for r in loads if r.get("cache") == cache for f in r.get("resident_before") or [] if f is not None]
+        for cache in ("warm", "cold")
+    }
+    if not resident["warm"] and not resident["cold"]:
+        return note + ", page cache not recorded"
+    warm = f"warm rounds from >= {min(resident['warm']):.1%} resident" if resident["warm"] else ""
+    cold = f"cold from <= {max(resident['cold']):.1%}" if resident["cold"] else ""
+    return ", ".join(x for x in (note, warm, cold) if x)
 
 
 # Each format's complete load: what a user of that format waits for before every byte is in memory.

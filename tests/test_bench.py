@@ -161,7 +161,7 @@ def test_interleaved_asks_again_as_rounds_come_in() -> None:
     assert len(rounds["fast"]) == 5 and len(rounds["slow"]) == 2
 
 
-def test_page_cache_residency_follows_evict_and_make_resident(scratch: Path) -> None:
+def test_page_cache_residency_follows_make_cold_and_make_warm(scratch: Path) -> None:
     """What proves a warm round warm and a cold one cold (on a disk that can drop its cache)."""
     file = scratch / "data.bin"
     file.write_bytes(torch.randint(0, 255, (3 * 2**20 + 5,), dtype=torch.uint8).numpy().tobytes())
@@ -175,9 +175,13 @@ def test_page_cache_residency_follows_evict_and_make_resident(scratch: Path) -> 
             pytest.skip("no mincore on this platform")
         if bench.resident_fraction(path) != 0.0:
             pytest.skip(f"{scratch} cannot drop its page cache (tmpfs?)")
-        bench.make_resident(path)
+        bench.make_warm(path)
         assert bench.resident_fraction(path) == 1.0
-        bench.evict(path)
+        bench.make_warm(path)  # from warm, too
+        assert bench.resident_fraction(path) == 1.0
+        bench.make_cold(path)
+        assert bench.resident_fraction(path) == 0.0
+        bench.make_cold(path)
         assert bench.resident_fraction(path) == 0.0
 
 

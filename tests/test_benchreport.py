@@ -31,7 +31,7 @@ def run_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
         **os.environ,
         "CKPT_COMPAT_BENCH_MIB": "1",
         "CKPT_COMPAT_BENCH_ROUNDS": "2",
-        "CKPT_COMPAT_BENCH_HEADLINE_ROUNDS": "3",
+        "CKPT_COMPAT_BENCH_LOAD_ROUNDS": "3",
     }
     env["CKPT_COMPAT_BENCH_SWEEP_MIB"] = "1"
     done = subprocess.run(
@@ -72,6 +72,12 @@ def test_report_has_the_tables_and_plots(run_json: Path, tmp_path: Path, capsys:
     mmap = next(r for r in run.results if r.get("op") == "mmap_touch" and r["workload"] == "transformer")
     row = next(line for line in text.splitlines() if line.startswith("| torch_zip:mmap_touch | float32 | warm |"))
     assert f"{mmap['gbps']:.2f} ({mmap['ratio_to_limit']:.0%})" in row
+    # Loads took their rounds interleaved, from the page cache state they claim, and the report says so.
+    loads = [r for r in run.results if r.get("kind") == "load"]
+    assert all(len(r["child_seconds"]) >= 3 and r["schedule"]["interleaved_rounds"] >= 2 for r in loads)
+    assert {f for r in loads if r["cache"] == "warm" for f in r["resident_before"]} == {1.0}
+    assert {f for r in loads if r["cache"] == "cold" for f in r["resident_before"]} == {0.0}
+    assert "load rounds interleaved (seed 20261125), warm rounds from >= 100.0% resident, cold from <= 0.0%" in text
     honest = next(line for line in text.splitlines() if line.startswith("| transformer | float32 | warm | 4 |"))
     assert f"{mmap['gbps']:.2f} ({mmap['ratio_to_limit']:.0%})" in honest
     for heading in (
