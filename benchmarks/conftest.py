@@ -2,7 +2,8 @@
 
 Sizes: ``CKPT_COMPAT_BENCH_MIB`` (default 16; 256 for the published tables, 1024 opt-in).
 Rounds (one fresh process each): ``CKPT_COMPAT_BENCH_LOAD_ROUNDS`` (default 5) for every load,
-whose repeatability is checked, taken interleaved across the whole suite (test_load.py);
+whose repeatability is checked, taken interleaved across the whole suite (test_load.py), and
+``CKPT_COMPAT_BENCH_MORE_ROUNDS`` (default 11) for loads that prove fast or noisy;
 ``CKPT_COMPAT_BENCH_ROUNDS`` (default 3) for saves and the per-tensor sweep: every round costs an
 interpreter start (about 1 to 3 s), and the suite has to fit a CI job. With
 ``--benchmark-disable`` (the smoke run) each result gets one round.

@@ -32,6 +32,7 @@ def run_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "CKPT_COMPAT_BENCH_MIB": "1",
         "CKPT_COMPAT_BENCH_ROUNDS": "2",
         "CKPT_COMPAT_BENCH_LOAD_ROUNDS": "3",
+        "CKPT_COMPAT_BENCH_MORE_ROUNDS": "4",
     }
     env["CKPT_COMPAT_BENCH_SWEEP_MIB"] = "1"
     done = subprocess.run(
