@@ -7,15 +7,17 @@
   operation (VmHWM, reset through ``/proc/self/clear_refs`` just before the clock starts).
 - A lazy mmap is not a load until its bytes are read: a load op is "complete" when it ends with
   every byte in memory (``touch`` reads every byte); lazy ops say so in their name.
-- The **cold** page cache is made per file with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (no root),
-  the **warm** one by reading the file in before the round; every round records the fraction of
-  the file's pages that were resident (``mincore``) when its child started.
+- The page cache is put in the same state before every load round: **cold** is read once, then
+  evicted with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (no root); **warm** is evicted, then read
+  once. Every round records the fraction of the file's pages that were resident (``mincore``)
+  when its child started.
 - Physical limits measured in the same session (memcpy, first-touch allocation, raw file write and
   read) give every throughput a ratio to what the machine can do at all.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -162,9 +164,10 @@ def evict(path: Path) -> None:
 
 def read_through(path: Path) -> None:
     """Read every byte of ``path`` (or of every file below it) once, sequentially."""
+    buffer = bytearray(8 * 2**20)  # here, not at import: every benchmark child imports this module
     for file in _files(path):
         with open(file, "rb", buffering=0) as f:
-            while f.readinto(_READ_BUFFER):
+            while f.readinto(buffer):
                 pass
 
 
@@ -192,9 +195,6 @@ def make_cold(path: Path) -> None:
     evict(path)
 
 
-_READ_BUFFER = bytearray(8 * 2**20)
-
-
 def resident_fraction(path: Path) -> float | None:
     """The fraction of the pages of ``path`` (every file below a directory) in the page cache, by
     ``mincore(2)``: proof that a warm round was warm and a cold one cold. None where the platform
@@ -217,6 +217,7 @@ def resident_fraction(path: Path) -> float | None:
     return resident / total if total else 1.0
 
 
+@functools.cache  # once per process, not once per round
 def _mincore() -> Callable[[int, int, int], int] | None:
     """``(fd, size, pages) -> resident pages`` through libc's mmap and mincore, or None."""
     import ctypes
@@ -592,11 +593,10 @@ _CHILD = "import json, sys; from ckpt_compat.bench import run_op; print(json.dum
 
 
 def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeout: float = 600) -> dict[str, Any]:
-    """One round of ``op_id`` on ``path`` in a new ``python`` process. For a load, ``cold`` evicts
-    the file's pages first, and warm reads them in first (``make_cold``, ``make_warm``: the same
-    cache state every round); ``resident_before`` in the result is
-    the fraction of its pages in the page cache just before the child starts. A save writes
-    ``path`` (removed first, left for the caller).
+    """One round of ``op_id`` on ``path`` in a new ``python`` process. A load starts from the same
+    page cache state every round (``make_cold`` or ``make_warm``); ``resident_before`` in its
+    result is the fraction of the file's pages in the page cache just before the child starts. A
+    save writes ``path`` (removed first, left for the caller).
 
     A new interpreter per round, not a fork: children forked from a process that had imported
     torch measured warm mmap loads 1.7 to 4.5x slower than exec'd ones here (cause not pinned
