@@ -767,7 +767,7 @@ def hash_throughput(data: torch.Tensor, repeat: int = 3) -> dict[str, float]:
     target = torch.empty_like(data)
     return {
         "memcpy": gb / _best(lambda: target.copy_(data), repeat),
-        "compare_tensors": gb / _best(lambda: compare_tensors(data, other, "x"), repeat),
+        "compare_tensors": gb / _best(lambda: compare_tensors(data, other, ("x",)), repeat),
         "digest_xxh3": gb / _best(lambda: digest(data), repeat),
         "sha256": gb / _best(lambda: hashlib.sha256(data.numpy().data).hexdigest(), repeat),
     }

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from ckpt_compat.expectations import Expectations
+    from ckpt_compat.expectations import Expectations, Verdict
     from ckpt_compat.formats import Format
-    from ckpt_compat.matrix import CellResult
     from ckpt_compat.report import Report
+    from ckpt_compat.results import CellResult
     from ckpt_compat.specs import ModelSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -120,7 +120,14 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser("produce", help="write a corpus of every format for the running torch")
     produce.add_argument("--out", type=Path, required=True, metavar="DIR", help="the corpus directory")
-    produce.add_argument("--formats", default=None, metavar="A,B", help="comma-separated format names")
+    chosen = produce.add_mutually_exclusive_group()
+    chosen.add_argument("--formats", default=None, metavar="A,B", help="comma-separated format names")
+    chosen.add_argument(
+        "--all-formats-except",
+        default=None,
+        metavar="A,B",
+        help="every registered format but these, each of which must be writable here (a broken pin fails)",
+    )
     produce.add_argument("--device", default="cpu", help="device to save from: cpu, or cuda where present")
     produce.add_argument(
         "--sample-heavy",
@@ -178,6 +185,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TOML",
         help="known-issue file(s) on top of the built-in one, e.g. fixtures/expectations.toml",
+    )
+    gate.add_argument(
+        "--fail-on-unsafe",
+        action="store_true",
+        help="also fail on unsafe loads that a known issue explains (by default they are listed, in red)",
     )
 
     commands.add_parser("formats", help="list the formats and whether they are available here")
@@ -263,6 +275,22 @@ def _select_formats(text: str | None) -> list[Format]:
         return parse_format_list(text)
     except (UnknownFormat, Unsupported) as exc:
         raise UsageError(f"--formats: {exc}") from None
+
+
+def _every_format_but(args: argparse.Namespace) -> list[Format]:
+    from ckpt_compat.formats import all_formats
+
+    excluded = {n.strip() for n in args.all_formats_except.split(",") if n.strip()}
+    unknown = sorted(excluded - set(all_formats()))
+    if unknown:
+        raise UsageError(
+            f"--all-formats-except: unknown format(s) {', '.join(unknown)}; known: {', '.join(all_formats())}"
+        )
+    names = [n for n in all_formats() if n not in excluded]
+    try:
+        return _select_formats(",".join(names))
+    except UsageError as exc:
+        raise UsageError(f"--all-formats-except {args.all_formats_except!r}: {exc}") from None
 
 
 def _writable_dir(out: Path) -> Path:
@@ -440,7 +468,7 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    formats = _select_formats(args.formats)
+    formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
     out = _writable_dir(args.out)
 
     from ckpt_compat.corpus import MANIFEST, produce
@@ -523,46 +551,44 @@ def _manifest_specs(manifest: Any) -> list[ModelSpec]:
 
 
 def _load_results(paths: list[Path]) -> list[CellResult]:
-    from ckpt_compat.report import load_results
+    from ckpt_compat.results import ResultsError, load_results
 
     try:
         return load_results(paths)
-    except ValueError as exc:
+    except ResultsError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _report(args: argparse.Namespace) -> int:
+def _verdict(args: argparse.Namespace) -> Verdict:
     results = _load_results(args.results)
-    out = _writable_dir(args.out)
     expectations = _expectations(args.expectations)
 
-    from ckpt_compat.report import write_matrix
+    from ckpt_compat.expectations import BUILTIN, gate
 
-    paths = write_matrix(results, expectations, out)
-    print(f"{len(results)} cells from {len(args.results)} file(s); wrote " + ", ".join(str(p) for p in paths))
+    # Built-in entries also cover same-release `run` cells; staleness is judged on the files given here.
+    return gate(results, expectations, stale_if=lambda e: e.source != str(BUILTIN))
+
+
+def _report(args: argparse.Namespace) -> int:
+    out = _writable_dir(args.out)
+    verdict = _verdict(args)
+
+    from ckpt_compat.matrixreport import write_matrix
+
+    paths = write_matrix(verdict, out)
+    print(
+        f"{len(verdict.judgements)} cells from {len(args.results)} file(s); wrote " + ", ".join(str(p) for p in paths)
+    )
     return EXIT_OK
 
 
 def _gate(args: argparse.Namespace) -> int:
-    results = _load_results(args.results)
-    expectations = _expectations(args.expectations)
-    unexplained = [r for r in results if r.not_ok and expectations.explain(r) is None]
-    groups: dict[tuple[str, str, str], list[CellResult]] = {}
-    for r in unexplained:
-        key = (r.cell.variant, f"{r.cell.producer.torch}→{r.cell.consumer.torch}", r.outcome.value)
-        groups.setdefault(key, []).append(r)
-    for (variant, pair, outcome), cells in sorted(groups.items()):
-        print(f"UNEXPLAINED {variant} {pair} {outcome} ({len(cells)} cell(s)): {cells[0].detail[:300]}")
-    from ckpt_compat.expectations import BUILTIN
+    verdict = _verdict(args)
+    from ckpt_compat.matrixreport import gate_lines
 
-    # Built-in entries also cover same-version `run` cells; staleness is judged on the files given here.
-    for stale in expectations.unused(results):
-        if stale.source != str(BUILTIN):
-            print(f"stale expectation {stale.id} ({stale.source}): matches no cell in these results")
-    explained = sum(r.not_ok for r in results) - len(unexplained)
-    verdict = "FAILED" if unexplained else "passed"
-    print(f"gate {verdict}: {len(results)} cells, {explained} non-ok explained, {len(unexplained)} unexplained")
-    return EXIT_FAILED if unexplained else EXIT_OK
+    for line in gate_lines(verdict):
+        print(line)
+    return EXIT_OK if verdict.passed(fail_on_unsafe=args.fail_on_unsafe) else EXIT_FAILED
 
 
 def _bench_runs(paths: list[Path]) -> list[Any]:
@@ -638,8 +664,10 @@ def _formats(args: argparse.Namespace) -> int:
     from ckpt_compat.formats import all_formats
 
     for name, f in all_formats().items():
-        why = f.why_unavailable()
+        why, why_not_write = f.why_unavailable(), f.why_unable_to_save()
         status = "available" if why is None else f"unavailable: {why}"
+        if why is None and why_not_write:
+            status = f"reads only: {why_not_write}"
         note = f" (deprecated: {f.deprecated})" if f.deprecated else ""
         print(f"{name:20} {status}{note}\n{'':20} {f.description}")
     return EXIT_OK

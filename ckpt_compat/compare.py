@@ -7,18 +7,23 @@ reported once. Equality is on bytes, so NaN payloads and -0.0 vs 0.0 count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
 
 import torch
 import xxhash
 
+from ckpt_compat.errorinfo import ErrorInfo
+
 DifferenceKind = Literal[
     "missing",
     "unexpected",
+    "persisted",  # a non-persistent buffer came back as a persistent state-dict entry
     "load_state_dict",
     "type",
+    "raised",  # the loaded model or program raised where the original ran
     "dtype",
     "shape",
     "stride",
@@ -27,18 +32,109 @@ DifferenceKind = Literal[
     "aliasing",
 ]
 # Which difference kinds make a cell's outcome `keys`, `mismatch` or `aliasing`.
-KEY_KINDS = frozenset({"missing", "unexpected", "load_state_dict"})
-VALUE_KINDS = frozenset({"type", "dtype", "shape", "stride", "bytes", "device"})
+KEY_KINDS = frozenset({"missing", "unexpected", "persisted", "load_state_dict"})
+VALUE_KINDS = frozenset({"type", "raised", "dtype", "shape", "stride", "bytes", "device"})
+KINDS: tuple[str, ...] = get_args(DifferenceKind)
+
+PathPart = str | int
+KeyPath = tuple[PathPart, ...]
+
+
+def render_path(path: KeyPath) -> str:
+    """``("forward", "rnn", 1, 0)`` -> ``forward['rnn'][1][0]``: the root, then every key."""
+    if not path:
+        return "?"
+    root, *rest = path
+    return str(root) + "".join(f"[{p!r}]" for p in rest)
 
 
 @dataclass(frozen=True)
 class Difference:
+    """One difference, typed from the check that finds it to the report that renders it.
+
+    ``path`` is the key path: a root (``state_dict``, ``manifest``, ``forward``, ``program``,
+    ``load_state_dict(strict=True)``, ...) and then the keys and indices below it. For bytes,
+    ``elements`` of ``total`` differ; for numeric data ``max_abs`` is the largest absolute
+    difference and ``max_ulp`` the largest distance in units in the last place (both over the
+    differing elements; None where they do not apply or were not measured, as for a digest).
+    """
+
     kind: DifferenceKind
-    path: str
-    detail: str
+    path: KeyPath
+    detail: str = ""
+    block: str | None = None  # class of the block whose output or state this is
+    elements: int | None = None
+    total: int | None = None
+    max_abs: float | None = None
+    max_ulp: float | None = None
+    expected: str | None = None  # dtype, shape, strides or type before ...
+    actual: str | None = None  # ... and after
+    error: ErrorInfo | None = None  # for ``raised``: what was raised
+
+    @property
+    def where(self) -> str:
+        return render_path(self.path)
+
+    @property
+    def root(self) -> str:
+        return str(self.path[0]) if self.path else ""
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.kind}: {self.detail}"
+        block = f"[{self.block}] " if self.block else ""
+        seen = f" (expected {self.expected}, got {self.actual})" if self.expected or self.actual else ""
+        return f"{self.where}: {self.kind}: {block}{self.detail}{seen}"
+
+    def with_block(self, block: str) -> Difference:
+        return replace(self, block=block)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "path": list(self.path), "detail": self.detail}
+        for name in ("block", "elements", "total", "expected", "actual"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
+        for name in ("max_abs", "max_ulp"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value if math.isfinite(value) else str(value)  # JSON has no inf/nan
+        if self.error is not None:
+            out["error"] = self.error.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Difference:
+        kind = data["kind"]
+        if kind not in KINDS:
+            raise ValueError(f"unknown difference kind {kind!r}")
+        path = tuple(data["path"])
+        if not all(isinstance(p, (str, int)) for p in path):
+            raise ValueError(f"a key path holds strings and integers, got {data['path']!r}")
+        return cls(
+            kind,
+            path,
+            str(data.get("detail", "")),
+            block=_opt(data, "block", str),
+            elements=_opt(data, "elements", int),
+            total=_opt(data, "total", int),
+            max_abs=_float(data.get("max_abs")),
+            max_ulp=_float(data.get("max_ulp")),
+            expected=_opt(data, "expected", str),
+            actual=_opt(data, "actual", str),
+            error=ErrorInfo.from_json(data["error"]) if data.get("error") is not None else None,
+        )
+
+
+def _opt(data: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 class Mismatch(AssertionError):
@@ -84,60 +180,141 @@ def record(t: torch.Tensor) -> dict[str, Any]:
 
 
 def compare_records(
-    records: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Any], path: str = "manifest"
+    records: Mapping[str, Mapping[str, Any]], actual: Mapping[str, Any], root: str = "manifest"
 ) -> list[Difference]:
-    """Differences between a manifest's per-tensor records and a loaded state dict."""
-    out = [Difference("missing", f"{path}[{k!r}]", "key absent") for k in records if k not in actual]
-    out += [Difference("unexpected", f"{path}[{k!r}]", "key not in the manifest") for k in actual if k not in records]
+    """Differences between a manifest's per-tensor records and a loaded state dict. A digest
+    says only *that* bytes differ: such differences carry no element counts or distances."""
+    out = [Difference("missing", (root, k), "key absent") for k in records if k not in actual]
+    out += [Difference("unexpected", (root, k), "key not in the manifest") for k in actual if k not in records]
     for key, want in records.items():
         t = actual.get(key)
         if not isinstance(t, torch.Tensor):
             continue
-        where, dtype = f"{path}[{key!r}]", str(t.dtype).removeprefix("torch.")
+        dtype = str(t.dtype).removeprefix("torch.")
         if dtype != want["dtype"]:
-            out.append(Difference("dtype", where, f"expected {want['dtype']}, got {dtype}"))
+            out.append(Difference("dtype", (root, key), "dtype differs", expected=want["dtype"], actual=dtype))
         elif list(t.shape) != list(want["shape"]):
-            out.append(Difference("shape", where, f"expected {tuple(want['shape'])}, got {tuple(t.shape)}"))
+            out.append(
+                Difference(
+                    "shape",
+                    (root, key),
+                    "shape differs",
+                    expected=str(tuple(want["shape"])),
+                    actual=str(tuple(t.shape)),
+                )
+            )
         elif not t.is_meta and (got := digest(t)) != want["digest"]:
-            out.append(Difference("bytes", where, f"digest {got} differs from the manifest's {want['digest']}"))
+            out.append(
+                Difference(
+                    "bytes", (root, key), f"digest {got} differs from the manifest's {want['digest']}", total=t.numel()
+                )
+            )
     return out
 
 
-def compare_tensors(expected: torch.Tensor, actual: Any, path: str, *, strides: bool = False) -> list[Difference]:
+def compare_tensors(expected: torch.Tensor, actual: Any, path: KeyPath, *, strides: bool = False) -> list[Difference]:
     """Differences between two tensors; meta tensors are compared on dtype and shape only."""
     if not isinstance(actual, torch.Tensor):
-        return [Difference("type", path, f"expected a tensor, got {type(actual).__name__}")]
+        return [Difference("type", path, "expected a tensor", expected="Tensor", actual=type(actual).__name__)]
     out: list[Difference] = []
     if actual.dtype != expected.dtype:
-        out.append(Difference("dtype", path, f"expected {expected.dtype}, got {actual.dtype}"))
+        out.append(Difference("dtype", path, "dtype differs", expected=_dtype(expected), actual=_dtype(actual)))
     if actual.shape != expected.shape:
-        out.append(Difference("shape", path, f"expected {tuple(expected.shape)}, got {tuple(actual.shape)}"))
+        out.append(
+            Difference(
+                "shape", path, "shape differs", expected=str(tuple(expected.shape)), actual=str(tuple(actual.shape))
+            )
+        )
     if out:
         return out
     if strides and actual.numel() > 1 and actual.stride() != expected.stride():
-        out.append(Difference("stride", path, f"expected {expected.stride()}, got {actual.stride()}"))
+        out.append(
+            Difference("stride", path, "strides differ", expected=str(expected.stride()), actual=str(actual.stride()))
+        )
     if "meta" in (expected.device.type, actual.device.type):
         return out
     a, b = tensor_bytes(expected), tensor_bytes(actual)
     if not torch.equal(_words(a), _words(b)):
-        size = expected.element_size()
-        diff = (a != b).nonzero()
-        first = int(diff[0]) // size
-        elements = len({int(i) // size for i in diff})
-        out.append(
-            Difference(
-                "bytes",
-                path,
-                f"{elements} of {expected.numel()} element(s) differ, first at flat index {first} "
-                f"(expected bytes {a[first * size : (first + 1) * size].tolist()}, "
-                f"got {b[first * size : (first + 1) * size].tolist()})",
-            )
-        )
+        out.append(_bytes_difference(expected, actual, a, b, path))
     return out
 
 
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _bytes_difference(
+    expected: torch.Tensor, actual: torch.Tensor, a: torch.Tensor, b: torch.Tensor, path: KeyPath
+) -> Difference:
+    size = expected.element_size()
+    differ = (a.view(-1, size) != b.view(-1, size)).any(dim=1).nonzero().flatten()
+    first = int(differ[0])
+    max_abs, max_ulp = distances(expected, actual, differ)
+    return Difference(
+        "bytes",
+        path,
+        f"{len(differ)} of {expected.numel()} element(s) differ, first at flat index {first} "
+        f"(expected bytes {a[first * size : (first + 1) * size].tolist()}, "
+        f"got {b[first * size : (first + 1) * size].tolist()})",
+        elements=len(differ),
+        total=expected.numel(),
+        max_abs=max_abs,
+        max_ulp=max_ulp,
+    )
+
+
+# Sign-magnitude floats by byte size, for ULP distances; e8m0 has no sign bit and float4 packs
+# two values a byte, so neither has one.
+_SIGNED_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NO_ULP = ("float8_e8m0fnu", "float4_e2m1fn_x2")
+
+
+def distances(expected: torch.Tensor, actual: torch.Tensor, index: torch.Tensor) -> tuple[float | None, float | None]:
+    """(largest absolute difference, largest ULP distance) over the elements at flat ``index``.
+
+    NaN against a number is an infinite absolute difference; NaN against NaN none (their bits may
+    still differ, which the ULP distance shows). Complex numbers count per component. Integers have
+    no ULP distance; bools and packed float4 neither distance.
+    """
+    e = expected.detach().cpu().reshape(-1)[index]
+    g = actual.detach().cpu().reshape(-1)[index]
+    if e.dtype.is_complex:
+        try:
+            e, g = torch.view_as_real(e).reshape(-1), torch.view_as_real(g).reshape(-1)
+        except RuntimeError:
+            return None, None
+    name = _dtype(e)
+    if e.dtype == torch.bool or name == "float4_e2m1fn_x2":
+        return None, None
+    try:
+        ed, gd = e.double(), g.double()
+    except (RuntimeError, TypeError):  # a dtype without a conversion on this torch
+        return None, None
+    gap = (ed - gd).abs()
+    both_nan = ed.isnan() & gd.isnan()
+    gap = torch.where(both_nan, torch.zeros_like(gap), gap.nan_to_num(nan=math.inf))
+    max_abs = float(gap.max()) if gap.numel() else 0.0
+    if not e.dtype.is_floating_point or name in _NO_ULP:
+        return max_abs, None
+    ints = _SIGNED_INT[e.element_size()]
+    a, b = (_ordered(t.view(ints)) for t in (e, g))
+    step = a - b  # int64; only 64-bit floats can be 2**63 or more steps apart, where it wraps
+    wrapped = (a >= b) != (step >= 0)
+    ulps = torch.where(wrapped, torch.full_like(step, -(2**63)), step).abs().double()
+    max_ulp = float(torch.where(ulps < 0, 2.0**63, ulps).max()) if gap.numel() else 0.0
+    return max_abs, max_ulp
+
+
+def _ordered(bits: torch.Tensor) -> torch.Tensor:
+    """Sign-magnitude float bits as int64 that count representable values: +0 and -0 are 0, the
+    next float up is 1, the next one down -1."""
+    wide = bits.long()
+    magnitude = wide & ((1 << (bits.element_size() * 8 - 1)) - 1)
+    return torch.where(wide < 0, -magnitude, wide)
+
+
 def compare_close(
-    expected: torch.Tensor, actual: Any, path: str, tolerance: tuple[float, float] | None
+    expected: torch.Tensor, actual: Any, path: KeyPath, tolerance: tuple[float, float] | None
 ) -> list[Difference]:
     """Bitwise without ``tolerance``; else dtype, shape and values within (rtol, atol), NaN == NaN."""
     if tolerance is None or not isinstance(actual, torch.Tensor) or not expected.is_floating_point():
@@ -150,13 +327,17 @@ def compare_close(
     close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
     if bool(close.all()):
         return []
-    worst = float((a - e).abs().nan_to_num(float("inf")).max())
+    beyond = (~close).reshape(-1).nonzero().flatten()
+    max_abs, max_ulp = distances(expected, actual, beyond)
     return [
         Difference(
             "bytes",
             path,
-            f"{int((~close).sum())} of {e.numel()} element(s) beyond rtol={rtol}, "
-            f"atol={atol} (largest difference {worst:.3g})",
+            f"{len(beyond)} of {e.numel()} element(s) beyond rtol={rtol}, atol={atol}",
+            elements=len(beyond),
+            total=e.numel(),
+            max_abs=max_abs,
+            max_ulp=max_ulp,
         )
     ]
 
@@ -172,29 +353,43 @@ def tensor_leaves(x: Any) -> list[torch.Tensor]:
     return []
 
 
-def compare_values(expected: Any, actual: Any, path: str = "value", *, strides: bool = False) -> list[Difference]:
+def compare_values(
+    expected: Any, actual: Any, path: KeyPath = ("value",), *, strides: bool = False
+) -> list[Difference]:
     """Differences between two nested structures of tensors, sequences, mappings and scalars."""
     if isinstance(expected, torch.Tensor):
         return compare_tensors(expected, actual, path, strides=strides)
     if isinstance(expected, Mapping):
         if not isinstance(actual, Mapping):
-            return [Difference("type", path, f"expected a mapping, got {type(actual).__name__}")]
-        out = [Difference("missing", f"{path}[{k!r}]", "key absent") for k in expected if k not in actual]
-        out += [Difference("unexpected", f"{path}[{k!r}]", "key not expected") for k in actual if k not in expected]
+            return [Difference("type", path, "expected a mapping", expected="Mapping", actual=type(actual).__name__)]
+        out = [Difference("missing", (*path, _part(k)), "key absent") for k in expected if k not in actual]
+        out += [Difference("unexpected", (*path, _part(k)), "key not expected") for k in actual if k not in expected]
         for k in expected:
             if k in actual:
-                out += compare_values(expected[k], actual[k], f"{path}[{k!r}]", strides=strides)
+                out += compare_values(expected[k], actual[k], (*path, _part(k)), strides=strides)
         return out
     if isinstance(expected, (list, tuple)):
         if not isinstance(actual, (list, tuple)) or len(actual) != len(expected):
-            return [Difference("type", path, f"expected a sequence of {len(expected)}, got {_describe(actual)}")]
+            return [
+                Difference(
+                    "type",
+                    path,
+                    "a sequence of another length or type",
+                    expected=_describe(expected),
+                    actual=_describe(actual),
+                )
+            ]
         out = []
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            out += compare_values(e, a, f"{path}[{i}]", strides=strides)
+            out += compare_values(e, a, (*path, i), strides=strides)
         return out
     if type(expected) is not type(actual) or expected != actual:
-        return [Difference("type", path, f"expected {_describe(expected)}, got {_describe(actual)}")]
+        return [Difference("type", path, "a different value", expected=_describe(expected), actual=_describe(actual))]
     return []
+
+
+def _part(key: Any) -> PathPart:
+    return key if isinstance(key, (str, int)) and not isinstance(key, bool) else repr(key)
 
 
 def _describe(x: Any) -> str:
@@ -220,17 +415,18 @@ def aliasing_groups(tensors: Mapping[str, torch.Tensor]) -> frozenset[frozenset[
 
 
 def compare_aliasing(
-    expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor], path: str = "state_dict"
+    expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor], root: str = "state_dict"
 ) -> list[Difference]:
-    """Differences in which keys share storage: a lost tie or a new, unintended one."""
+    """Differences in which keys share storage: a lost tie or a new, unintended one. The path
+    names the group's first key; the detail lists the group."""
     want, got = aliasing_groups(expected), aliasing_groups(actual)
     out = [
-        Difference("aliasing", f"{path}{sorted(g)}", "keys no longer share one storage")
+        Difference("aliasing", (root, min(g)), f"keys {sorted(g)} no longer share one storage")
         for g in sorted(want - got, key=sorted)
         if g <= set(actual)
     ]
     out += [
-        Difference("aliasing", f"{path}{sorted(g)}", "keys share one storage that were separate")
+        Difference("aliasing", (root, min(g)), f"keys {sorted(g)} share one storage that were separate")
         for g in sorted(got - want, key=sorted)
         if g <= set(expected)
     ]
@@ -243,12 +439,12 @@ def compare_state_dicts(
     *,
     strides: bool = False,
     aliasing: bool = True,
-    path: str = "state_dict",
+    root: str = "state_dict",
 ) -> list[Difference]:
     """Every difference between two state dicts: keys, dtypes, shapes, bytes, strides, aliasing."""
-    out = compare_values(dict(expected), dict(actual), path, strides=strides)
+    out = compare_values(dict(expected), dict(actual), (root,), strides=strides)
     if aliasing:
-        out += compare_aliasing(expected, actual, path)
+        out += compare_aliasing(expected, actual, root)
     return out
 
 

@@ -24,9 +24,10 @@ import torch
 from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
 from ckpt_compat.compare import record
+from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, all_formats
-from ckpt_compat.formats.base import first_line
-from ckpt_compat.matrix import Endpoint, Outcome
+from ckpt_compat.objects import object_records
+from ckpt_compat.results import Endpoint, Outcome
 from ckpt_compat.roundtrip import save_cell
 from ckpt_compat.specs import ModelSpec, build
 
@@ -57,6 +58,11 @@ class Entry:
     outcome: str
     detail: str = ""
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # early manifests kept records here
+    # "model" (a spec's state dict or module), or a whole object: "training" (a training
+    # checkpoint), "bundle" (a dict of state dicts and plain values), "stream" (several saves).
+    kind: str = "model"
+    options: dict[str, Any] = field(default_factory=dict)  # cell options the entry implies (optimizer, ...)
+    reference: str | None = None  # training: the producer's uninterrupted run, to resume against
 
 
 @dataclass
@@ -86,7 +92,7 @@ class Manifest:
             "formats": self.formats,
             "specs": self.specs,
             "tensors": self.tensors,
-            "entries": [{k: v for k, v in e.__dict__.items() if k != "tensors" or v} for e in self.entries],
+            "entries": [_entry_json(e) for e in self.entries],
         }
 
     @classmethod
@@ -114,6 +120,16 @@ class Manifest:
             raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
 
 
+def _entry_json(e: Entry) -> dict[str, Any]:
+    """An entry as written: fields left at their defaults are left out, as early manifests had none."""
+    defaults = Entry("", "", "", None, "")
+    return {
+        k: v
+        for k, v in e.__dict__.items()
+        if k in ("spec", "spec_id", "format", "file", "outcome") or v != getattr(defaults, k)
+    }
+
+
 def _package_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
@@ -129,11 +145,13 @@ def produce(
     specs: dict[str, ModelSpec] | None = None,
     progress: Callable[[str], None] = lambda _: None,
     sample_heavy: bool = False,
+    objects: bool = True,
 ) -> Manifest:
     """Write a corpus for the running torch into ``out``; the manifest goes last.
 
     ``sample_heavy``: heavy formats (compiled, exported, DCP: large files) only for `HEAVY_SAMPLE`,
-    to keep committed fixtures small.
+    to keep committed fixtures small. ``objects``: also training checkpoints, a multi-object file
+    and a multi-save stream, in every format that holds arbitrary objects.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, this is no corpus
@@ -146,7 +164,7 @@ def produce(
         try:
             model = build(spec, device=device)
         except Exception as exc:  # a dtype or layer this torch lacks, or an op it cannot run
-            reason = f"torch {torch.__version__} cannot build this spec: {first_line(exc)}"
+            reason = f"torch {torch.__version__} cannot build this spec: {ErrorInfo.of(exc)}"
             entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
             progress(f"{name}: skipped ({exc})")
             continue
@@ -162,6 +180,10 @@ def produce(
             else:
                 entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
         progress(f"{name}: {sum(e.spec == name and e.file is not None for e in entries)} file(s)")
+    if objects:
+        more, more_records = _produce_objects(out, [f for f in formats if f.holds_training_state], progress)
+        entries += more
+        records.update(more_records)
     manifest = Manifest(
         torch=torch.__version__,
         device=device,
@@ -171,9 +193,10 @@ def produce(
             "platform": platform.platform(),
             "numpy": np.__version__,
             "safetensors": _package_version("safetensors"),
+            "onnx": _package_version("onnx"),
         },
         formats={
-            name: {"available": (why := f.why_unavailable()) is None, "reason": why or ""}
+            name: {"available": (why := f.why_not_usable()) is None, "reason": why or ""}
             for name, f in all_formats().items()
         },
         specs={name: spec.to_json() for name, spec in specs.items()},
@@ -182,6 +205,53 @@ def produce(
     )
     write_text(out / MANIFEST, json.dumps(manifest.to_json(), indent=1) + "\n")
     return manifest
+
+
+TRAINING_STEPS = 3
+
+
+def _produce_objects(
+    out: Path, formats: list[Format], progress: Callable[[str], None]
+) -> tuple[list[Entry], dict[str, dict[str, dict[str, Any]]]]:
+    """Training checkpoints (one per optimizer), a bundle and a stream, with their object records."""
+    from ckpt_compat import multiobject, training
+
+    entries: list[Entry] = []
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    if not formats:
+        return entries, records
+    for optimizer in training.OPTIMIZERS:
+        name = f"training-{optimizer}"
+        checkpoint, written = training.write_checkpoints(out / name, formats, optimizer, TRAINING_STEPS)
+        records[name] = object_records(checkpoint)
+        options = {"optimizer": optimizer, "steps": TRAINING_STEPS}  # steps: how far to resume
+        reference = f"{name}/{written['reference'].name}"
+        for fmt in formats:
+            relative = f"{name}/{written[fmt.name].name}"
+            entries.append(
+                Entry(
+                    name,
+                    training.SPEC_ID,
+                    fmt.name,
+                    relative,
+                    "ok",
+                    kind="training",
+                    options=options,
+                    reference=reference,
+                )
+            )
+    (out / "bundle").mkdir(exist_ok=True)
+    (out / "stream").mkdir(exist_ok=True)
+    records["bundle"], records["stream"] = object_records(multiobject.bundle()), object_records(multiobject.stream())
+    for fmt in formats:
+        relative = f"bundle/{fmt.name}{fmt.suffix}"
+        fmt.save_object(multiobject.bundle(), out / relative)
+        entries.append(Entry("bundle", "bundle", fmt.name, relative, "ok", kind="bundle"))
+        relative = f"stream/{fmt.name}{fmt.suffix}"
+        multiobject.write_stream(fmt, out / relative, multiobject.stream())
+        entries.append(Entry("stream", "stream", fmt.name, relative, "ok", kind="stream"))
+    progress(f"objects: {len(entries)} file(s) (training checkpoints, a bundle, a stream)")
+    return entries, records
 
 
 def find_corpora(paths: Iterable[Path]) -> list[Path]:

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ckpt_compat.compare import compare_tensors
-from ckpt_compat.formats.base import first_line
-from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome
+from ckpt_compat.compare import Difference, compare_tensors
+from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build
 
 # float32/float64/int64 only: gloo's collectives, which scatter the shards, do not take every dtype.
@@ -91,7 +91,7 @@ def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
         problems = []
         for key, value in template.items():
             want = distribute_tensor(full[key], mesh, placement(full[key])).to_local()
-            problems += [str(d) for d in compare_tensors(want, value.to_local(), f"rank{rank}[{key!r}]")]
+            problems += [d.to_json() for d in compare_tensors(want, value.to_local(), (f"rank{rank}", key))]
         Path(task["out"], f"rank{rank}.json").write_text(json.dumps(problems))
     finally:
         dist.destroy_process_group()
@@ -116,15 +116,14 @@ def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int,
 
     why = why_unavailable()
     if why:
-        return [CellResult(cell(w), Outcome.UNSUPPORTED, why) for w in load_worlds]
+        return [CellResult(cell(w), Outcome.UNSUPPORTED, error=ErrorInfo("Unsupported", why)) for w in load_worlds]
     checkpoint = workdir / "resharded.dcp"
     base = {"spec": RESHARD_SPEC.to_json(), "dir": str(checkpoint)}
     try:
         _world(save_world, {**base, "op": "save"}, workdir)
     except Exception as exc:
-        return [
-            CellResult(cell(w), Outcome.SAVE_ERROR, f"world size {save_world}: {first_line(exc)}") for w in load_worlds
-        ]
+        prefix = f"world size {save_world}: "
+        return [CellResult.failed(cell(w), Outcome.SAVE_ERROR, exc, prefix=prefix) for w in load_worlds]
     results = []
     for world in load_worlds:
         out = workdir / f"load-{world}"
@@ -135,10 +134,12 @@ def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int,
                 continue
             _world(world, {**base, "op": "load", "out": str(out)}, workdir)
         except Exception as exc:
-            results.append(CellResult(cell(world), Outcome.LOAD_ERROR, f"world size {world}: {first_line(exc)}"))
+            results.append(CellResult.failed(cell(world), Outcome.LOAD_ERROR, exc, prefix=f"world size {world}: "))
             continue
-        problems = [p for r in range(world) for p in json.loads((out / f"rank{r}.json").read_text())]
-        results.append(CellResult(cell(world), Outcome.MISMATCH if problems else Outcome.OK, "; ".join(problems[:8])))
+        problems = [
+            Difference.from_json(p) for r in range(world) for p in json.loads((out / f"rank{r}.json").read_text())
+        ]
+        results.append(CellResult.of(cell(world), problems, checks=("load", "state_dict")))
     return results
 
 
@@ -150,5 +151,5 @@ def _single_process(cell: Cell, checkpoint: Path) -> CellResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.load(template, checkpoint_id=str(checkpoint))  # type: ignore[attr-defined]
-    problems = [str(d) for k in full for d in compare_tensors(full[k], template[k], f"state_dict[{k!r}]")]
-    return CellResult(cell, Outcome.MISMATCH if problems else Outcome.OK, "; ".join(problems[:8]))
+    problems = [d for k in full for d in compare_tensors(full[k], template[k], ("state_dict", k))]
+    return CellResult.of(cell, problems, checks=("load", "state_dict"))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ckpt_compat.compare import Difference, compare_state_dicts, compare_values
-from ckpt_compat.formats.base import first_line
+from ckpt_compat.errorinfo import ErrorInfo
 
 EXTRA_KEY = "ckpt_compat_extra"
 
@@ -42,20 +42,24 @@ def strict_load(
     model: nn.Module, state: Mapping[str, Any], expected: Mapping[str, Any], *, strides: bool = True
 ) -> list[Difference]:
     """Strict load into ``model`` (whose values differ), then compare its state with ``expected``."""
+    where = ("load_state_dict(strict=True)",)
     try:
         result = model.load_state_dict(state, strict=True)
     except Exception as exc:
-        return [Difference("load_state_dict", "load_state_dict(strict=True)", first_line(exc))]
+        return [_raised(where, exc)]
     out = []
     if result.missing_keys or result.unexpected_keys:
         out.append(
             Difference(
-                "load_state_dict",
-                "load_state_dict(strict=True)",
-                f"returned missing={result.missing_keys} unexpected={result.unexpected_keys}",
+                "load_state_dict", where, f"returned missing={result.missing_keys} unexpected={result.unexpected_keys}"
             )
         )
-    return out + compare_state_dicts(expected, model.state_dict(), strides=strides, path="loaded_model.state_dict")
+    return out + compare_state_dicts(expected, model.state_dict(), strides=strides, root="loaded_model.state_dict")
+
+
+def _raised(where: tuple[str, ...], exc: BaseException, prefix: str = "raised ") -> Difference:
+    error = ErrorInfo.of(exc)
+    return Difference("load_state_dict", where, f"{prefix}{error}", error=error)
 
 
 def _droppable(keys: list[str]) -> list[str]:
@@ -72,11 +76,11 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
     out: list[Difference] = []
 
     def expect(label: str, changed: Mapping[str, Any], missing: set[str], unexpected: set[str]) -> None:
-        where = f"load_state_dict(strict=False, {label})"
+        where = (f"load_state_dict(strict=False, {label})",)
         try:
             result = model.load_state_dict(changed, strict=False)
         except Exception as exc:
-            out.append(Difference("load_state_dict", where, f"raised {first_line(exc)}"))
+            out.append(_raised(where, exc))
             return
         if set(result.missing_keys) != missing:
             out.append(
@@ -96,7 +100,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
             except RuntimeError:
                 pass
             else:
-                out.append(Difference("load_state_dict", where.replace("False", "True"), "did not raise"))
+                out.append(Difference("load_state_dict", (where[0].replace("False", "True"),), "did not raise"))
 
     if candidates:
         dropped = {candidates[0], candidates[-1]}
@@ -124,6 +128,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
     )
     if keys:
         target = keys[0]
+        where = (f"load_state_dict(strict=False, reshaped={target!r})",)
         value = state[target]
         # Two extra dims: a 0-d parameter would accept a 1-d tensor through a 0.3-era compat path.
         wrong = torch.zeros((*value.shape, 2, 2), dtype=value.dtype, device="meta" if value.is_meta else "cpu")
@@ -133,21 +138,9 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
             )
         except RuntimeError as exc:
             if "size mismatch" not in str(exc):
-                out.append(
-                    Difference(
-                        "load_state_dict",
-                        f"load_state_dict(strict=False, reshaped={target!r})",
-                        f"raised without saying 'size mismatch': {first_line(exc)}",
-                    )
-                )
+                out.append(_raised(where, exc, "raised without saying 'size mismatch': "))
         else:
-            out.append(
-                Difference(
-                    "load_state_dict",
-                    f"load_state_dict(strict=False, reshaped={target!r})",
-                    "a shape mismatch did not raise",
-                )
-            )
+            out.append(Difference("load_state_dict", where, "a shape mismatch did not raise"))
     return out
 
 
@@ -160,21 +153,21 @@ def assign_onto_meta(
     try:
         meta_model.load_state_dict(state, strict=True, assign=True)
     except Exception as exc:
-        return [Difference("load_state_dict", where, first_line(exc))]
+        return [_raised((where,), exc, "")]
     after = meta_model.state_dict()
     out = [
-        Difference("load_state_dict", f"{where}[{k!r}]", "still on the meta device")
+        Difference("load_state_dict", (where, k), "still on the meta device")
         for k, v in after.items()
         if v.is_meta and not expected[k].is_meta
     ]
-    return out + compare_state_dicts(expected, after, path="assigned.state_dict", aliasing=aliasing)
+    return out + compare_state_dicts(expected, after, root="assigned.state_dict", aliasing=aliasing)
 
 
 @dataclass(frozen=True)
 class NoForward:
-    """The original model's block could not run here (e.g. an op missing for a dtype on CPU)."""
+    """The block could not run here (e.g. an op missing for a dtype on CPU): what it raised."""
 
-    reason: str
+    error: ErrorInfo
 
 
 def leaf_blocks(inputs: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -210,7 +203,7 @@ def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, An
                     block = getattr(block, name)
                 outputs[path] = block(*x) if isinstance(x, tuple) else block(x)
             except Exception as exc:
-                outputs[path] = NoForward(first_line(exc))
+                outputs[path] = NoForward(ErrorInfo.of(exc))
     return outputs
 
 
@@ -222,16 +215,14 @@ def compare_forward(
 ) -> tuple[list[Difference], list[str]]:
     """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run.
     With ``block_types`` each difference's detail starts with the block's class, ``[LSTM] ...``."""
-    notes = [f"forward of {k!r} not checked: {v.reason}" for k, v in reference.items() if isinstance(v, NoForward)]
+    notes = [f"forward of {k!r} not checked: {v.error}" for k, v in reference.items() if isinstance(v, NoForward)]
     got = {k: v for k, v in forward_outputs(model, inputs).items() if not isinstance(reference.get(k), NoForward)}
     differences: list[Difference] = []
     for name, value in got.items():
-        path = f"forward[{name!r}]"
+        block = (block_types or {}).get(name)
         if isinstance(value, NoForward):
-            differences.append(Difference("type", path, f"raised after loading: {value.reason}"))
+            found = [Difference("raised", ("forward", name), f"raised after loading: {value.error}", error=value.error)]
         else:
-            found = compare_values(reference[name], value, path)
-            if block_types and name in block_types:
-                found = [Difference(d.kind, d.path, f"[{block_types[name]}] {d.detail}") for d in found]
-            differences += found
+            found = compare_values(reference[name], value, ("forward", name))
+        differences += [d.with_block(block) if block else d for d in found]
     return differences, notes

@@ -1,118 +1,62 @@
-"""`Cell` (where a check ran) and `Outcome` (what happened): the unit every report is made of."""
+"""The cross-version matrix: per format, producer release x consumer release, and what in it
+changes with versions.
+
+Every cell is judged (`expectations.judge`) and then set against the same cell of a same-release
+round trip: the consumer's own (its corpus loaded by itself) where there is one, else the
+producer's. A cell whose outcome and explaining known issues are the same there is
+version-independent: the issue is a limitation, listed once. Anything else is what a release
+manager reads: a cross-version break (loud: an error), a silent change (the load works, values or
+keys differ), an unsafe load, or a cell no known issue explains.
+"""
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt_compat.compare import KEY_KINDS, VALUE_KINDS, Difference
+from ckpt_compat import versions
+from ckpt_compat.expectations import Expectation, Judgement
+from ckpt_compat.results import DIFFERENCE_OUTCOMES, CellResult, Outcome
 
 
-class Outcome(str, enum.Enum):
-    OK = "ok"
-    MISMATCH = "mismatch"  # a tensor's bytes, dtype, shape or strides differ, or the forward does
-    KEYS = "keys"  # keys missing or unexpected, or non-strict loading reported wrong key sets
-    ALIASING = "aliasing"  # a tie or shared storage was lost or invented
-    LOAD_ERROR = "load_error"
-    SAVE_ERROR = "save_error"
-    UNSUPPORTED = "unsupported"  # the format refuses this model or option by design; detail says why
-    CRASH = "crash"  # the loading process died (only for cells run in a subprocess)
-    TIMEOUT = "timeout"
+class Status(enum.IntEnum):
+    """What a cell (and, worst first, a producer x consumer pair) shows. Ordered by severity."""
 
-    def __str__(self) -> str:
-        return self.value
-
-
-# Only `ok` needs no explanation: every other outcome, `unsupported` included, must match a known
-# issue (expectations.py) with its reason, or the run and the gate fail.
-EXPECTED_OUTCOMES = frozenset({Outcome.OK})
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One side of a round trip: which torch, on which device."""
-
-    torch: str
-    device: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"torch": self.torch, "device": self.device}
-
-
-# Options that vary within a table row rather than defining one.
-_NOT_IN_VARIANT = frozenset({"map_location", "optimizer"})
-
-
-@dataclass(frozen=True)
-class Cell:
-    """(spec, format, producer, consumer, load options): one checked combination."""
-
-    spec_id: str
-    format: str
-    producer: Endpoint
-    consumer: Endpoint
-    options: Mapping[str, Any] = field(default_factory=dict)
+    SAME = 0  # as in a same-release round trip
+    UNAVAILABLE = 1  # the consumer cannot read this format at all (no round trip of its own either)
+    DIGESTS_ONLY = 2  # ok, but fewer checks than its own round trip: the consumer cannot rebuild the model
+    BREAK = 3  # a cross-version break that raises, explained by a known issue
+    SILENT = 4  # a cross-version change the load does not raise for, explained by a known issue
+    UNSAFE = 5  # the load ran code although the options asked for a safe loader
+    UNEXPLAINED = 6  # no known issue explains it
 
     @property
-    def variant(self) -> str:
-        """The format plus its load options, as shown in tables: ``torch_zip[mmap,weights_only]``."""
-        shown = ((k, v) for k, v in sorted(self.options.items()) if k not in _NOT_IN_VARIANT)
-        flags = [k if v is True else f"{k}={v}" for k, v in shown]
-        return f"{self.format}[{','.join(flags)}]" if flags else self.format
+    def symbol(self) -> str:
+        return _SYMBOLS[self]
 
 
-@dataclass(frozen=True)
-class CellResult:
-    cell: Cell
-    outcome: Outcome
-    detail: str = ""
-
-    @property
-    def not_ok(self) -> bool:
-        return self.outcome not in EXPECTED_OUTCOMES
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CellResult:
-        cell = Cell(
-            data["spec_id"],
-            data["format"],
-            Endpoint(**data["producer"]),
-            Endpoint(**data["consumer"]),
-            dict(data["options"]),
-        )
-        return cls(cell, Outcome(data["outcome"]), data["detail"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "spec_id": self.cell.spec_id,
-            "format": self.cell.format,
-            "producer": self.cell.producer.to_json(),
-            "consumer": self.cell.consumer.to_json(),
-            "options": dict(self.cell.options),
-            "outcome": self.outcome.value,
-            "detail": self.detail,
-        }
+_SYMBOLS = {
+    Status.SAME: "✅",
+    Status.UNAVAILABLE: "—",
+    Status.DIGESTS_ONLY: "☑️",
+    Status.BREAK: "❌",
+    Status.SILENT: "‼️",
+    Status.UNSAFE: "‼️",
+    Status.UNEXPLAINED: "‼️",
+}
+# The error type `verify` gives a cell whose format the consumer cannot read at all.
+UNAVAILABLE = "Unavailable"
 
 
-def outcome_of(differences: Iterable[Difference]) -> Outcome:
-    """The outcome a list of differences amounts to: keys, then values, then aliasing."""
-    found = {d.kind for d in differences}
-    if found & KEY_KINDS:
-        return Outcome.KEYS
-    if found & VALUE_KINDS:
-        return Outcome.MISMATCH
-    if found:
-        return Outcome.ALIASING
-    return Outcome.OK
-
-
-def describe(differences: list[Difference], limit: int = 8) -> str:
-    shown = "; ".join(str(d) for d in differences[:limit])
-    more = len(differences) - limit
-    return shown + (f"; ... and {more} more" if more > 0 else "")
+def finding_status(e: Expectation) -> Status:
+    """What a known issue amounts to where it changes with versions: an unsafe load, a silent
+    change (the load works, values or keys differ), or a break that raises."""
+    if Outcome.UNSAFE in e.outcomes:
+        return Status.UNSAFE
+    return Status.SILENT if e.outcomes <= DIFFERENCE_OUTCOMES else Status.BREAK
 
 
 def counts(results: Iterable[CellResult]) -> dict[str, dict[str, int]]:
@@ -123,41 +67,128 @@ def counts(results: Iterable[CellResult]) -> dict[str, dict[str, int]]:
     return {variant: dict(c) for variant, c in sorted(table.items())}
 
 
-def release(version: str) -> str:
-    """``2.13.0+cpu`` -> ``2.13.0``: the matrix axes are releases, not builds."""
-    return version.split("+", 1)[0]
+def _key(r: CellResult) -> tuple[Any, ...]:
+    """What makes two cells the same check, whichever releases ran it."""
+    c = r.cell
+    return (
+        c.spec_id,
+        c.format,
+        tuple(sorted((k, str(v)) for k, v in c.options.items())),
+        c.producer.device,
+        c.consumer.device,
+    )
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else 0 for p in release(version).split("."))
+def _signature(j: Judgement) -> tuple[str, tuple[str, ...]]:
+    return (j.result.outcome.value, tuple(sorted(j.causes)))
 
 
 @dataclass
-class MatrixEntry:
+class Pair:
     """All cells of one format from one producer release to one consumer release."""
 
-    results: list[CellResult] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    judgements: list[Judgement] = field(default_factory=list)
+    findings: Counter[str] = field(default_factory=Counter)  # known issues that change with versions here
 
-    def outcomes(self) -> dict[str, int]:
-        return dict(Counter(r.outcome.value for r in self.results))
+    @property
+    def status(self) -> Status:
+        return max(self.statuses, default=Status.SAME)
+
+    def causes(self) -> list[str]:
+        """The known issues that make this pair differ from the releases' own round trips,
+        most cells first."""
+        return [i for i, _ in self.findings.most_common()]
+
+    def count(self, status: Status) -> int:
+        return sum(s is status for s in self.statuses)
 
 
 @dataclass
-class Matrix:
-    """Per format, a producer-release x consumer-release grid of cell results."""
+class Use:
+    """Where one known issue was seen: its cells, by (format variant) and by release pair."""
 
-    grid: dict[str, dict[tuple[str, str], MatrixEntry]] = field(default_factory=dict)
+    expectation: Expectation
+    cells: int = 0
+    variants: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
 
-    @classmethod
-    def of(cls, results: Iterable[CellResult]) -> Matrix:
-        matrix = cls()
-        for r in results:
-            key = (release(r.cell.producer.torch), release(r.cell.consumer.torch))
-            matrix.grid.setdefault(r.cell.format, {}).setdefault(key, MatrixEntry()).results.append(r)
-        return matrix
+    def add(self, cell: Any, pair: tuple[str, str]) -> None:
+        self.cells += 1
+        self.variants.add(cell.variant)
+        self.pairs.add(pair)
+
+
+@dataclass
+class ReleaseView:
+    grid: dict[str, dict[tuple[str, str], Pair]] = field(default_factory=dict)
+    limitations: dict[str, Use] = field(default_factory=dict)  # known issues that hold in a release's own round trip
+    findings: dict[str, Use] = field(default_factory=dict)  # cross-version breaks, silent changes, unsafe loads
+    unexplained: list[Judgement] = field(default_factory=list)
+    unsafe: list[Judgement] = field(default_factory=list)
 
     def producers(self, fmt: str) -> list[str]:
-        return sorted({p for p, _ in self.grid[fmt]}, key=version_key)
+        return sorted({p for p, _ in self.grid[fmt]}, key=versions.key)
 
     def consumers(self, fmt: str) -> list[str]:
-        return sorted({c for _, c in self.grid[fmt]}, key=version_key)
+        return sorted({c for _, c in self.grid[fmt]}, key=versions.key)
+
+    def releases(self) -> list[str]:
+        return sorted({r for g in self.grid.values() for pair in g for r in pair}, key=versions.key)
+
+    def worst(self, fmt: str) -> Status:
+        return max((p.status for p in self.grid[fmt].values()), default=Status.SAME)
+
+
+def release_view(judgements: Iterable[Judgement]) -> ReleaseView:
+    judged = list(judgements)
+    own: dict[tuple[str, tuple[Any, ...]], Judgement] = {}
+    for j in judged:
+        producer, consumer = (versions.release(e.torch) for e in (j.result.cell.producer, j.result.cell.consumer))
+        if producer == consumer:
+            own[consumer, _key(j.result)] = j
+    view = ReleaseView()
+    for j in judged:
+        cell = j.result.cell
+        pair = (versions.release(cell.producer.torch), versions.release(cell.consumer.torch))
+        baseline = (
+            None if pair[0] == pair[1] else (own.get((pair[1], _key(j.result))) or own.get((pair[0], _key(j.result))))
+        )
+        status = _status(j, pair, baseline)
+        entry = view.grid.setdefault(cell.format, {}).setdefault(pair, Pair())
+        entry.statuses.append(status)
+        entry.judgements.append(j)
+        if status is Status.UNEXPLAINED:
+            view.unexplained.append(j)
+            continue
+        if status is Status.UNSAFE:
+            view.unsafe.append(j)
+        for e in {e.id: e for e in j.by if e is not None}.values():
+            # A known issue its own round trip shows too holds in every release it is seen in: a
+            # limitation, listed once. One that differs from it is what changes with versions.
+            changes = finding_status(e) is Status.UNSAFE or (
+                pair[0] != pair[1] and status >= Status.BREAK and (baseline is None or e.id not in baseline.causes)
+            )
+            (view.findings if changes else view.limitations).setdefault(e.id, Use(e)).add(cell, pair)
+            if changes:
+                entry.findings[e.id] += 1
+    return view
+
+
+def _status(j: Judgement, pair: tuple[str, str], baseline: Judgement | None) -> Status:
+    r = j.result
+    if not j.explained:
+        return Status.UNEXPLAINED
+    if j.unsafe:
+        return Status.UNSAFE
+    if r.error is not None and r.error.type == UNAVAILABLE:
+        return Status.UNAVAILABLE
+    if pair[0] == pair[1]:
+        return Status.SAME
+    if baseline is not None and not r.not_ok and set(baseline.result.checks) - set(r.checks):
+        return Status.DIGESTS_ONLY  # ok, but on fewer checks than its own round trip ran
+    if not r.not_ok or (baseline is not None and _signature(baseline) == _signature(j)):
+        return Status.SAME
+    if baseline is None and all(e is not None and e.direction == "any" for e in j.by):
+        return Status.SAME  # nothing to set it against, and its known issues hold in every direction
+    return Status.SILENT if r.outcome in DIFFERENCE_OUTCOMES else Status.BREAK

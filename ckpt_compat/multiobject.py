@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from ckpt_compat.compare import compare_aliasing, compare_values
+from ckpt_compat.atomic import atomic_path
+from ckpt_compat.compare import Difference, compare_aliasing, compare_values
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats import Format, Unsupported, Untrusted
-from ckpt_compat.formats.base import first_line
 from ckpt_compat.formats.torch_save import torch_load
-from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome, describe, outcome_of
+from ckpt_compat.objects import compare_object_records
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build
 
 BUNDLE_SPECS = {
@@ -132,17 +133,19 @@ def _compare(cell: Cell, expected: Mapping[str, Any], load: Any, *, plain: bool 
     try:
         loaded = load()
     except (Unsupported, Untrusted) as exc:
-        return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
+        return CellResult.failed(cell, Outcome.UNSUPPORTED, exc)
     except Exception as exc:
-        return CellResult(cell, Outcome.LOAD_ERROR, first_line(exc))
+        return CellResult.failed(cell, Outcome.LOAD_ERROR, exc)
     if plain:  # numpy and Python objects: equal by value, loaded only with weights_only=False
-        same = _same(expected["obj"], loaded.get("obj"))
-        return CellResult(cell, Outcome.OK if same else Outcome.MISMATCH, "" if same else f"got {loaded.get('obj')!r}")
-    differences = compare_values(dict(expected), dict(loaded), "bundle")
+        got = loaded.get("obj")
+        same = _same(expected["obj"], got)
+        differences = [] if same else [Difference("type", ("obj",), "a different value", actual=repr(got)[:200])]
+        return CellResult.of(cell, differences, checks=("load", "values"))
+    differences = compare_values(dict(expected), dict(loaded), ("bundle",))
     for name in BUNDLE_SPECS:
         if isinstance(loaded.get(name), Mapping):
-            differences += compare_aliasing(expected[name], loaded[name], f"bundle[{name!r}]")
-    return CellResult(cell, outcome_of(differences), describe(differences))
+            differences += compare_aliasing(expected[name], loaded[name], "bundle")
+    return CellResult.of(cell, differences, checks=("load", "values"))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -153,23 +156,59 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
-def _check_stream(fmt: Format, workdir: Path, here: Endpoint) -> CellResult:
-    cell = Cell("stream", fmt.name, here, here, {"check": "stream", "weights_only": True})
-    expected = stream()
-    path = workdir / f"stream-{fmt.name}{fmt.suffix}"
-    with open(path, "wb") as f:
-        for obj in expected:
+def write_stream(fmt: Format, path: Path, objects: list[Any]) -> None:
+    """Several torch.save calls into one file, as training scripts append to a log of checkpoints."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for obj in objects:
             torch.save(obj, f, _use_new_zipfile_serialization=getattr(fmt, "zip_format", True))
+
+
+def read_stream(cell: Cell, path: Path, count: int) -> list[Any] | CellResult:
+    """``count`` objects read back with one torch.load each, or the cell that says which one failed."""
     loaded: list[Any] = []
     with open(path, "rb") as f:
-        for i in range(len(expected)):
+        for i in range(count):
             try:
                 loaded.append(torch_load(f, {"weights_only": True}, MapLocation("str", "cpu", "cpu"), trusted=True))
             except Exception as exc:
-                return CellResult(
-                    cell,
-                    Outcome.LOAD_ERROR,
-                    f"torch.load of object {i + 1} of {len(expected)} from one stream: {first_line(exc)}",
-                )
-    differences = compare_values(expected, loaded, "stream")
-    return CellResult(cell, outcome_of(differences), describe(differences))
+                prefix = f"torch.load of object {i + 1} of {count} from one stream: "
+                return CellResult.failed(cell, Outcome.LOAD_ERROR, exc, prefix=prefix)
+    return loaded
+
+
+def stream_cell(fmt: Format, producer: Endpoint, consumer: Endpoint) -> Cell:
+    return Cell("stream", fmt.name, producer, consumer, {"check": "stream", "weights_only": True})
+
+
+def _check_stream(fmt: Format, workdir: Path, here: Endpoint) -> CellResult:
+    cell = stream_cell(fmt, here, here)
+    expected = stream()
+    path = workdir / f"stream-{fmt.name}{fmt.suffix}"
+    write_stream(fmt, path, expected)
+    loaded = read_stream(cell, path, len(expected))
+    if isinstance(loaded, CellResult):
+        return loaded
+    return CellResult.of(cell, compare_values(expected, loaded, ("stream",)), checks=("load", "values"))
+
+
+def check_saved(cell: Cell, fmt: Format, path: Path, records: Mapping[str, Any], *, trusted: bool) -> CellResult:
+    """A multi-object file or stream from a corpus (``cell.options["check"]`` says which),
+    against the producer's records of every object in it."""
+    if cell.options["check"] == "stream":
+        loaded: Any = read_stream(cell, path, _stream_length(records))
+        if isinstance(loaded, CellResult):
+            return loaded
+        return CellResult.of(cell, compare_object_records(records, loaded, "stream"), checks=("load", "manifest"))
+    options = {k: v for k, v in cell.options.items() if k not in ("check", "map_location")}
+    try:
+        loaded = fmt.load(path, options, MapLocation("str", "cpu", "cpu"), torch.nn.Module, trusted=trusted).state_dict
+    except (Unsupported, Untrusted) as exc:
+        return CellResult.failed(cell, Outcome.UNSUPPORTED, exc)
+    except Exception as exc:
+        return CellResult.failed(cell, Outcome.LOAD_ERROR, exc)
+    return CellResult.of(cell, compare_object_records(records, loaded, "bundle"), checks=("load", "manifest"))
+
+
+def _stream_length(records: Mapping[str, Any]) -> int:
+    """How many objects the recorded stream holds: the length of its top-level list."""
+    return int(records["[]"]["len"])

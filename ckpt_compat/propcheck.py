@@ -14,10 +14,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
-from ckpt_compat.expectations import Expectations
+from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.expectations import Expectations, judge
 from ckpt_compat.formats import Format
-from ckpt_compat.formats.base import first_line
-from ckpt_compat.matrix import CellResult
+from ckpt_compat.results import CellResult
 from ckpt_compat.roundtrip import check_spec
 from ckpt_compat.specs import ModelSpec
 from ckpt_compat.strategies import model_specs
@@ -46,11 +46,12 @@ class PropertyRun:
 
 def failure_of(results: Sequence[CellResult], expectations: Expectations) -> str:
     """Empty when every cell is ok, unsupported or a known issue; else what went wrong."""
-    bad = [r for r in results if r.not_ok and expectations.explain(r) is None]
+    bad = [j for j in judge(results, expectations) if not j.explained]
     return "; ".join(
-        f"{r.cell.variant} → {r.cell.consumer.device} "
-        f"({r.cell.options.get('map_location', '-')}): {r.outcome.value}: {r.detail}"
-        for r in bad[:3]
+        f"{j.result.cell.variant} → {j.result.cell.consumer.device} "
+        f"({j.result.cell.options.get('map_location', '-')}): {j.result.outcome.value}: "
+        + "; ".join(str(p) for p in j.unexplained_parts())
+        for j in bad[:3]
     ) + (f"; ... {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
@@ -79,7 +80,7 @@ def run_property(
         try:
             results = check_spec(spec, chosen, workdir)
         except Exception as exc:  # a harness bug: report it on the smallest spec, like any failure
-            return _Failing(spec, [], f"harness error: {first_line(exc)}")
+            return _Failing(spec, [], f"harness error: {ErrorInfo.of(exc)}")
         return _Failing(spec, results, failure_of(results, expectations))
 
     @seed(seed_value)

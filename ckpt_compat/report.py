@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +15,13 @@ import torch
 
 from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
-from ckpt_compat.expectations import Expectations
+from ckpt_compat.errorinfo import short
+from ckpt_compat.expectations import Expectations, Judgement, judge
 from ckpt_compat.formats import all_formats
-from ckpt_compat.matrix import CellResult, Matrix, MatrixEntry, Outcome, counts, release, version_key
+from ckpt_compat.matrix import counts
+from ckpt_compat.results import SCHEMA, CellResult, Outcome
 from ckpt_compat.specs import ModelSpec
 
-SCHEMA = "ckpt-compat/report/1"
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "report.schema.json"
 FAILING_SPEC = "failing-spec.json"
 
@@ -34,32 +35,32 @@ class Report:
     failure: ModelSpec | None = None
     failure_detail: str = ""
 
-    def unexpected(self) -> list[CellResult]:
-        return [r for r in self.results if r.not_ok and self.expectations.explain(r) is None]
+    @functools.cached_property
+    def judgements(self) -> list[Judgement]:
+        return judge(self.results, self.expectations)
+
+    def unexpected(self) -> list[Judgement]:
+        return [j for j in self.judgements if not j.explained]
 
     @property
     def passed(self) -> bool:
         return not self.unexpected() and self.failure is None
 
     def summary(self) -> dict[str, Any]:
-        known = [r for r in self.results if r.not_ok and self.expectations.explain(r) is not None]
         return {
             "cells": len(self.results),
             "specs": len(self.specs),
             "outcomes": dict(Counter(r.outcome.value for r in self.results)),
             "by_format": counts(self.results),
-            "known_issues": len(known),
+            "known_issues": sum(j.result.not_ok and j.explained for j in self.judgements),
             "unexpected": len(self.unexpected()),
+            "unsafe": sum(j.unsafe for j in self.judgements),
             "passed": self.passed,
         }
 
     def to_json(self) -> dict[str, Any]:
-        cells = []
-        for r in self.results:
-            cell = r.to_json()
-            known = self.expectations.explain(r) if r.not_ok else None
-            cell["known_issue"] = known.to_json() if known else None
-            cells.append(cell)
+        cells = [{**j.result.to_json(), "judgement": j.to_json()} for j in self.judgements]
+        used = {i for j in self.judgements for i in j.causes}
         return {
             "schema": SCHEMA,
             "tool": {"name": "ckpt-compat", "version": __version__},
@@ -78,6 +79,7 @@ class Report:
                 for name, f in all_formats().items()
             },
             "specs": {sid: spec.to_json() for sid, spec in self.specs.items()},
+            "known_issues": {e.id: e.to_json() for e in self.expectations.entries if e.id in used},
             "cells": cells,
             "failure": self._failure_json(),
             "summary": self.summary(),
@@ -115,28 +117,30 @@ class Report:
         unavailable = {n: why for n, f in all_formats().items() if (why := f.why_unavailable())}
         if unavailable:
             lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]
-        known: dict[str, list[CellResult]] = {}
-        for r in self.results:
-            if r.not_ok and (e := self.expectations.explain(r)) is not None:
-                known.setdefault(e.id, []).append(r)
+        unsafe = [j for j in self.judgements if j.unsafe]
+        if unsafe:
+            lines += ["", "## ‼️ Unsafe loads", ""]
+            variants = Counter(j.result.cell.variant for j in unsafe)
+            lines += [
+                f"- ‼️ `{v}`: {n} cell(s): {_md(unsafe[0].result.notes[0] if unsafe[0].result.notes else '')}"
+                for v, n in variants.items()
+            ]
+        known: Counter[str] = Counter(i for j in self.judgements if j.result.not_ok and j.explained for i in j.causes)
         if known:
             lines += ["", "## Known issues seen", ""]
             for e in self.expectations.entries:
                 if e.id in known:
                     links = ", ".join(f"<{link}>" for link in e.links)
-                    lines.append(f"- **{e.id}** ({len(known[e.id])} cells): {' '.join(e.reason.split())} {links}")
-        # Reasons read "why — specifics"; group on the why.
-        unsupported = Counter(r.detail.split(" — ")[0] for r in self.results if r.outcome is Outcome.UNSUPPORTED)
-        if unsupported:
-            lines += ["", "## Unsupported by design", ""]
-            lines += [f"- {n} cell(s): {detail}" for detail, n in unsupported.most_common(12)]
+                    lines.append(f"- **{e.id}** ({known[e.id]} cells): {e.title}. {e.reason} {links}")
         bad = self.unexpected()
         if bad:
-            lines += ["", "## Unexpected outcomes", "", "| spec | cell | outcome | detail |", "|---|---|---|---|"]
-            for r in bad[:50]:
+            lines += ["", "## Unexpected outcomes", "", "| spec | cell | outcome | unexplained |", "|---|---|---|---|"]
+            for j in bad[:50]:
+                r = j.result
                 devices = f"{r.cell.producer.device}→{r.cell.consumer.device}"
                 where = f"{r.cell.variant} {devices} {r.cell.options.get('map_location', '')}"
-                lines.append(f"| `{r.cell.spec_id}` | {where} | {r.outcome.value} | {_md(r.detail)} |")
+                what = "; ".join(str(p) for p in j.unexplained_parts()) or r.detail
+                lines.append(f"| `{r.cell.spec_id}` | {where} | {r.outcome.value} | {_md(what)} |")
         if self.failure is not None:
             lines += [
                 "",
@@ -169,7 +173,7 @@ class Report:
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:300]
+    return short(text.replace("|", "\\|").replace("\n", " "), 300)
 
 
 def table(results: Sequence[CellResult]) -> str:
@@ -185,138 +189,3 @@ def table(results: Sequence[CellResult]) -> str:
 
 def reproduce_command(spec_path: Path) -> str:
     return f"ckpt-compat check --spec {spec_path}"
-
-
-# --------------------------------------------------------------------------- cross-version matrix
-
-
-def load_results(paths: Sequence[Path]) -> list[CellResult]:
-    """Cells from report.json / results.json files; raises ValueError naming a bad file."""
-    results: list[CellResult] = []
-    for path in paths:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-                raise ValueError(f"not a {SCHEMA} file")
-            results += [CellResult.from_json(c) for c in data["cells"]]
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read it ({exc.strerror})") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a results file written by ckpt-compat ({exc})") from exc
-    return results
-
-
-def _verdict(entry: MatrixEntry, expectations: Expectations) -> tuple[str, int, set[str]]:
-    """(symbol, unexplained count, known issue ids) for one matrix entry."""
-    bad = [r for r in entry.results if r.not_ok]
-    known = {e.id for r in bad if (e := expectations.explain(r)) is not None}
-    unexplained = sum(expectations.explain(r) is None for r in bad)
-    symbol = "❌" if unexplained else ("⚠️" if bad else "✅")
-    return symbol, unexplained, known
-
-
-def matrix_markdown(results: Sequence[CellResult], expectations: Expectations) -> str:
-    matrix = Matrix.of(results)
-    lines = [
-        "# ckpt-compat cross-version matrix",
-        "",
-        "Rows: the torch release that wrote the file. Columns: the torch release that loaded it.",
-        "✅ every cell ok · ⚠️ non-ok cells, all explained by known issues · ❌ unexplained non-ok cells.",
-    ]
-    findings: dict[tuple[str, str, str], set[str]] = {}
-    for fmt in sorted(matrix.grid):
-        consumers = matrix.consumers(fmt)
-        lines += [
-            "",
-            f"## {fmt}",
-            "",
-            "| producer \\ consumer | " + " | ".join(consumers) + " |",
-            "|---|" + "---|" * len(consumers),
-        ]
-        for producer in matrix.producers(fmt):
-            row = []
-            for consumer in consumers:
-                entry = matrix.grid[fmt].get((producer, consumer))
-                if entry is None:
-                    row.append("")
-                    continue
-                symbol, _, _ = _verdict(entry, expectations)
-                ok = entry.outcomes().get("ok", 0)
-                row.append(f"{symbol} {ok}/{len(entry.results)}")
-                for r in entry.results:
-                    if r.not_ok:
-                        e = expectations.explain(r)
-                        key = (f"{r.cell.variant}", r.outcome.value, e.id if e else "UNEXPLAINED")
-                        findings.setdefault(key, set()).add(f"{producer}→{consumer}")
-            lines.append(f"| **{producer}** | " + " | ".join(row) + " |")
-    if findings:
-        lines += [
-            "",
-            "## Non-ok cells",
-            "",
-            "| format [load options] | outcome | known issue | producer→consumer |",
-            "|---|---|---|---|",
-        ]
-        for (variant, outcome, known), pairs in sorted(findings.items()):
-            shown = ", ".join(sorted(pairs, key=lambda p: [version_key(v) for v in p.split("→")])[:12])
-            more = f" (+{len(pairs) - 12})" if len(pairs) > 12 else ""
-            lines.append(f"| {variant} | {outcome} | {known} | {shown}{more} |")
-    used = {k for _, _, k in findings}
-    cited = [e for e in expectations.entries if e.id in used]
-    if cited:
-        lines += ["", "## Known issues", ""]
-        lines += [f"- **{e.id}**: {' '.join(e.reason.split())} " + " ".join(f"<{u}>" for u in e.links) for e in cited]
-    return "\n".join(lines) + "\n"
-
-
-def matrix_json(results: Sequence[CellResult], expectations: Expectations) -> dict[str, Any]:
-    matrix = Matrix.of(results)
-    formats: dict[str, Any] = {}
-    for fmt, grid in sorted(matrix.grid.items()):
-        cells = []
-        for (producer, consumer), entry in sorted(grid.items()):
-            _, unexplained, known = _verdict(entry, expectations)
-            cells.append(
-                {
-                    "producer": producer,
-                    "consumer": consumer,
-                    "outcomes": entry.outcomes(),
-                    "unexplained": unexplained,
-                    "known_issues": sorted(known),
-                }
-            )
-        formats[fmt] = {"producers": matrix.producers(fmt), "consumers": matrix.consumers(fmt), "cells": cells}
-    return {"schema": "ckpt-compat/matrix/1", "formats": formats}
-
-
-def matrix_junit(results: Sequence[CellResult], expectations: Expectations) -> str:
-    """One testsuite per format, one testcase per producer→consumer pair and load variant."""
-    root = ET.Element("testsuites", name="ckpt-compat")
-    groups: dict[str, dict[str, list[CellResult]]] = {}
-    for r in results:
-        name = f"{release(r.cell.producer.torch)} -> {release(r.cell.consumer.torch)} {r.cell.variant}"
-        groups.setdefault(r.cell.format, {}).setdefault(name, []).append(r)
-    for fmt, cases in sorted(groups.items()):
-        failures = 0
-        suite = ET.SubElement(root, "testsuite", name=fmt, tests=str(len(cases)))
-        for name, cells in sorted(cases.items()):
-            case = ET.SubElement(suite, "testcase", classname=f"ckpt_compat.{fmt}", name=name)
-            unexplained = [r for r in cells if r.not_ok and expectations.explain(r) is None]
-            if unexplained:
-                failures += 1
-                failure = ET.SubElement(case, "failure", message=f"{len(unexplained)} unexplained non-ok cell(s)")
-                failure.text = "\n".join(f"{r.cell.spec_id} {r.outcome.value}: {r.detail}" for r in unexplained[:20])
-            elif any(r.not_ok for r in cells):
-                ids = sorted({e.id for r in cells if (e := expectations.explain(r)) is not None})
-                ET.SubElement(case, "skipped", message="known issues: " + ", ".join(ids))
-        suite.set("failures", str(failures))
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def write_matrix(results: Sequence[CellResult], expectations: Expectations, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "matrix.md", out / "matrix.json", out / "junit.xml"]
-    write_text(paths[0], matrix_markdown(results, expectations))
-    write_text(paths[1], json.dumps(matrix_json(results, expectations), indent=1) + "\n")
-    write_text(paths[2], matrix_junit(results, expectations))
-    return paths

@@ -29,9 +29,9 @@ from ckpt_compat.compare import (
 )
 from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devices, map_locations, producer_devices
 from ckpt_compat.dtypes import UnknownDType
+from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, Unsupported, Untrusted
-from ckpt_compat.formats.base import first_line
-from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome, describe, outcome_of
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, SpecError, build, example_inputs
 
 
@@ -124,9 +124,9 @@ def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, produc
     try:
         fmt.save(model, path, _on(example_inputs(spec), producer.device))
     except Unsupported as exc:
-        return CellResult(cell, Outcome.UNSUPPORTED, f"save: {exc}")
+        return CellResult.failed(cell, Outcome.UNSUPPORTED, exc, prefix="save: ")
     except Exception as exc:
-        return CellResult(cell, Outcome.SAVE_ERROR, first_line(exc))
+        return CellResult.failed(cell, Outcome.SAVE_ERROR, exc)
     return None
 
 
@@ -169,23 +169,26 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
     try:
         loaded = fmt.load(saved.path, variant, location, fresh_model, trusted=saved.trusted)
     except (Unsupported, Untrusted) as exc:
-        return CellResult(cell, Outcome.UNSUPPORTED, str(exc))
+        return CellResult.failed(cell, Outcome.UNSUPPORTED, exc)
     except Exception as exc:
-        return CellResult(cell, Outcome.LOAD_ERROR, first_line(exc))
+        return CellResult.failed(cell, Outcome.LOAD_ERROR, exc)
     state = loaded.state_dict
     absent = dict(loaded.absent or {})
-    notes: list[str] = []
+    notes: list[str] = [f"UNSAFE: {loaded.unsafe}"] if loaded.unsafe else []
+    checks = ["load"]
     differences = [
-        Difference("device", f"state_dict[{k!r}]", f"loaded onto {v.device}, asked for {consumer}")
+        Difference("device", ("state_dict", k), "loaded onto another device", expected=consumer, actual=str(v.device))
         for k, v in state.items()
         if isinstance(v, torch.Tensor) and v.device.type != consumer
     ]
     if saved.manifest is not None:  # keys the format does not keep under their name are listed, not failed
+        checks.append("manifest")
         records = compare_records({k: v for k, v in saved.manifest.items() if k not in absent}, state)
         differences += records if expected is None else _name_persisted_buffers(records, expected.hidden)
     if expected is None:
-        notes.append(f"not rebuilt here: {saved.not_built}")
+        notes.append(f"not rebuilt here, checked against the producer's digests only: {saved.not_built}")
     else:
+        checks.append("state_dict")
         # Meta tensors have no storage, so sharing cannot be observed there.
         want = {k: v for k, v in expected.state.items() if k not in absent}
         found = compare_state_dicts(
@@ -201,10 +204,11 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
         if hidden is None and fmt.holds == "module" and loaded.module is not None:
             hidden = non_persistent_buffers(loaded.module)
         if hidden is not None:
+            checks.append("buffers")
             found += compare_values(
                 dict(expected.hidden),
                 {k: v for k, v in hidden.items() if k in expected.hidden or k not in expected.state},
-                "buffers",
+                ("buffers",),
             )
         differences += _name_persisted_buffers(found, expected.hidden)
         if consumer == "cpu" and location.kind == "str":
@@ -212,17 +216,18 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
                 # Keys the state comparison already reported as unexpected are not reported again
                 # by every loading check.
                 known = _with_metadata_of(state, {k: v for k, v in state.items() if k in expected.state})
-                more, more_notes = _loading_checks(
+                more, more_notes, ran = _loading_checks(
                     spec, expected, loaded.module, known, aliasing=fmt.preserves_aliasing
                 )
                 differences += more
                 notes += more_notes
+                checks += ran
             if loaded.call is not None:
+                checks.append("program")
                 differences += _compare_whole_call(
                     expected, loaded.call, flat=loaded.flat_outputs, tolerance=fmt.output_tolerance
                 )
-    detail = "; ".join(filter(None, [describe(differences), *notes]))
-    return CellResult(cell, outcome_of(differences), detail)
+    return CellResult.of(cell, differences, checks=checks, notes=notes, unsafe=loaded.unsafe is not None)
 
 
 def _compare_whole_call(
@@ -234,7 +239,8 @@ def _compare_whole_call(
         with torch.no_grad():
             outputs = call(expected.inputs)
     except Exception as exc:
-        return [Difference("type", "program(inputs)", f"raised after loading: {first_line(exc)}")]
+        error = ErrorInfo.of(exc)
+        return [Difference("raised", ("program",), f"raised after loading: {error}", error=error)]
     if flat:
         return _compare_flat(expected, outputs, tolerance)
     differences: list[Difference] = []
@@ -246,9 +252,7 @@ def _compare_whole_call(
         for name in path.split("."):
             got = got[int(name)] if isinstance(got, (list, tuple)) else got[name]
         block = expected.block_types.get(path, "?")
-        differences += [
-            Difference(d.kind, d.path, f"[{block}] {d.detail}") for d in compare_values(want, got, f"program[{path!r}]")
-        ]
+        differences += [d.with_block(block) for d in compare_values(want, got, ("program", path))]
     return differences
 
 
@@ -261,12 +265,15 @@ def _compare_flat(expected: Expected, outputs: list[Any], tolerance: tuple[float
         for t in tensor_leaves(expected.reference.get(path))
     ]
     if len(want) != len(outputs):
-        return [Difference("type", "program(inputs)", f"{len(outputs)} outputs, expected {len(want)}")]
+        return [
+            Difference(
+                "type", ("program",), "another number of outputs", expected=str(len(want)), actual=str(len(outputs))
+            )
+        ]
     differences = []
     for (path, w), got in zip(want, outputs, strict=True):
         block = expected.block_types.get(path, "?")
-        for d in compare_close(w, got, f"program[{path!r}]", tolerance):
-            differences.append(Difference(d.kind, d.path, f"[{block}] {d.detail}"))
+        differences += [d.with_block(block) for d in compare_close(w, got, ("program", path), tolerance)]
     return differences
 
 
@@ -274,13 +281,15 @@ def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, 
     """Say what it is when a non-persistent buffer comes back as a state-dict entry."""
     out = []
     for d in differences:
-        key = d.path.partition("[")[2].rstrip("]").strip("'")
-        if key in hidden and (d.kind, d.path.partition("[")[0]) in (
+        key = d.path[1] if len(d.path) == 2 else None
+        if key in hidden and (d.kind, d.root) in (
             ("unexpected", "state_dict"),
             ("unexpected", "manifest"),
             ("missing", "buffers"),
         ):
-            out.append(Difference(d.kind, d.path, "a non-persistent buffer came back as a persistent state-dict entry"))
+            out.append(
+                Difference("persisted", d.path, "a non-persistent buffer came back as a persistent state-dict entry")
+            )
         else:
             out.append(d)
     return out
@@ -294,16 +303,20 @@ def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mappin
 
 def _loading_checks(
     spec: ModelSpec, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
-) -> tuple[list[Difference], list[str]]:
+) -> tuple[list[Difference], list[str], list[str]]:
+    """Differences, notes and the names of the checks that ran."""
     differences: list[Difference] = []
+    ran = ["forward", "non_strict"]
     if module is None:
         module = build(spec, perturb=True)
         differences += loading.strict_load(module, state, expected.state)
+        ran.append("strict_load")
     forward, notes = loading.compare_forward(expected.reference, module, expected.inputs, expected.block_types)
     differences += forward
     differences += loading.non_strict_loads(build(spec, perturb=True), state)
     if loading.supports_assign():
+        ran.append("assign")
         differences += loading.assign_onto_meta(build(spec, device="meta"), state, expected.state, aliasing=aliasing)
     else:
         notes.append(f"assign=True not checked: torch {torch.__version__} has no load_state_dict(assign=)")
-    return differences, notes
+    return differences, notes, ran

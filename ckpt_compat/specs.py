@@ -249,10 +249,12 @@ def random_tensor(shape: tuple[int, ...], dtype_name: str, fill: str, seed: int,
         comps = numel * info.components
         k = (_raw(seed, key, comps) >> np.uint64(64 - p)).astype(np.int64) - (1 << (p - 1))
         values = k.astype(np.float64) * 2.0 ** -(p - 1)
+        if info.kind == "complex":  # components of exactly the complex dtype's half size
+            component = {2: (np.float16, torch.float16), 4: (np.float32, torch.float32), 8: (np.float64, torch.float64)}
+            np_type, torch_type = component[info.component_size]
+            return _from_bytes(values.astype(np_type).tobytes(), torch_type).view(dtype).reshape(shape)
         wide = np.float64 if info.mbits > 23 else np.float32
         t = _from_bytes(values.astype(wide).tobytes(), torch.float64 if wide is np.float64 else torch.float32)
-        if info.kind == "complex":
-            return t.view(dtype).reshape(shape)
         return t.to(dtype).reshape(shape)
     nbytes = numel * info.itemsize
     raw = bytearray(_raw(seed, key, -(-nbytes // 8)).tobytes()[:nbytes])

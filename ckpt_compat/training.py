@@ -10,12 +10,14 @@ checkpoint shows up as a divergence, reported with the first step and tensor tha
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckpt_compat.compare import digest, tensor_leaves
+from ckpt_compat.atomic import atomic_path
+from ckpt_compat.compare import Difference, compare_state_dicts, digest, tensor_leaves
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, Unsupported, Untrusted
-from ckpt_compat.formats.base import first_line
-from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome
+from ckpt_compat.objects import compare_object_records
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build, example_inputs
 
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]] = {
@@ -72,7 +76,6 @@ class Trainer:
     """Model, optimizer, scheduler, scaler for one run; `step()` is one deterministic step."""
 
     def __init__(self, optimizer: str, spec: ModelSpec = TRAINING_SPEC) -> None:
-        torch.set_num_threads(1)  # reductions in one fixed order, in every process
         self.spec = spec
         self.model = build(spec).train()
         self.optimizer = OPTIMIZERS[optimizer](self.model.parameters())
@@ -155,15 +158,38 @@ def seed_everything(seed: int = 0) -> None:
     random.seed(seed)
 
 
-def reference(optimizer: str, steps: int) -> list[dict[str, str]]:
-    """Per-step parameter digests of an uninterrupted run (index i: after step i + 1)."""
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Training runs on one thread, so reductions happen in one fixed order in every process; the
+    thread count is put back for whatever runs next in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def trained(optimizer: str, steps: int) -> Trainer:
+    """A trainer after ``steps`` steps from the fixed seed (call under `single_threaded`)."""
     seed_everything()
     trainer = Trainer(optimizer)
-    history = []
     for _ in range(steps):
         trainer.step()
-        history.append(trainer.digests())
-    return history
+    return trainer
+
+
+def reference(optimizer: str, steps: int) -> tuple[list[dict[str, str]], dict[str, torch.Tensor]]:
+    """An uninterrupted run: per-step parameter digests (index i: after step i + 1) and the final
+    state dict."""
+    with single_threaded():
+        seed_everything()
+        trainer = Trainer(optimizer)
+        history = []
+        for _ in range(steps):
+            trainer.step()
+            history.append(trainer.digests())
+        return history, dict(trainer.model.state_dict())
 
 
 @dataclass(frozen=True)
@@ -173,38 +199,44 @@ class ResumeTask:
     format: str
     options: dict[str, Any]
     steps: int
+    out: str  # where the resumed model's final state dict is written
 
 
-def resume(task: ResumeTask, *, trusted: bool = True) -> list[dict[str, str]]:
-    """Load the checkpoint into fresh objects, train ``task.steps`` more; per-step digests."""
-    from ckpt_compat.formats import get_format
-
-    fmt = get_format(task.format)
-    seed_everything(12345)  # a different seed: only the checkpoint may make the runs agree
-    trainer = Trainer(task.optimizer)
-    loaded = fmt.load(
-        Path(task.path), task.options, MapLocation("str", "cpu", "cpu"), lambda: trainer.model, trusted=trusted
-    )
-    trainer.restore(loaded.state_dict)
-    history = []
-    for _ in range(task.steps):
-        trainer.step()
-        history.append(trainer.digests())
-    return history
+def resume_from(checkpoint: Mapping[str, Any], optimizer: str, steps: int) -> tuple[list[dict[str, str]], nn.Module]:
+    """Restore ``checkpoint`` into fresh objects and train ``steps`` more: per-step parameter
+    digests and the model."""
+    with single_threaded():
+        seed_everything(12345)  # a different seed: only the checkpoint may make the runs agree
+        trainer = Trainer(optimizer)
+        trainer.restore(checkpoint)
+        history = []
+        for _ in range(steps):
+            trainer.step()
+            history.append(trainer.digests())
+        return history, trainer.model
 
 
 def _worker() -> None:
     """`python -m ckpt_compat.training`: resume tasks from stdin JSON, results to stdout JSON."""
+    from ckpt_compat.formats import get_format
+
     tasks = [ResumeTask(**t) for t in json.loads(sys.stdin.read())]
     out: list[dict[str, Any]] = []
     for task in tasks:
         try:
-            out.append({"history": resume(task)})
+            fmt = get_format(task.format)
+            checkpoint = fmt.load(Path(task.path), task.options, CPU, nn.Module, trusted=True).state_dict
+            history, model = resume_from(checkpoint, task.optimizer, task.steps)
+            torch.save(model.state_dict(), task.out)
+            out.append({"history": history})
         except (Unsupported, Untrusted) as exc:
-            out.append({"unsupported": str(exc)})
+            out.append({"unsupported": ErrorInfo.of(exc).to_json()})
         except Exception as exc:
-            out.append({"error": first_line(exc)})
+            out.append({"error": ErrorInfo.of(exc).to_json()})
     sys.stdout.write(json.dumps(out))
+
+
+CPU = MapLocation("str", "cpu", "cpu")
 
 
 def divergence(want: list[dict[str, str]], got: list[dict[str, str]], offset: int) -> str:
@@ -214,6 +246,19 @@ def divergence(want: list[dict[str, str]], got: list[dict[str, str]], offset: in
             keys = [k for k in w if w[k] != g.get(k)] + [k for k in g if k not in w]
             return f"diverged at step {offset + i + 1}: first tensor {keys[0]!r} ({len(keys)} of {len(w)} differ)"
     return ""
+
+
+def resumed_differences(reference: Mapping[str, torch.Tensor], resumed: Mapping[str, torch.Tensor]) -> list[Difference]:
+    """The resumed run's final state against the uninterrupted run's, tensor by tensor."""
+    return compare_state_dicts(reference, resumed, aliasing=False, root="resume")
+
+
+def _cannot_hold(cell: Cell, fmt: Format) -> CellResult:
+    refusal = Unsupported(
+        f"{fmt.name} cannot hold a training checkpoint — it holds a model or tensors "
+        "only, not a dict of state dicts, numbers, strings and RNG states"
+    )
+    return CellResult.failed(cell, Outcome.UNSUPPORTED, refusal)
 
 
 def check_training(
@@ -230,41 +275,83 @@ def check_training(
     results: list[CellResult] = []
     references = {name: reference(name, 2 * steps) for name in optimizers}
     for fmt in formats:
-        spec_id = f"training-{TRAINING_SPEC.id}"
         if not fmt.holds_training_state:
-            results.append(
-                CellResult(
-                    Cell(spec_id, fmt.name, here, here, {"check": "resume"}),
-                    Outcome.UNSUPPORTED,
-                    f"{fmt.name} cannot hold a training checkpoint — it holds a model or tensors "
-                    "only, not a dict of state dicts, numbers, strings and RNG states",
-                )
-            )
+            results.append(_cannot_hold(Cell(SPEC_ID, fmt.name, here, here, {"check": "resume"}), fmt))
             continue
         tasks, cells = [], []
         for name in optimizers:
-            seed_everything()
-            trainer = Trainer(name)
-            for _ in range(steps):
-                trainer.step()
+            with single_threaded():
+                checkpoint = trained(name, steps).checkpoint(omit)
             path = workdir / f"train-{name}-{fmt.name}{fmt.suffix}"
-            fmt.save_object(trainer.checkpoint(omit), path)
-            for variant in fmt.load_variants():
+            fmt.save_object(checkpoint, path)
+            for i, variant in enumerate(fmt.load_variants()):
                 options = {**variant, "check": "resume", "optimizer": name}
                 if omit:
                     options["omitted"] = ",".join(omit)
-                tasks.append(ResumeTask(name, str(path), fmt.name, dict(variant), steps))
-                cells.append(Cell(spec_id, fmt.name, here, here, options))
+                out = str(workdir / f"resumed-{name}-{fmt.name}-{i}.pt")
+                tasks.append(ResumeTask(name, str(path), fmt.name, dict(variant), steps, out))
+                cells.append(Cell(SPEC_ID, fmt.name, here, here, options))
         answers = _run_fresh(tasks)
         for cell, task, answer in zip(cells, tasks, answers, strict=True):
             if "unsupported" in answer:
-                results.append(CellResult(cell, Outcome.UNSUPPORTED, answer["unsupported"]))
+                results.append(CellResult(cell, Outcome.UNSUPPORTED, error=ErrorInfo.from_json(answer["unsupported"])))
             elif "error" in answer:
-                results.append(CellResult(cell, Outcome.LOAD_ERROR, answer["error"]))
+                results.append(CellResult(cell, Outcome.LOAD_ERROR, error=ErrorInfo.from_json(answer["error"])))
             else:
-                diverged = divergence(references[task.optimizer][steps:], answer["history"], steps)
-                results.append(CellResult(cell, Outcome.MISMATCH if diverged else Outcome.OK, diverged))
+                history, final = references[task.optimizer]
+                diverged = divergence(history[steps:], answer["history"], steps)
+                found = resumed_differences(final, torch.load(task.out, weights_only=True))
+                notes = [diverged] if diverged else []
+                results.append(CellResult.of(cell, found, checks=("load", "resume"), notes=notes))
     return results
+
+
+SPEC_ID = f"training-{TRAINING_SPEC.id}"
+
+
+def write_checkpoints(
+    directory: Path, formats: Iterable[Format], optimizer: str, steps: int
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """For a corpus: the training checkpoint after ``steps`` steps in each format, and beside it
+    ``reference.pt``, the uninterrupted run's state after twice as many. The checkpoint object and
+    the files written (by format name, plus "reference")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    with single_threaded():
+        trainer = trained(optimizer, steps)
+        checkpoint = copy.deepcopy(trainer.checkpoint())  # the live tensors go on training below
+        for fmt in formats:
+            written[fmt.name] = directory / f"{fmt.name}{fmt.suffix}"
+            fmt.save_object(checkpoint, written[fmt.name])
+        for _ in range(steps):
+            trainer.step()
+    written["reference"] = directory / "reference.pt"
+    with atomic_path(written["reference"]) as tmp:
+        torch.save(trainer.model.state_dict(), tmp)
+    return checkpoint, written
+
+
+def check_saved(
+    cell: Cell, fmt: Format, path: Path, records: Mapping[str, Any], reference_file: Path, steps: int, *, trusted: bool
+) -> CellResult:
+    """A training checkpoint from a corpus, loaded with ``cell``'s options: every object in it
+    against the producer's records, then resumed here and trained on, against the producer's own
+    uninterrupted run (its ``reference_file``)."""
+    options = {k: v for k, v in cell.options.items() if k not in ("check", "optimizer", "map_location")}
+    try:
+        checkpoint = fmt.load(path, options, CPU, nn.Module, trusted=trusted).state_dict
+    except (Unsupported, Untrusted) as exc:
+        return CellResult.failed(cell, Outcome.UNSUPPORTED, exc)
+    except Exception as exc:
+        return CellResult.failed(cell, Outcome.LOAD_ERROR, exc)
+    differences = compare_object_records(records, checkpoint, "checkpoint")
+    try:
+        _, model = resume_from(checkpoint, str(cell.options["optimizer"]), steps)
+        differences += resumed_differences(torch.load(str(reference_file), weights_only=True), model.state_dict())
+    except Exception as exc:
+        error = ErrorInfo.of(exc)
+        differences.append(Difference("raised", ("resume",), f"resuming raised {error}", error=error))
+    return CellResult.of(cell, differences, checks=("load", "manifest", "resume"))
 
 
 def _run_fresh(tasks: list[ResumeTask]) -> list[dict[str, Any]]:
@@ -283,7 +370,8 @@ def _run_fresh(tasks: list[ResumeTask]) -> list[dict[str, Any]]:
         if done.returncode != 0:
             err.seek(0)
             tail = " | ".join(err.read().strip().splitlines()[-3:])
-            return [{"error": f"the resuming process died (exit code {done.returncode}): {tail}"}] * len(tasks)
+            died = ErrorInfo("ProcessDied", f"the resuming process died (exit code {done.returncode}): {tail}")
+            return [{"error": died.to_json()}] * len(tasks)
     answers: list[dict[str, Any]] = json.loads(done.stdout)
     return answers
 

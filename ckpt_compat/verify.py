@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ckpt_compat.matrix import Cell, CellResult, Endpoint, Outcome
+from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 
 Progress = Callable[[str], None]
 
@@ -45,7 +46,7 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
     import torch
 
     from ckpt_compat.formats import all_formats
-    from ckpt_compat.formats.base import first_line
+    from ckpt_compat.matrix import UNAVAILABLE
     from ckpt_compat.roundtrip import Expected, SavedFile, check_file
     from ckpt_compat.specs import ModelSpec
 
@@ -58,14 +59,46 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
         return []  # the producer could not save it; its manifest says why
     reason = f"format {entry.format!r} is unknown to this ckpt-compat" if fmt is None else fmt.why_unavailable()
     if fmt is None or reason:
-        return [CellResult(Cell(entry.spec_id, entry.format, producer, here, {}), Outcome.UNSUPPORTED, reason or "")]
+        cell = Cell(entry.spec_id, entry.format, producer, here, {})
+        return [CellResult(cell, Outcome.UNSUPPORTED, error=ErrorInfo(UNAVAILABLE, reason or ""))]
+    if entry.kind != "model":
+        return _check_object(corpus, manifest, entry, trusted=trusted)
     spec = ModelSpec.from_json(manifest.specs[entry.spec])
     try:
         expected, not_built = Expected.build(spec), ""
     except Exception as exc:  # a dtype, layer or op this torch lacks: check against the manifest only
-        expected, not_built = None, first_line(exc)
+        expected, not_built = None, str(ErrorInfo.of(exc))
     saved = SavedFile(spec, fmt, corpus / entry.file, producer, expected, manifest.records(entry), trusted, not_built)
     return check_file(saved, consumers, spellings=("str",))
+
+
+def _check_object(corpus: Path, manifest: Any, entry: Any, *, trusted: bool) -> list[CellResult]:
+    """The cells of a whole-object entry: a training checkpoint, a bundle or a stream."""
+    import torch
+
+    from ckpt_compat import multiobject, training
+    from ckpt_compat.formats import get_format
+
+    fmt, path, records = get_format(entry.format), corpus / entry.file, manifest.records(entry)
+    here = Endpoint(torch.__version__, "cpu")
+    if entry.kind == "stream":
+        return [
+            multiobject.check_saved(
+                multiobject.stream_cell(fmt, manifest.producer, here), fmt, path, records, trusted=trusted
+            )
+        ]
+    results = []
+    for variant in fmt.load_variants():
+        if entry.kind == "training":
+            options = {**variant, "check": "resume", "optimizer": entry.options["optimizer"]}
+            cell = Cell(entry.spec_id, fmt.name, manifest.producer, here, options)
+            reference = corpus / str(entry.reference)
+            steps = int(entry.options["steps"])
+            results.append(training.check_saved(cell, fmt, path, records, reference, steps, trusted=trusted))
+        else:
+            cell = Cell(entry.spec_id, fmt.name, manifest.producer, here, {**variant, "check": "bundle"})
+            results.append(multiobject.check_saved(cell, fmt, path, records, trusted=trusted))
+    return results
 
 
 @functools.cache
@@ -133,7 +166,7 @@ class Worker:
         lines = [line for line in self.stderr.read().splitlines() if line.strip()]
         return " | ".join(lines[-3:])[-400:]
 
-    def run(self, task: Task) -> list[dict[str, Any]] | tuple[Outcome, str]:
+    def run(self, task: Task) -> list[dict[str, Any]] | tuple[Outcome, ErrorInfo]:
         """The task's cells as JSON, or (crash|timeout, detail) when the worker died or hung."""
         proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
         assert proc.stdin is not None and proc.stdout is not None
@@ -145,13 +178,13 @@ class Worker:
         ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
         if not ready:
             self._stop()
-            return Outcome.TIMEOUT, f"no result within {self.timeout:.0f}s; the worker was killed"
+            return Outcome.TIMEOUT, ErrorInfo("Timeout", f"no result within {self.timeout:.0f}s; the worker was killed")
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()
-            detail = f"the worker died ({_exit_reason(code)}): {self._stderr_tail()}"
+            died = ErrorInfo("ProcessDied", f"the worker died ({_exit_reason(code)}): {self._stderr_tail()}")
             self._stop()
-            return Outcome.CRASH, detail
+            return Outcome.CRASH, died
         cells: list[dict[str, Any]] = json.loads(line)["cells"]
         return cells
 
@@ -187,9 +220,10 @@ def verify(
                     continue
                 answer = worker.run(Task(str(corpus), index, trusted(corpus), tuple(consumers)))
                 if isinstance(answer, tuple):
-                    outcome, detail = answer
+                    outcome, error = answer
                     cell = Cell(entry.spec_id, entry.format, manifest.producer, Endpoint(torch.__version__, "cpu"), {})
-                    results.append(CellResult(cell, outcome, f"{corpus / entry.file}: {detail}"))
+                    message = f"{corpus / entry.file}: {error.message}"
+                    results.append(CellResult(cell, outcome, error=ErrorInfo(error.type, message)))
                 else:
                     results += [CellResult.from_json(c) for c in answer]
             ok = sum(r.outcome is Outcome.OK for r in results[before:])

@@ -99,7 +99,7 @@ def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:
     plain = str(SPECS / "plain.json")
     result = cli("check", "--spec", plain, "--formats", "faulty_torch_zip", "--out", str(out), script=WITH_FAULT)
     assert result.returncode == 1, result.stderr
-    assert "state_dict['fc.bias']: dtype: expected torch.float32, got torch.float64" in result.stdout
+    assert "state_dict['fc.bias']: dtype: dtype differs (expected float32, got float64)" in result.stdout
     reproduce = json.loads((out / "report.json").read_text())["failure"]["reproduce"]
     assert reproduce == f"ckpt-compat check --spec {out / 'failing-spec.json'}"
     again = cli(
@@ -137,3 +137,77 @@ def test_cross_version_commands_bad_input(tmp_path: Path) -> None:
     bad.write_text("[]")
     assert_usage_error(cli("gate", str(bad)), f"{bad}: not a results file")
     assert_usage_error(cli("report", str(tmp_path / "missing.json"), "--out", str(tmp_path)), "cannot read it")
+
+
+FIXTURE_EXPECTATIONS = str(Path(__file__).parents[1] / "fixtures" / "expectations.toml")
+
+
+def _evidence(known: str) -> dict[str, object]:
+    cells = json.loads((Path(__file__).with_name("evidence.json")).read_text())["cells"]
+    return next(c for c in cells if c["evidence_for"] == known)
+
+
+def _gate(
+    tmp_path: Path, name: str, *cells: dict[str, object], schema: str = "ckpt-compat/report/2"
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"schema": schema, "cells": list(cells)}))
+    return cli("gate", str(path), "--expectations", FIXTURE_EXPECTATIONS)
+
+
+def _failed(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert any(line.startswith("UNEXPLAINED") and fragment in line for line in result.stdout.splitlines()), (
+        result.stdout
+    )
+
+
+def test_the_gate_fails_every_corruption_a_known_issue_does_not_describe(tmp_path: Path) -> None:
+    import copy
+
+    mha = _evidence("torchscript-mha-math-2.4-old-to-new")
+    assert _gate(tmp_path, "evidence", mha).returncode == 0  # the real evidence passes ...
+    every = copy.deepcopy(mha)  # ... the MultiheadAttention output wrong in every element does not
+    for d in every["differences"]:  # type: ignore[union-attr]
+        d.update(elements=d["total"], max_abs=0.5, max_ulp=2**20)
+    _failed(_gate(tmp_path, "every", every), "[MultiheadAttention]")
+
+    ninth = copy.deepcopy(mha)  # eight explained differences, then a ninth no known issue explains
+    first = ninth["differences"][0]  # type: ignore[index]
+    linear = {**first, "path": ["forward", "fc", 0], "block": "Linear", "elements": 1, "total": 6}
+    ninth["differences"] = [{**first, "path": ["forward", "mha", i]} for i in range(8)] + [linear]
+    _failed(_gate(tmp_path, "ninth", ninth), "forward['fc'][0]: bytes: [Linear]")
+
+    wrong = copy.deepcopy(_evidence("torch-export-transformer-fast-path"))  # wholly wrong, same release
+    wrong["consumer"] = dict(wrong["producer"])  # type: ignore[call-overload]
+    for d in wrong["differences"]:  # type: ignore[union-attr]
+        d.update(elements=d["total"], max_abs=3.0, max_ulp=2**30)
+    _failed(_gate(tmp_path, "export", wrong), "[TransformerEncoderLayer]")
+
+    dcp = copy.deepcopy(_evidence("dcp-2.15-unreadable-by-older"))  # old -> new: not what the issue says
+    dcp["producer"], dcp["consumer"] = {"torch": "2.6.0+cu124", "device": "cpu"}, {"torch": "2.15.0", "device": "cpu"}
+    _failed(_gate(tmp_path, "dcp", dcp), "2.6.0→2.15.0 load_error")
+
+    export = copy.deepcopy(_evidence("torch-export-new-dtype-enum"))  # a bare KeyError 2.13 -> 2.15
+    export["consumer"] = {"torch": "2.15.0", "device": "cpu"}
+    _failed(_gate(tmp_path, "keyerror", export), "KeyError")
+
+
+def test_schema_1_results_are_judged_as_strictly(tmp_path: Path) -> None:
+    mha = _evidence("torchscript-mha-math-2.4-old-to-new")
+    v1 = {k: mha[k] for k in ("spec_id", "format", "producer", "consumer", "options", "outcome")}
+    cell = {**v1, "known_issue": None, "detail": mha["detail"]}
+    # Schema 1 never wrote distances, so a known issue that bounds them cannot explain it.
+    _failed(_gate(tmp_path, "v1", cell, schema="ckpt-compat/report/1"), "[MultiheadAttention]")
+    cut = {**cell, "detail": mha["detail"] + "; ... and 3 more"}
+    result = _gate(tmp_path, "v1cut", cut, schema="ckpt-compat/report/1")
+    assert result.returncode == 1 and "cut short in a schema-1 file" in result.stdout
+    refusal = {
+        **v1,
+        "format": "safetensors_file",
+        "outcome": "unsupported",
+        "known_issue": None,
+        "detail": "safetensors cannot load onto the meta device",
+        "consumer": {**mha["consumer"], "device": "meta"},
+    }  # type: ignore[dict-item]
+    assert _gate(tmp_path, "v1ok", refusal, schema="ckpt-compat/report/1").returncode == 0

@@ -18,8 +18,10 @@ def test_one_bit_is_found_with_key_path_and_index() -> None:
     b = {"layer.weight": a["layer.weight"].clone()}
     b["layer.weight"].view(-1).view(torch.int32)[7] ^= 1
     [d] = compare_state_dicts(a, b)
-    assert (d.kind, d.path) == ("bytes", "state_dict['layer.weight']")
+    assert (d.kind, d.path, d.where) == ("bytes", ("state_dict", "layer.weight"), "state_dict['layer.weight']")
     assert "1 of 12 element(s) differ, first at flat index 7" in d.detail
+    assert (d.elements, d.total, d.max_ulp) == (1, 12, 1)
+    assert d.max_abs == abs(float(a["layer.weight"].view(-1)[7] - b["layer.weight"].view(-1)[7]))
 
 
 def test_negative_zero_and_nan_payloads_count() -> None:
@@ -46,20 +48,23 @@ def test_every_difference_is_collected_then_raised_once() -> None:
     actual = {"a": torch.zeros(2), "b": torch.ones(2, dtype=torch.float64), "d": torch.ones(2)}
     with pytest.raises(Mismatch) as info:
         assert_state_dicts_equal(expected, actual)
-    found = {(d.kind, d.path) for d in info.value.differences}
+    found = {(d.kind, d.where) for d in info.value.differences}
     assert found == {
         ("bytes", "state_dict['a']"),
         ("dtype", "state_dict['b']"),
         ("missing", "state_dict['c']"),
         ("unexpected", "state_dict['d']"),
     }
+    by_kind = {d.kind: d for d in info.value.differences}
+    assert (by_kind["dtype"].expected, by_kind["dtype"].actual) == ("float32", "float64")
+    assert (by_kind["bytes"].elements, by_kind["bytes"].total, by_kind["bytes"].max_abs) == (2, 2, 1.0)
 
 
 def test_nested_outputs_have_paths() -> None:
     out = {"rnn": (torch.ones(2), (torch.ones(1), torch.zeros(1)))}
     bad = {"rnn": (torch.ones(2), (torch.ones(1), torch.ones(1)))}
-    [d] = compare_values(out, bad, "forward")
-    assert d.path == "forward['rnn'][1][1]"
+    [d] = compare_values(out, bad, ("forward",))
+    assert d.path == ("forward", "rnn", 1, 1) and d.where == "forward['rnn'][1][1]"
 
 
 def test_lost_and_invented_ties() -> None:
@@ -68,7 +73,7 @@ def test_lost_and_invented_ties() -> None:
     assert aliasing_groups(tied) == {frozenset({"embed.weight", "head.weight", "view"})}
     untied = {k: v.clone() for k, v in tied.items()}
     [d] = compare_state_dicts(tied, untied)
-    assert d.kind == "aliasing" and "no longer share" in d.detail and "embed.weight" in d.path
+    assert d.kind == "aliasing" and "no longer share" in d.detail and d.path == ("state_dict", "embed.weight")
     [d] = compare_state_dicts(untied, tied)
     assert "share one storage that were separate" in d.detail
 
@@ -87,3 +92,54 @@ def test_digest_changes_with_one_bit() -> None:
     assert digest(t) == digest(t.clone()) == digest(t.t())
     assert digest(t) != digest(u)
     assert digest(torch.zeros(0)) == digest(torch.zeros(0, 3))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits", "ulp"),
+    [(torch.float32, 1, 1), (torch.float16, 3, 3), (torch.bfloat16, 1, 1), (torch.float64, 5, 5)],
+)
+def test_ulp_distance_counts_representable_values(dtype: torch.dtype, bits: int, ulp: int) -> None:
+    a = torch.tensor([1.5, -2.0, 0.25], dtype=dtype)
+    b = a.clone()
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    b.view(ints)[1] += bits  # away from zero on a negative number: still `bits` representable steps
+    [d] = compare_values(a, b)
+    assert (d.elements, d.total, d.max_ulp) == (1, 3, ulp)
+    assert d.max_abs == pytest.approx(abs(float(a[1]) - float(b[1])))
+
+
+def test_distances_across_zero_nan_and_infinity() -> None:
+    zero = torch.tensor([0.0])
+    [d] = compare_values(zero, -zero)
+    assert (d.max_abs, d.max_ulp) == (0.0, 0.0)  # -0.0 and 0.0 differ in bytes, not in value
+    tiny = torch.tensor([0.0]).view(torch.int32).add(1).view(torch.float32)
+    [d] = compare_values(-tiny, tiny)
+    assert d.max_ulp == 2  # the smallest subnormals either side of zero are two steps apart
+    [d] = compare_values(torch.tensor([1.0]), torch.tensor([float("nan")]))
+    assert d.max_abs == float("inf")
+    [d] = compare_values(torch.tensor([1, 5], dtype=torch.int64), torch.tensor([1, -3], dtype=torch.int64))
+    assert (d.max_abs, d.max_ulp) == (8.0, None)
+    [d] = compare_values(torch.tensor([True]), torch.tensor([False]))
+    assert (d.elements, d.max_abs, d.max_ulp) == (1, None, None)
+
+
+def test_complex_distances_are_per_component() -> None:
+    a = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64)
+    b = a.clone()
+    torch.view_as_real(b)[1, 1] = -1.5
+    [d] = compare_values(a, b)
+    assert (d.elements, d.total, d.max_abs) == (1, 2, 0.5)
+
+
+def test_a_difference_survives_json() -> None:
+    from ckpt_compat.compare import Difference
+
+    a = torch.tensor([1.0, float("nan")])
+    [d] = compare_values(a, torch.tensor([2.0, 0.0]), ("forward", "rnn", 0))
+    d = d.with_block("LSTM")
+    again = Difference.from_json(d.to_json())
+    assert again == d and again.max_abs == float("inf") and again.block == "LSTM"
+    with pytest.raises(ValueError, match="unknown difference kind"):
+        Difference.from_json({**d.to_json(), "kind": "vibes"})
+    with pytest.raises(ValueError, match="key path"):
+        Difference.from_json({**d.to_json(), "path": ["x", 1.5]})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckpt_compat import distributed
-from ckpt_compat.matrix import Outcome
+from ckpt_compat.results import Outcome
 from ckpt_compat.specs import build
 from tests.faults import flip_bit
 
@@ -33,4 +33,5 @@ def test_a_corrupted_shard_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(distributed, "_world", save_then_corrupt)
     results = distributed.check_reshard(tmp_path, load_worlds=(1,))
     assert results[0].outcome is Outcome.MISMATCH
-    assert results[0].detail.startswith("state_dict['fc.weight']: bytes: 1 of 60 element(s) differ")
+    [d] = results[0].differences
+    assert (d.kind, d.path, d.elements, d.total) == ("bytes", ("state_dict", "fc.weight"), 1, 60)

@@ -116,7 +116,12 @@ def test_torchscript_round_trips_block_by_block(tmp_path: Path) -> None:
         "torchscript_trace[loader=torch.load,weights_only=False]",
     } <= ok
     refused = [r for r in results if r.cell.options.get("weights_only") is True]
-    assert refused and all(r.outcome.value == "unsupported" and "torch.jit.load" in r.detail for r in refused)
+    from ckpt_compat.formats.torchscript import torch_load_refuses_torchscript
+
+    if torch_load_refuses_torchscript():
+        assert refused and all(r.outcome.value == "unsupported" and "torch.jit.load" in r.detail for r in refused)
+    else:  # torch <= 2.5: torch.load ran the archive's code under weights_only=True (CVE-2025-32434)
+        assert refused and all(r.outcome.value == "unsafe" for r in refused)
     assert get_format("torchscript_script").deprecated
 
 
@@ -126,7 +131,7 @@ def test_torchscript_keeps_non_persistent_buffers_and_says_so(tmp_path: Path) ->
     spec = bag({"name": "hidden", "role": "buffer", "dtype": "float32", "shape": [3], "persistent": False})
     [cell] = check_spec(spec, [get_format("torchscript_script")], tmp_path, consumers=["cpu"])[:1]
     assert cell.outcome.value == "keys"
-    assert "state_dict['bag.hidden']: unexpected: a non-persistent buffer came back as a persistent" in cell.detail
+    assert ("persisted", ("state_dict", "bag.hidden")) in {(d.kind, d.path) for d in cell.differences}
 
 
 def test_torch_export_round_trips_state_and_program(tmp_path: Path) -> None:
@@ -138,7 +143,8 @@ def test_torch_export_round_trips_state_and_program(tmp_path: Path) -> None:
     results = check_spec(load("tied"), [fmt], tmp_path, consumers=["cpu", "meta"])
     by_device = {r.cell.consumer.device: r for r in results}
     assert by_device["cpu"].outcome.value == "ok", by_device["cpu"].detail
-    assert by_device["meta"].outcome.value == "unsupported" and "map_location" in by_device["meta"].detail
+    meta = by_device["meta"]
+    assert meta.outcome.value == "unsupported" and meta.error is not None and "map_location" in meta.error.message
     assert fmt.heavy
 
 
@@ -174,4 +180,5 @@ def test_onnx_initializers_bitwise_and_runtime_outputs_within_tolerance(tmp_path
     assert cell.outcome.value == "ok", cell.detail
     faulty = Faulty("onnx", after_save=flip_bit_of("lm.head.bias", byte=3, bit=6))
     [bad] = check_spec(load("tied"), [faulty], tmp_path, consumers=["cpu"])
-    assert bad.outcome.value == "mismatch" and "state_dict['lm.head.bias']: bytes" in bad.detail
+    assert bad.outcome.value == "mismatch"
+    assert ("bytes", ("state_dict", "lm.head.bias")) in {(d.kind, d.path) for d in bad.differences}

@@ -5,8 +5,8 @@ from typing import Any
 
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import get_format
-from ckpt_compat.matrix import Outcome
 from ckpt_compat.propcheck import run_property
+from ckpt_compat.results import Outcome
 from ckpt_compat.roundtrip import check_spec
 from tests.faults import Faulty
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_compat.formats import get_format
-from ckpt_compat.matrix import Outcome
+from ckpt_compat.results import Outcome
 from ckpt_compat.training import OPTIMIZERS, check_training, divergence, reference
 
 
@@ -25,7 +25,8 @@ def test_every_optimizer_resumes_bit_for_bit(full: list) -> None:
 def test_safe_loading_names_the_refused_numpy_global(full: list) -> None:
     safe = [r for r in full if r.cell.options.get("weights_only") is True]
     assert safe and all(r.outcome is Outcome.UNSUPPORTED for r in safe)
-    assert all("numpy" in r.detail and "add_safe_globals" in r.detail for r in safe)
+    assert all(r.error is not None and (r.error.refused_global or "").startswith("numpy.") for r in safe)
+    assert all("add_safe_globals" in r.error.message for r in safe if r.error is not None)
 
 
 @pytest.mark.parametrize(
@@ -34,12 +35,14 @@ def test_safe_loading_names_the_refused_numpy_global(full: list) -> None:
 def test_leaving_state_out_is_caught_with_step_and_tensor(omit: str, optimizer: str, tmp_path: Path) -> None:
     results = check_training([get_format("torch_zip")], tmp_path, omit=[omit], optimizers=[optimizer])
     [cell] = [r for r in results if r.cell.options.get("weights_only") is False]
-    assert cell.outcome is Outcome.MISMATCH
-    assert cell.detail.startswith("diverged at step 4: first tensor '") and cell.cell.options["omitted"] == omit
+    assert cell.outcome is Outcome.MISMATCH and cell.cell.options["omitted"] == omit
+    assert cell.notes[0].startswith("diverged at step 4: first tensor '")
+    assert cell.differences and {d.root for d in cell.differences} == {"resume"}
+    assert all(d.kind == "bytes" and d.elements and d.max_abs for d in cell.differences)
 
 
 def test_divergence_names_first_step_and_tensor() -> None:
-    want = reference("adam", 4)
+    want, _ = reference("adam", 4)
     assert divergence(want[2:], want[2:], 2) == ""
     got = [dict(want[2]), {**want[3], "rnn.weight_hh_l0": "x"}]
     assert (
@@ -51,4 +54,5 @@ def test_divergence_names_first_step_and_tensor() -> None:
 def test_tensor_only_formats_say_they_cannot_hold_training_state(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
     [cell] = check_training([get_format("safetensors_file")], tmp_path)
-    assert cell.outcome is Outcome.UNSUPPORTED and "cannot hold a training checkpoint" in cell.detail
+    assert cell.outcome is Outcome.UNSUPPORTED and cell.error is not None
+    assert "cannot hold a training checkpoint" in cell.error.message

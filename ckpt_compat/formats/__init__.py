@@ -66,7 +66,8 @@ def get_format(name: str) -> Format:
 
 
 def available_formats() -> list[Format]:
-    return [f for f in all_formats().values() if f.why_unavailable() is None]
+    """Formats this torch can both write and read: what a round trip runs."""
+    return [f for f in all_formats().values() if f.why_not_usable() is None]
 
 
 def parse_format_list(text: str) -> list[Format]:
@@ -76,7 +77,7 @@ def parse_format_list(text: str) -> list[Format]:
         raise UnknownFormat(f"no format named in {text!r}; known: {', '.join(all_formats())}")
     chosen = [get_format(n) for n in names]
     for f in chosen:
-        reason = f.why_unavailable()
+        reason = f.why_not_usable()
         if reason:
             raise Unsupported(f"format {f.name!r} is unavailable here: {reason}")
     return chosen

@@ -36,6 +36,10 @@ class Loaded:
     absent: Mapping[str, str] | None = None
     # ``call`` returns the outputs flattened (ONNX) rather than nested like the model's forward.
     flat_outputs: bool = False
+    # Set when the load ran a loader that can execute code although the options asked for one
+    # that cannot (torch <= 2.5 hands TorchScript archives to torch.jit.load under
+    # weights_only=True): what happened, in words. The cell's outcome is then `unsafe`.
+    unsafe: str | None = None
 
 
 ModelFactory = Callable[[], nn.Module]
@@ -61,8 +65,16 @@ class Format(abc.ABC):
     output_tolerance: ClassVar[tuple[float, float] | None] = None
 
     def why_unavailable(self) -> str | None:
-        """None when usable with the running torch and installed packages, else the reason."""
+        """None when this torch and the installed packages can read the format, else the reason."""
         return None
+
+    def why_unable_to_save(self) -> str | None:
+        """None when they can also write it (a reader may be older than the writer needs)."""
+        return self.why_unavailable()
+
+    def why_not_usable(self) -> str | None:
+        """Why a round trip (save, then load) cannot run here, or None."""
+        return self.why_unavailable() or self.why_unable_to_save()
 
     def load_variants(self) -> list[dict[str, Any]]:
         """The load options worth checking, e.g. ``[{"weights_only": True}, {..., "mmap": True}]``."""

@@ -8,6 +8,8 @@ a reader never sees half of one. DCP documents no compatibility across torch ver
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
+from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported
 
 CAVEAT = "torch.distributed.checkpoint documents no compatibility across torch versions"
 
@@ -30,12 +33,53 @@ def _why_unavailable() -> str | None:
         return f"torch {torch.__version__} was built without torch.distributed"
     try:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import format_utils  # noqa: F401
     except ImportError as exc:
-        return f"torch {torch.__version__} has no torch.distributed.checkpoint.format_utils ({exc})"
-    if not hasattr(dcp, "save") or not hasattr(dcp, "load"):
-        return f"torch {torch.__version__} has no torch.distributed.checkpoint.save/load (added in 2.2)"
+        return f"torch {torch.__version__} has no torch.distributed.checkpoint ({exc})"
+    if not _takes_checkpoint_id() and not hasattr(dcp, "save_state_dict"):
+        return f"torch {torch.__version__} has no torch.distributed.checkpoint.save or save_state_dict"
     return None
+
+
+def _why_no_format_utils() -> str | None:
+    try:
+        from torch.distributed.checkpoint import format_utils  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.distributed.checkpoint.format_utils (added in 2.3)"
+    return None
+
+
+def _takes_checkpoint_id() -> bool:
+    """dcp.save / dcp.load(checkpoint_id=...) arrived in 2.3; before, a storage writer or reader."""
+    import torch.distributed.checkpoint as dcp
+
+    save = getattr(dcp, "save", None)
+    return save is not None and "checkpoint_id" in inspect.signature(save).parameters
+
+
+def dcp_save(state: dict[str, Any], path: Path) -> None:
+    """Save ``state`` as a DCP checkpoint from this one process, with the API this torch has."""
+    import torch.distributed.checkpoint as dcp
+
+    if _takes_checkpoint_id():
+        dcp.save(state, checkpoint_id=str(path))  # type: ignore[attr-defined]
+        return
+    logging.getLogger("torch.distributed.checkpoint._dedup_tensors").setLevel(logging.WARNING)  # logs every save
+    # torch 2.0-2.2: save_state_dict, where one process without a process group says no_dist.
+    save = getattr(dcp, "save_state_dict")  # noqa: B009 - not in the typed stubs
+    save(state, storage_writer=getattr(dcp, "FileSystemWriter")(str(path)), no_dist=True)  # noqa: B009
+
+
+def dcp_load(template: dict[str, Any], path: Path) -> None:
+    """Fill ``template``'s tensors from a DCP checkpoint, with the API this torch has."""
+    import torch.distributed.checkpoint as dcp
+
+    if _takes_checkpoint_id():
+        dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
+        return
+    # torch 2.0-2.2: load_state_dict. (2.2's new dcp.load ignores no_dist and all-gathers the keys
+    # over a default process group that one process does not have.)
+    load = getattr(dcp, "load_state_dict")  # noqa: B009 - not in the typed stubs
+    load(template, storage_reader=getattr(dcp, "FileSystemReader")(str(path)), no_dist=True)  # noqa: B009
 
 
 @contextlib.contextmanager
@@ -52,8 +96,13 @@ def _ordinary_errors() -> Iterator[None]:
         failures = getattr(exc, "failures", None) or {}
         rank, (inner, *_) = next(iter(failures.items()), (None, (None,)))
         if isinstance(inner, BaseException):
-            raise RuntimeError(f"{type(exc).__name__} on rank {rank}: {first_line(inner)}") from exc
-        raise RuntimeError(" ".join(str(exc).split())[:400] or type(exc).__name__) from exc
+            raise CheckpointException(f"rank {rank} failed: {ErrorInfo.of(inner)}") from inner
+        raise CheckpointException(str(exc)) from exc
+
+
+class CheckpointException(Exception):
+    """DCP's CheckpointException (a BaseException) as an ordinary error; its cause is the first
+    failing rank's own exception."""
 
 
 @contextlib.contextmanager
@@ -87,21 +136,23 @@ class DCP(Format):
         return _why_unavailable()
 
     def load_variants(self) -> list[dict[str, Any]]:
-        return [{"loader": "dcp.load"}, {"loader": "dcp_to_torch_save"}]
+        variants = [{"loader": "dcp.load"}]
+        if _why_no_format_utils() is None:
+            variants.append({"loader": "dcp_to_torch_save"})
+        return variants
 
     def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
-
         state = dict(model.state_dict())
         with atomic_dir(path) as tmp, warnings.catch_warnings(), _ordinary_errors():
             warnings.simplefilter("ignore")
             if self.via_torch_save:
+                from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
                 with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
                     torch.save(state, Path(scratch) / "state.pt")
                     torch_save_to_dcp(str(Path(scratch) / "state.pt"), str(tmp))
             else:
-                dcp.save(state, checkpoint_id=str(tmp))  # type: ignore[attr-defined]
+                dcp_save(state, tmp)
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:  # pragma: no cover - save() overrides
         raise NotImplementedError
@@ -115,14 +166,13 @@ class DCP(Format):
         *,
         trusted: bool,
     ) -> Loaded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
         if map_location.target == "meta":
             raise Unsupported("DCP loads into existing tensors; meta tensors have no storage to load into")
         with warnings.catch_warnings(), _ordinary_errors():
             warnings.simplefilter("ignore")
             if options.get("loader") == "dcp_to_torch_save":
+                from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
                 with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
                     dcp_to_torch_save(str(path), str(Path(scratch) / "state.pt"))
                     state = torch.load(
@@ -131,7 +181,7 @@ class DCP(Format):
                 return Loaded(state)
             model = fresh_model()
             template = dict(model.state_dict())
-            dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
+            dcp_load(template, path)
             return Loaded(template, model)
 
 
@@ -139,6 +189,9 @@ class DCPFromTorchSave(DCP):
     name = "dcp_from_torch_save"
     description = "torch.save(state_dict) -> format_utils.torch_save_to_dcp -> DCP load"
     via_torch_save = True
+
+    def why_unable_to_save(self) -> str | None:
+        return self.why_unavailable() or _why_no_format_utils()
 
     def load_variants(self) -> list[dict[str, Any]]:
         return [{"loader": "dcp.load"}]

@@ -28,10 +28,18 @@ RTOL, ATOL = 1e-4, 1e-5
 def _why_unavailable() -> str | None:
     try:
         import onnx  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not importable; pip install 'ckpt-compat[onnx]'"
+    return None
+
+
+def _why_unable_to_save() -> str | None:
+    try:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         return f"{exc.name} is not importable; pip install 'ckpt-compat[onnx]'"
-    if not hasattr(torch, "onnx") or "dynamo" not in torch.onnx.export.__code__.co_varnames:
+    export = getattr(getattr(torch, "onnx", None), "export", None)
+    if export is None or "dynamo" not in inspect.signature(export).parameters:
         return f"torch {torch.__version__} has no dynamo-based torch.onnx.export"
     return None
 
@@ -48,6 +56,9 @@ class ONNX(Format):
 
     def why_unavailable(self) -> str | None:
         return _why_unavailable()
+
+    def why_unable_to_save(self) -> str | None:
+        return _why_unavailable() or _why_unable_to_save()
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         from ckpt_compat.loading import leaf_blocks
@@ -111,7 +122,8 @@ def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
     """The initializer's bytes as a tensor of the state dict's dtype (numpy has no bfloat16)."""
     if array.size == 0:
         return torch.empty(array.shape, dtype=dtype)
-    if array.dtype.itemsize != dtype.itemsize:  # a different dtype: the comparison reports it
+    # Another item size is another dtype, which the comparison reports. (torch.dtype.itemsize: 2.1+.)
+    if array.dtype.itemsize != torch.empty((), dtype=dtype).element_size():
         return torch.from_numpy(array.copy())
     raw = torch.frombuffer(bytearray(array.tobytes()), dtype=torch.uint8)
     return raw.view(dtype).reshape(array.shape)

@@ -7,6 +7,7 @@ Checked: the program's state dict, its constants (non-persistent buffers) and th
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,9 +45,12 @@ class TorchExport(Format):
             # are then what the program records, as eager inference would run them.
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
+                logging.disable(logging.CRITICAL)  # the tracer logs its failures too; they are raised here
                 program = torch.export.export(model, (inputs,))
         except Exception as exc:
             raise Unsupported(f"torch.export cannot export this model — {first_line(exc)}") from exc
+        finally:
+            logging.disable(logging.NOTSET)
         torch.export.save(program, str(path))
 
     def load(

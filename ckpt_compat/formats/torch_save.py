@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -15,6 +14,7 @@ from torch import nn
 
 from ckpt_compat.atomic import atomic_path
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.errorinfo import refused_global
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted, require_state_dict
 
 
@@ -30,9 +30,10 @@ def default_weights_only() -> bool:
     return bool(decide(None)) if decide is not None else False
 
 
-_REFUSED_GLOBAL = re.compile(
-    r"(?:Unsupported global: GLOBAL|Unsupported class|Trying to load unsupported GLOBAL) ?([\w.]+)"
-)
+def resolved_weights_only(options: Mapping[str, Any]) -> bool:
+    """What a cell's ``weights_only`` option (True, False or "default") means on the running torch."""
+    requested = options.get("weights_only", True)
+    return default_weights_only() if requested == "default" else bool(requested)
 
 
 def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location: MapLocation, *, trusted: bool) -> Any:
@@ -41,7 +42,7 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
     ``weights_only`` is True, False, or "default" (not passed: what users get by default).
     """
     requested = options.get("weights_only", True)
-    weights_only = default_weights_only() if requested == "default" else bool(requested)
+    weights_only = resolved_weights_only(options)
     if not weights_only and not trusted:
         raise Untrusted(
             f"{path}: refusing torch.load(weights_only=False) on a file this run did not write; "
@@ -55,7 +56,8 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
             raise Unsupported(f"torch {torch.__version__}: torch.load has no mmap option (added in 2.1)")
         kwargs["mmap"] = True
     try:
-        return torch.load(path, **kwargs)
+        # str, not Path: torch.load(mmap=True) took only str filenames before 2.3 (pytorch#116103).
+        return torch.load(str(path) if isinstance(path, Path) else path, **kwargs)
     except RuntimeError as exc:
         if options.get("mmap") and "mmap can only be used with files saved with" in str(exc):
             raise Unsupported(
@@ -63,9 +65,8 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
             ) from exc
         raise
     except pickle.UnpicklingError as exc:
-        refused = _REFUSED_GLOBAL.search(str(exc))
-        if weights_only and refused:
-            name = refused.group(1)
+        name = refused_global(str(exc))
+        if weights_only and name:
             default = " (the weights_only default is True since torch 2.6)" if requested == "default" else ""
             raise Unsupported(
                 f"weights_only=True refuses to unpickle {name}{default} — "

@@ -8,6 +8,8 @@ archive holds the whole state and a compiled forward for each block.
 
 from __future__ import annotations
 
+import functools
+import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +19,8 @@ import torch
 from torch import nn
 
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
-from ckpt_compat.formats.torch_save import torch_load
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted, first_line
+from ckpt_compat.formats.torch_save import resolved_weights_only, torch_load
 
 DEPRECATED = "TorchScript (torch.jit) is deprecated upstream in favour of torch.export"
 
@@ -105,18 +107,57 @@ class TorchScript(Format):
             return self._load(path, options, map_location, trusted=trusted)
 
     def _load(self, path: Path, options: Mapping[str, Any], map_location: MapLocation, *, trusted: bool) -> Loaded:
-        if options.get("loader") == "torch.load":
-            try:
-                module = torch_load(path, options, map_location, trusted=trusted)
-            except RuntimeError as exc:
-                if "weights_only" in str(exc) and "TorchScript" in str(exc):
-                    raise Unsupported(
-                        "torch.load(weights_only=True) refuses TorchScript archives by design — use torch.jit.load"
-                    ) from exc
-                raise
-        else:
+        if options.get("loader") != "torch.load":
+            if not trusted:
+                raise Untrusted(
+                    f"{path}: refusing torch.jit.load on a file this run did not write: it runs the archive's "
+                    "code; pass --trust if you trust where it came from"
+                )
             module = torch.jit.load(str(path), map_location=map_location.resolve())  # type: ignore[no-untyped-call]
-        return Loaded(module.state_dict(), module)
+            return Loaded(module.state_dict(), module)
+        weights_only = resolved_weights_only(options)
+        if weights_only and not trusted and not torch_load_refuses_torchscript():
+            raise Untrusted(
+                f"{path}: refusing torch.load on a TorchScript archive from a file this run did not write: torch "
+                f"{torch.__version__} hands it to torch.jit.load even with weights_only=True, which runs its code "
+                "(CVE-2025-32434); pass --trust if you trust where it came from"
+            )
+        try:
+            module = torch_load(path, options, map_location, trusted=trusted)
+        except RuntimeError as exc:
+            if "weights_only" in str(exc) and "TorchScript" in str(exc):
+                raise Unsupported(
+                    "torch.load(weights_only=True) refuses TorchScript archives by design — use torch.jit.load"
+                ) from exc
+            raise
+        unsafe = None
+        if weights_only:  # the safe unpickler cannot build a ScriptModule: torch.jit.load ran instead
+            unsafe = (
+                f"torch {torch.__version__}: torch.load(weights_only=True) ran torch.jit.load on a TorchScript "
+                "archive, which executes its code (CVE-2025-32434)"
+            )
+        return Loaded(module.state_dict(), module, unsafe=unsafe)
+
+
+@functools.cache
+def torch_load_refuses_torchscript() -> bool:
+    """Whether the running torch.load(weights_only=True) refuses a TorchScript archive (2.6 and
+    later) rather than handing it to torch.jit.load. Probed on an archive made here."""
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Probe()), buffer)
+        buffer.seek(0)
+        try:
+            torch.load(buffer, weights_only=True)
+        except Exception:
+            return True
+    return False
 
 
 class TorchTrace(TorchScript):

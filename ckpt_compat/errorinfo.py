@@ -1,0 +1,86 @@
+"""What an exception was, typed: its class, its whole message, the global a safe unpickler
+refused, and the error it wraps. A cell keeps this instead of a line of text, so a known issue
+is matched on the exception type and message as raised, and reports cut nothing short.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# How torch's weights_only unpickler names a global it refuses, across releases 2.0-2.15.
+_REFUSED_GLOBAL = re.compile(
+    r"(?:Unsupported global: GLOBAL|Unsupported class|Trying to load unsupported GLOBAL) ?([\w.]+)"
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, colour codes removed; nothing is cut."""
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def refused_global(message: str) -> str | None:
+    """The global torch's safe unpickler refused, named in its error message, if any."""
+    found = _REFUSED_GLOBAL.search(message)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    type: str  # the exception's class name: RuntimeError, KeyError, Unsupported, CheckpointException, ...
+    message: str  # its whole message, on one line
+    refused_global: str | None = None
+    cause: ErrorInfo | None = None  # what it wraps: a rank's error inside CheckpointException, ...
+
+    @classmethod
+    def of(cls, exc: BaseException, *, cause: BaseException | None = None) -> ErrorInfo:
+        """From a live exception. ``cause`` defaults to the exception's own ``__cause__``."""
+        inner = cause if cause is not None else exc.__cause__
+        wrapped = cls.of(inner) if inner is not None and inner is not exc else None
+        message = one_line(str(exc))
+        # A refusal re-raised in other words still names the global the unpickler refused.
+        refused = refused_global(message) or (wrapped.refused_global if wrapped else None)
+        return cls(type(exc).__name__, message, refused, wrapped)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+    def chain(self) -> list[ErrorInfo]:
+        """This error, then what it wraps, outermost first."""
+        out: list[ErrorInfo] = []
+        at: ErrorInfo | None = self
+        while at is not None:
+            out.append(at)
+            at = at.cause
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.refused_global:
+            out["refused_global"] = self.refused_global
+        if self.cause is not None:
+            out["cause"] = self.cause.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ErrorInfo:
+        if not isinstance(data, Mapping) or not isinstance(data.get("type"), str):
+            raise ValueError(f"an error needs a type, got {data!r}")
+        message = data.get("message", "")
+        if not isinstance(message, str):
+            raise ValueError(f"an error message is text, got {message!r}")
+        refused = data.get("refused_global")
+        return cls(
+            data["type"],
+            message,
+            refused if isinstance(refused, str) else None,
+            cls.from_json(data["cause"]) if data.get("cause") is not None else None,
+        )
+
+
+def short(text: str, limit: int = 400) -> str:
+    """For terminals and table cells only: never for anything that is judged."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

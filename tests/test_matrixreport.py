@@ -1,0 +1,71 @@
+"""matrix.md (the release view), matrix.json, junit.xml and the gate's lines, from judged cells."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from ckpt_compat.compare import Difference
+from ckpt_compat.expectations import Expectations, gate
+from ckpt_compat.matrixreport import gate_lines, pairs_in_words, write_matrix
+from ckpt_compat.results import Outcome
+from tests.test_matrix import KNOWN, _r, sample
+
+RELEASES = ["2.0.1", "2.2.2", "2.4.1", "2.6.0", "2.8.0"]
+
+
+def test_release_pairs_in_words() -> None:
+    pairs = {("2.8.0", "2.0.1"), ("2.8.0", "2.2.2"), ("2.8.0", "2.4.1"), ("2.6.0", "2.0.1"), ("2.6.0", "2.2.2")}
+    assert pairs_in_words(pairs, RELEASES) == "2.6.0 → 2.0.1, 2.2.2; 2.8.0 → 2.0.1\u20132.4.1"
+    assert pairs_in_words({("2.4.1", "2.0.1"), ("2.6.0", "2.0.1"), ("2.8.0", "2.0.1")}, RELEASES) == (
+        "2.4.1\u20132.8.0 → 2.0.1"
+    )
+
+
+def _results() -> list:
+    wrong = Difference("bytes", ("state_dict", "w"), "", elements=1, total=4, max_abs=1.0, max_ulp=1)
+    return [
+        *sample(unsafe_on="2.2.2"),
+        _r("safetensors_file", "2.2.2", "2.13.0"),
+        _r("safetensors_file", "2.13.0", "2.13.0", Outcome.MISMATCH, differences=(wrong,), spec="bad"),
+    ]
+
+
+def test_the_release_view_and_its_siblings_say_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "known.toml"
+    path.write_text(KNOWN)
+    verdict = gate(_results(), Expectations.load([path]), stale_if=lambda e: False)
+    md, js, junit = write_matrix(verdict, tmp_path / "out")
+    text = md.read_text()
+    assert text.startswith("# ckpt-compat: what changes with torch versions\n")
+    assert "**Gate FAILED**: 10 cells; 1 unexplained, ‼️ 1 unsafe" in text
+    findings = text.split("## Cross-version findings")[1]
+    assert "❌ **a dtype the consumer lacks**: 2.13.0 → 2.2.2" in findings
+    assert "‼️ silent **a block's math changed**: 2.2.2 → 2.13.0" in findings
+    assert "‼️ unsafe **runs code**: 2.2.2 → 2.2.2" in findings
+    assert "## ‼️ Unexplained (1 cells)" in text and "| 2.13.0 → 2.13.0 | safetensors_file `bad`" in text
+    data = json.loads(js.read_text())
+    assert (data["passed"], data["unexplained"], data["unsafe"]) == (False, 1, 1)
+    pairs = {(p["producer"], p["consumer"]): p for p in data["formats"]["torch_zip"]["pairs"]}
+    assert pairs["2.13.0", "2.2.2"]["status"] == "break" and pairs["2.13.0", "2.2.2"]["causes"] == ["new-dtype"]
+    assert {f["id"] for f in data["findings"]} == {"new-dtype", "math-changed", "runs-code"}
+    suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
+    cases = {c.get("name"): c for c in suites["torchscript_script"].iter("testcase")}
+    assert set(cases) == {"2.2.2 -> 2.2.2", "2.13.0 -> 2.13.0", "2.2.2 -> 2.13.0"}  # one per producer x consumer
+    assert cases["2.2.2 -> 2.2.2"].find("failure").get("type") == "unsafe"  # type: ignore[union-attr]
+    assert cases["2.2.2 -> 2.13.0"].find("skipped") is not None
+    assert suites["safetensors_file"].get("failures") == "1"
+
+
+def test_gate_lines_name_each_unexplained_part_and_each_unsafe_load(tmp_path: Path) -> None:
+    path = tmp_path / "known.toml"
+    path.write_text(KNOWN)
+    verdict = gate(_results(), Expectations.load([path]), stale_if=lambda e: e.id == "old-consumer-bug")
+    lines = gate_lines(verdict)
+    assert lines[0].startswith(
+        "UNEXPLAINED safetensors_file 2.13.0→2.13.0 mismatch (1 cell(s)): state_dict['w']: bytes"
+    )
+    assert "‼️ UNSAFE torchscript_script[weights_only] loaded by torch 2.2.2 (1 cell(s); runs-code)" in lines
+    assert any(line.startswith("stale expectation old-consumer-bug") for line in lines)
+    assert lines[-1] == "gate FAILED: 10 cells, 3 non-ok explained, 1 unexplained, 1 unsafe"
