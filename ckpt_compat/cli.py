@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=200,
         metavar="N",
-        help="hypothesis examples (model specs) to draw (default: 200, about 15 s on 2 cores)",
+        help="hypothesis examples (model specs) to draw (default: 200, about a minute on 2 cores)",
     )
     run.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0, reproducible)")
     run.add_argument(

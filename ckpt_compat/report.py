@@ -120,11 +120,12 @@ class Report:
         unsafe = [j for j in self.judgements if j.unsafe]
         if unsafe:
             lines += ["", "## ‼️ Unsafe loads", ""]
-            variants = Counter(j.result.cell.variant for j in unsafe)
-            lines += [
-                f"- ‼️ `{v}`: {n} cell(s): {_md(unsafe[0].result.notes[0] if unsafe[0].result.notes else '')}"
-                for v, n in variants.items()
-            ]
+            by_variant: dict[str, list[Judgement]] = {}
+            for j in unsafe:
+                by_variant.setdefault(j.result.cell.variant, []).append(j)
+            for variant, group in by_variant.items():
+                why = next((n for n in group[0].result.notes if n.startswith("UNSAFE")), "")
+                lines.append(f"- ‼️ `{variant}`: {len(group)} cell(s): {_md(why)}")
         known: Counter[str] = Counter(i for j in self.judgements if j.result.not_ok and j.explained for i in j.causes)
         if known:
             lines += ["", "## Known issues seen", ""]
