@@ -138,8 +138,8 @@ def test_torch_export_round_trips_state_and_program(tmp_path: Path) -> None:
     from ckpt_compat.roundtrip import check_spec
 
     fmt = get_format("torch_export")
-    if fmt.why_unavailable():
-        pytest.skip(fmt.why_unavailable() or "")
+    if fmt.why_not_usable():
+        pytest.skip(fmt.why_not_usable() or "")
     results = check_spec(load("tied"), [fmt], tmp_path, consumers=["cpu", "meta"])
     by_device = {r.cell.consumer.device: r for r in results}
     assert by_device["cpu"].outcome.value == "ok", by_device["cpu"].detail
@@ -152,13 +152,15 @@ def test_dcp_round_trips_both_directions_and_writes_a_directory(tmp_path: Path) 
     from ckpt_compat.roundtrip import check_spec
 
     fmt = get_format("dcp")
-    if fmt.why_unavailable():
-        pytest.skip(fmt.why_unavailable() or "")
-    results = check_spec(load("tied"), [fmt, get_format("dcp_from_torch_save")], tmp_path, consumers=["cpu"])
+    if fmt.why_not_usable():
+        pytest.skip(fmt.why_not_usable() or "")
+    # torch 2.0-2.2 have DCP save/load but no format_utils: no conversions there, in either direction.
+    converts = get_format("dcp_from_torch_save").why_not_usable() is None
+    formats = [fmt, get_format("dcp_from_torch_save")] if converts else [fmt]
+    results = check_spec(load("tied"), formats, tmp_path, consumers=["cpu"])
     assert {r.cell.variant for r in results if r.outcome.value == "ok"} == {
         "dcp[loader=dcp.load]",
-        "dcp[loader=dcp_to_torch_save]",
-        "dcp_from_torch_save[loader=dcp.load]",
+        *(["dcp[loader=dcp_to_torch_save]", "dcp_from_torch_save[loader=dcp.load]"] if converts else []),
     }
     assert fmt.caveat and "cross" not in fmt.name
     spec = load("plain")
@@ -173,8 +175,8 @@ def test_onnx_initializers_bitwise_and_runtime_outputs_within_tolerance(tmp_path
     from tests.faults import Faulty, flip_bit_of
 
     fmt = get_format("onnx")
-    if fmt.why_unavailable():
-        pytest.skip(fmt.why_unavailable() or "")
+    if fmt.why_not_usable():
+        pytest.skip(fmt.why_not_usable() or "")
     pytest.importorskip("onnxruntime")
     [cell] = check_spec(load("tied"), [fmt], tmp_path, consumers=["cpu"])
     assert cell.outcome.value == "ok", cell.detail

@@ -25,8 +25,8 @@ from tests.samples import load
 )
 def test_every_format_is_recognised(fmt: str, says: str, tmp_path: Path) -> None:
     f = get_format(fmt)
-    if f.why_unavailable():
-        pytest.skip(f.why_unavailable() or "")
+    if f.why_not_usable():
+        pytest.skip(f.why_not_usable() or "")
     spec = load("plain")
     f.save(build(spec), tmp_path / f"m{f.suffix}", example_inputs(spec))
     assert says in identify(tmp_path / f"m{f.suffix}")

@@ -22,6 +22,10 @@ def _primary(results: list) -> object:
 
 
 def test_clean_rich_spec_is_ok_or_explained(tmp_path: Path) -> None:
+    from ckpt_compat.dtypes import why_unsupported
+
+    if why_unsupported("uint32"):  # the rich spec holds every dtype of torch >= 2.3
+        pytest.skip(str(why_unsupported("uint32")))
     expectations = Expectations.load()
     results = check_spec(load("rich"), available_formats(), tmp_path)
     assert results
@@ -37,8 +41,8 @@ def test_clean_rich_spec_is_ok_or_explained(tmp_path: Path) -> None:
 def test_one_bit_flipped_in_the_file_is_a_mismatch_at_that_key(inner: str, tmp_path: Path) -> None:
     # The sign bit of element 0 (float32, little-endian): the forward output must change too.
     fmt = Faulty(inner, after_save=flip_bit_of("fc.weight", byte=3, bit=7))
-    if fmt.inner.why_unavailable():
-        pytest.skip(fmt.inner.why_unavailable() or "")
+    if fmt.inner.why_not_usable():
+        pytest.skip(fmt.inner.why_not_usable() or "")
     cells = check_spec(load("plain"), [fmt], tmp_path, consumers=["cpu"])
     assert cells and all(r.outcome is Outcome.MISMATCH for r in cells)
     for r in cells:

@@ -25,7 +25,7 @@ FORMATS = ("torch_zip", "torch_legacy", "safetensors_model")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     specs = {k: v for k, v in corpus_specs().items() if k in SPECS}
-    produce(root, [get_format(f) for f in FORMATS if not get_format(f).why_unavailable()], specs=specs)
+    produce(root, [get_format(f) for f in FORMATS if not get_format(f).why_not_usable()], specs=specs)
     return root
 
 

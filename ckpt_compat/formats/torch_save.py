@@ -68,9 +68,14 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
         name = refused_global(str(exc))
         if weights_only and name:
             default = " (the weights_only default is True since torch 2.6)" if requested == "default" else ""
+            # add_safe_globals arrived in torch 2.4: before it, only weights_only=False loads the file.
+            allow = (
+                f"allow it with torch.serialization.add_safe_globals([{name}])"
+                if hasattr(torch.serialization, "add_safe_globals")
+                else "load it with weights_only=False"
+            )
             raise Unsupported(
-                f"weights_only=True refuses to unpickle {name}{default} — "
-                f"allow it with torch.serialization.add_safe_globals([{name}]) if you trust the file"
+                f"weights_only=True refuses to unpickle {name}{default} — {allow} if you trust the file"
             ) from exc
         raise
 
