@@ -429,8 +429,11 @@ OPS = {
 
 def why_unavailable(op: Op) -> str | None:
     """Why ``op`` cannot run with this torch (and installed packages), or None."""
-    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    if ("mmap" in op.name or (op.format == "torch_zip" and op.name in ("into", "subset"))) and version < (2, 1):
+    from ckpt_compat.formats.torch_save import load_supports
+
+    if ("mmap" in op.name or (op.format == "torch_zip" and op.name in ("into", "subset"))) and not load_supports(
+        "mmap"
+    ):
         return f"torch {torch.__version__} has no torch.load(mmap=True) (added in 2.1)"
     if op.format == "safetensors":
         try:

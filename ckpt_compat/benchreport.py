@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
-
+from ckpt_compat import versions
 from ckpt_compat.atomic import write_bytes, write_text
 from ckpt_compat.bench import OPS, Fit, Summary
 
@@ -77,14 +76,7 @@ def read_run(path: Path) -> Run:
 
 def read_runs(paths: Iterable[Path]) -> list[Run]:
     """Runs in torch version order."""
-    return sorted((read_run(p) for p in paths), key=lambda r: _version_key(r.torch))
-
-
-def _version_key(text: str) -> tuple[Version, str]:
-    try:
-        return Version(text.split("+")[0]), text
-    except InvalidVersion:
-        return Version("0"), text
+    return sorted((read_run(p) for p in paths), key=lambda r: (versions.key(r.torch), r.torch))
 
 
 def key(result: dict[str, Any]) -> tuple[str, ...]:
@@ -98,7 +90,7 @@ def key(result: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _short(torch: str) -> str:
-    return torch.split("+")[0]
+    return versions.release(torch)
 
 
 def _gbps(r: dict[str, Any] | None, *, ratio: bool = True) -> str:

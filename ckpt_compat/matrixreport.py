@@ -51,11 +51,11 @@ def pairs_in_words(pairs: set[tuple[str, str]], releases: Sequence[str]) -> str:
 
 
 def _span(items: Sequence[str], releases: Sequence[str]) -> str:
+    """Releases in order, three or more neighbours (in ``releases``) written as a range."""
     index = {r: i for i, r in enumerate(releases)}
-    ordered = sorted(items, key=versions.key)
     runs: list[list[str]] = []
-    for r in ordered:
-        if runs and index.get(r, -9) == index.get(runs[-1][-1], -99) + 1:
+    for r in sorted(items, key=versions.key):
+        if runs and index[r] == index[runs[-1][-1]] + 1:
             runs[-1].append(r)
         else:
             runs.append([r])

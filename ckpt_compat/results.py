@@ -127,11 +127,6 @@ class CellResult:
         return self.outcome is not Outcome.OK
 
     @property
-    def digests_only(self) -> bool:
-        """An `ok` that rests on the producer's manifest alone: nothing was rebuilt or run here."""
-        return "manifest" in self.checks and "state_dict" not in self.checks
-
-    @property
     def detail(self) -> str:
         """Everything in words, for people: the error, every difference, the notes."""
         parts = [str(self.error)] if self.error is not None else []
