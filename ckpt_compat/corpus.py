@@ -242,13 +242,14 @@ def _produce_objects(
             )
     (out / "bundle").mkdir(exist_ok=True)
     (out / "stream").mkdir(exist_ok=True)
-    records["bundle"], records["stream"] = object_records(multiobject.bundle()), object_records(multiobject.stream())
+    bundle, stream = multiobject.bundle(), multiobject.stream()
+    records["bundle"], records["stream"] = object_records(bundle), object_records(stream)
     for fmt in formats:
         relative = f"bundle/{fmt.name}{fmt.suffix}"
-        fmt.save_object(multiobject.bundle(), out / relative)
+        fmt.save_object(bundle, out / relative)
         entries.append(Entry("bundle", "bundle", fmt.name, relative, "ok", kind="bundle"))
         relative = f"stream/{fmt.name}{fmt.suffix}"
-        multiobject.write_stream(fmt, out / relative, multiobject.stream())
+        multiobject.write_stream(fmt, out / relative, stream)
         entries.append(Entry("stream", "stream", fmt.name, relative, "ok", kind="stream"))
     progress(f"objects: {len(entries)} file(s) (training checkpoints, a bundle, a stream)")
     return entries, records

@@ -141,19 +141,20 @@ class ReleaseView:
 
 
 def release_view(judgements: Iterable[Judgement]) -> ReleaseView:
-    judged = list(judgements)
-    own: dict[tuple[str, tuple[Any, ...]], Judgement] = {}
-    for j in judged:
-        producer, consumer = (versions.release(e.torch) for e in (j.result.cell.producer, j.result.cell.consumer))
-        if producer == consumer:
-            own[consumer, _key(j.result)] = j
-    view = ReleaseView()
-    for j in judged:
-        cell = j.result.cell
-        pair = (versions.release(cell.producer.torch), versions.release(cell.consumer.torch))
-        baseline = (
-            None if pair[0] == pair[1] else (own.get((pair[1], _key(j.result))) or own.get((pair[0], _key(j.result))))
+    # Each cell's release pair and check key, worked out once.
+    judged = [
+        (
+            j,
+            (versions.release(j.result.cell.producer.torch), versions.release(j.result.cell.consumer.torch)),
+            _key(j.result),
         )
+        for j in judgements
+    ]
+    own = {(pair[1], key): j for j, pair, key in judged if pair[0] == pair[1]}
+    view = ReleaseView()
+    for j, pair, key in judged:
+        cell = j.result.cell
+        baseline = None if pair[0] == pair[1] else (own.get((pair[1], key)) or own.get((pair[0], key)))
         status = _status(j, pair, baseline)
         entry = view.grid.setdefault(cell.format, {}).setdefault(pair, Pair())
         entry.statuses.append(status)

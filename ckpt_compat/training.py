@@ -274,16 +274,16 @@ def check_training(
     omit = tuple(omit)
     results: list[CellResult] = []
     references = {name: reference(name, 2 * steps) for name in optimizers}
+    with single_threaded():  # one checkpoint per optimizer, saved in every format below
+        checkpoints = {name: trained(name, steps).checkpoint(omit) for name in optimizers}
     for fmt in formats:
         if not fmt.holds_training_state:
             results.append(_cannot_hold(Cell(SPEC_ID, fmt.name, here, here, {"check": "resume"}), fmt))
             continue
         tasks, cells = [], []
         for name in optimizers:
-            with single_threaded():
-                checkpoint = trained(name, steps).checkpoint(omit)
             path = workdir / f"train-{name}-{fmt.name}{fmt.suffix}"
-            fmt.save_object(checkpoint, path)
+            fmt.save_object(checkpoints[name], path)
             for i, variant in enumerate(fmt.load_variants()):
                 options = {**variant, "check": "resume", "optimizer": name}
                 if omit:
@@ -332,11 +332,18 @@ def write_checkpoints(
 
 
 def check_saved(
-    cell: Cell, fmt: Format, path: Path, records: Mapping[str, Any], reference_file: Path, steps: int, *, trusted: bool
+    cell: Cell,
+    fmt: Format,
+    path: Path,
+    records: Mapping[str, Any],
+    reference: Mapping[str, torch.Tensor],
+    steps: int,
+    *,
+    trusted: bool,
 ) -> CellResult:
     """A training checkpoint from a corpus, loaded with ``cell``'s options: every object in it
     against the producer's records, then resumed here and trained on, against the producer's own
-    uninterrupted run (its ``reference_file``)."""
+    uninterrupted run (``reference``, the state its ``reference.pt`` holds)."""
     options = {k: v for k, v in cell.options.items() if k not in ("check", "optimizer", "map_location")}
     try:
         checkpoint = fmt.load(path, options, CPU, nn.Module, trusted=trusted).state_dict
@@ -347,7 +354,7 @@ def check_saved(
     differences = compare_object_records(records, checkpoint, "checkpoint")
     try:
         _, model = resume_from(checkpoint, str(cell.options["optimizer"]), steps)
-        differences += resumed_differences(torch.load(str(reference_file), weights_only=True), model.state_dict())
+        differences += resumed_differences(reference, model.state_dict())
     except Exception as exc:
         error = ErrorInfo.of(exc)
         differences.append(Difference("raised", ("resume",), f"resuming raised {error}", error=error))

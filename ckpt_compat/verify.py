@@ -88,11 +88,12 @@ def _check_object(corpus: Path, manifest: Any, entry: Any, *, trusted: bool) -> 
             )
         ]
     results = []
+    if entry.kind == "training":  # the producer's own run, read once for every load variant
+        reference = torch.load(str(corpus / str(entry.reference)), weights_only=True)
     for variant in fmt.load_variants():
         if entry.kind == "training":
             options = {**variant, "check": "resume", "optimizer": entry.options["optimizer"]}
             cell = Cell(entry.spec_id, fmt.name, manifest.producer, here, options)
-            reference = corpus / str(entry.reference)
             steps = int(entry.options["steps"])
             results.append(training.check_saved(cell, fmt, path, records, reference, steps, trusted=trusted))
         else:
