@@ -144,9 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--fixtures",
         type=Path,
-        default=Path("fixtures/corpora"),
+        default=None,
         metavar="DIR",
-        help="committed corpora, verified too and trusted (default: fixtures/corpora if present)",
+        help="more corpora to verify (default: the committed fixtures of the installed package, where it has "
+        "them; only those are trusted without --trust)",
     )
     verify.add_argument("--no-fixtures", action="store_true", help="do not verify the committed fixtures")
     verify.add_argument(
@@ -492,7 +493,12 @@ def _verify(args: argparse.Namespace) -> int:
     for path in args.corpora:
         if not path.is_dir():
             raise UsageError(f"{path}: no such corpus directory; run `ckpt-compat produce --out {path}` first")
-    fixtures = [] if args.no_fixtures or not args.fixtures.is_dir() else [args.fixtures.resolve()]
+    from ckpt_compat.trust import is_package_fixture, package_fixtures
+
+    if args.fixtures is not None and not args.fixtures.is_dir():
+        raise UsageError(f"--fixtures {args.fixtures}: no such directory")
+    chosen = args.fixtures if args.fixtures is not None else package_fixtures()
+    fixtures = [] if args.no_fixtures or chosen is None else [chosen.resolve()]
     corpora = find_corpora([*args.corpora, *fixtures])
     if not corpora:
         raise UsageError("no corpus found (no manifest.json below the given directories or fixtures/corpora)")
@@ -511,8 +517,8 @@ def _verify(args: argparse.Namespace) -> int:
     from ckpt_compat.report import Report
     from ckpt_compat.verify import verify
 
-    def trusted(corpus: Path) -> bool:
-        return args.trust or any(corpus.is_relative_to(root) for root in fixtures)
+    def trusted(corpus: Path) -> bool:  # never from a path relative to where the user stands
+        return bool(args.trust) or is_package_fixture(corpus)
 
     progress = _progress(args.quiet)
     progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")

@@ -30,6 +30,7 @@ from ckpt_compat.objects import object_records
 from ckpt_compat.results import Endpoint, Outcome
 from ckpt_compat.roundtrip import save_cell
 from ckpt_compat.specs import ModelSpec, build
+from ckpt_compat.trust import OutsideCorpus, inside
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "ckpt-compat/manifest/1"
@@ -107,7 +108,7 @@ class Manifest:
         if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
             raise ManifestError(f"{path}: not a {MANIFEST_SCHEMA} manifest; re-run `ckpt-compat produce`")
         try:
-            return cls(
+            manifest = cls(
                 torch=data["torch"],
                 device=data["device"],
                 versions=data["versions"],
@@ -118,6 +119,14 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
+        for entry in manifest.entries:  # a foreign manifest must not point a loader anywhere else
+            for name in (entry.file, entry.reference):
+                try:
+                    if name is not None:
+                        inside(corpus, name)
+                except (OutsideCorpus, TypeError) as exc:
+                    raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
+        return manifest
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import random
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,11 +212,11 @@ def resume_from(checkpoint: Mapping[str, Any], optimizer: str, steps: int) -> tu
         return history, trainer.model
 
 
-def _worker() -> None:
-    """`python -m ckpt_compat.training`: resume tasks from stdin JSON, results to stdout JSON."""
+def _resume_all(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """In the fresh process (`python -m ckpt_compat.training`): resume each task."""
     from ckpt_compat.formats import get_format
 
-    tasks = [ResumeTask(**t) for t in json.loads(sys.stdin.read())]
+    tasks = [ResumeTask(**t) for t in raw]
     out: list[dict[str, Any]] = []
     for task in tasks:
         try:
@@ -233,7 +229,7 @@ def _worker() -> None:
             out.append({"unsupported": ErrorInfo.of(exc).to_json()})
         except Exception as exc:
             out.append({"error": ErrorInfo.of(exc).to_json()})
-    sys.stdout.write(json.dumps(out))
+    return out
 
 
 CPU = MapLocation("str", "cpu", "cpu")
@@ -362,26 +358,19 @@ def check_saved(
 
 
 def _run_fresh(tasks: list[ResumeTask]) -> list[dict[str, Any]]:
+    from ckpt_compat.isolation import Failure, call_once
+
     if not tasks:
         return []
-    with tempfile.TemporaryFile("w+") as err:
-        done = subprocess.run(
-            [sys.executable, "-m", "ckpt_compat.training"],
-            input=json.dumps([t.__dict__ for t in tasks]),
-            capture_output=False,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            timeout=600,
-        )
-        if done.returncode != 0:
-            err.seek(0)
-            tail = " | ".join(err.read().strip().splitlines()[-3:])
-            died = ErrorInfo("ProcessDied", f"the resuming process died (exit code {done.returncode}): {tail}")
-            return [{"error": died.to_json()}] * len(tasks)
-    answers: list[dict[str, Any]] = json.loads(done.stdout)
-    return answers
+    answers = call_once(["ckpt_compat.training"], [t.__dict__ for t in tasks], timeout=600)
+    if isinstance(answers, Failure):
+        died = ErrorInfo("ProcessDied", f"the resuming process failed ({answers.kind}): {answers.message}")
+        return [{"error": died.to_json()}] * len(tasks)
+    result: list[dict[str, Any]] = answers
+    return result
 
 
 if __name__ == "__main__":
-    _worker()
+    from ckpt_compat.isolation import serve
+
+    serve(_resume_all)

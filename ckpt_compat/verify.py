@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import select
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
@@ -110,92 +106,59 @@ def _manifest(corpus: Path) -> Any:
     return Manifest.read(corpus)
 
 
-def worker_main() -> None:
-    """Serve tasks until stdin closes. Anything printed by torch goes to stderr, not the protocol."""
-    protocol = sys.stdout
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        task = json.loads(line)
+def _handle(task: dict[str, Any]) -> dict[str, Any]:
+    try:
         cells = check_entry(
             Path(task["corpus"]), task["entry"], trusted=task["trusted"], consumers=list(task["consumers"])
         )
-        protocol.write(json.dumps({"cells": [c.to_json() for c in cells]}) + "\n")
-        protocol.flush()
+    except Exception as exc:  # the checker itself failed on this entry: its cells, not the worker
+        return {"error": ErrorInfo.of(exc).to_json()}
+    return {"cells": [c.to_json() for c in cells]}
+
+
+def worker_main() -> None:
+    from ckpt_compat.isolation import serve
+
+    serve(_handle)
 
 
 class Worker:
-    """One worker process, restarted after it crashes or hangs."""
+    """The worker process (`isolation.Child`), restarted after it crashes or hangs."""
 
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.proc: subprocess.Popen[str] | None = None
-        self.stderr: IO[str] | None = None
+    def __init__(self, timeout: float, memory: int | None = None) -> None:
+        from ckpt_compat.isolation import MEMORY_LIMIT, Child
+
+        self.child = Child(["ckpt_compat.verify", "--worker"], timeout=timeout, memory=memory or MEMORY_LIMIT)
+
+    @property
+    def timeout(self) -> float:
+        return self.child.timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self.child.timeout = seconds
 
     def __enter__(self) -> Worker:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop()
-
-    def _start(self) -> subprocess.Popen[str]:
-        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the worker
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ckpt_compat.verify", "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-        )
-        return self.proc
-
-    def _stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        if self.stderr is not None:
-            self.stderr.close()
-            self.stderr = None
-
-    def _stderr_tail(self) -> str:
-        if self.stderr is None:
-            return ""
-        self.stderr.seek(0)
-        lines = [line for line in self.stderr.read().splitlines() if line.strip()]
-        return " | ".join(lines[-3:])[-400:]
+        self.child.stop()
 
     def run(self, task: Task) -> list[dict[str, Any]] | tuple[Outcome, ErrorInfo]:
-        """The task's cells as JSON, or (crash|timeout, detail) when the worker died or hung."""
-        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write(task.to_json() + "\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
-        if not ready:
-            self._stop()
-            return Outcome.TIMEOUT, ErrorInfo("Timeout", f"no result within {self.timeout:.0f}s; the worker was killed")
-        line = proc.stdout.readline()
-        if not line:
-            code = proc.wait()
-            died = ErrorInfo("ProcessDied", f"the worker died ({_exit_reason(code)}): {self._stderr_tail()}")
-            self._stop()
-            return Outcome.CRASH, died
-        cells: list[dict[str, Any]] = json.loads(line)["cells"]
+        """The task's cells as JSON, or (crash|timeout, detail) when the worker died, hung or the
+        checker raised."""
+        from ckpt_compat.isolation import Failure
+
+        answer = self.child.request(json.loads(task.to_json()))
+        if isinstance(answer, Failure):
+            outcome = Outcome.TIMEOUT if answer.kind == "timeout" else Outcome.CRASH
+            kind = {"timeout": "Timeout", "crash": "ProcessDied", "out_of_memory": "OutOfMemory"}[answer.kind]
+            return outcome, ErrorInfo(kind, answer.message)
+        if "error" in answer:
+            failed = ErrorInfo.from_json(answer["error"])
+            return Outcome.CRASH, ErrorInfo("CheckerError", f"the checker failed: {failed}")
+        cells: list[dict[str, Any]] = answer["cells"]
         return cells
-
-
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        import signal
-
-        return f"signal {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 def verify(

@@ -125,8 +125,8 @@ def test_worker_timeout_and_crash_are_outcomes_and_the_worker_restarts(corpus: P
         (broken / MANIFEST).write_text(json.dumps(manifest))
         index = next(i for i, e in enumerate(manifest["entries"]) if e["spec"] == "tied" and e["file"])
         outcome, error = worker.run(Task(str(broken), index, True, ("cpu",)))  # type: ignore[misc]
-        assert outcome is Outcome.CRASH and error.type == "ProcessDied"
-        assert "the worker died (exit code 1)" in error.message and "SpecError" in error.message
+        assert outcome is Outcome.CRASH and error.type == "CheckerError"  # the entry's cells, not the worker
+        assert "the checker failed" in error.message and "SpecError" in error.message
         assert isinstance(worker.run(task), list)
 
 

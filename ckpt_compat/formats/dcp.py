@@ -23,7 +23,7 @@ from torch import nn
 
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.errorinfo import ErrorInfo
-from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted
 
 CAVEAT = "torch.distributed.checkpoint documents no compatibility across torch versions"
 
@@ -119,6 +119,83 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
+# What a DCP .metadata pickle may name when nobody vouched for it: the metadata dataclasses and
+# enums of every release (2.0 to 2.15 write these; read from the committed fixtures), torch.Size,
+# dtypes, layouts and a path (StorageMeta.checkpoint_id). Each is harmless to construct with any
+# argument; anything else (a function, os.system) makes DCP's plain pickle.load run code.
+_METADATA_GLOBALS = frozenset(
+    {
+        "torch.Size",
+        "torch.serialization._get_layout",
+        "pathlib.PosixPath",
+        "pathlib.PurePosixPath",
+        "collections.OrderedDict",
+        "torch.distributed.checkpoint.filesystem._StorageInfo",
+        "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING",
+        "torch.distributed._shard.sharded_tensor.metadata.TensorProperties",
+        *(
+            f"torch.distributed.checkpoint.metadata.{name}"
+            for name in (
+                "Metadata",
+                "MetadataIndex",
+                "StorageMeta",
+                "TensorProperties",
+                "TensorStorageMetadata",
+                "ChunkStorageMetadata",
+                "_MEM_FORMAT_ENCODING",
+            )
+        ),
+    }
+)
+
+
+def untrusted_refusal(path: Path) -> str | None:
+    """Why DCP's reader, which unpickles ``.metadata`` with plain pickle and some values with
+    weights_only=False, must not see this checkpoint unless someone vouches for it; None when the
+    static scan shows it cannot run code here."""
+    from ckpt_compat.picklescan import scan
+
+    metadata = path / ".metadata"
+    try:
+        found = scan(metadata.read_bytes())
+    except OSError as exc:
+        return f"its .metadata cannot be read ({exc.strerror})"
+    if found.error:
+        return f"its .metadata is not a well-formed pickle ({found.error})"
+    if "torch.distributed.checkpoint.metadata.BytesStorageMetadata" in found.globals:
+        return "it holds non-tensor values, which DCP's reader unpickles with weights_only=False"
+    names = [g for g in found.globals if g not in _METADATA_GLOBALS and not _is_dtype(g)]
+    if names:
+        return f"its .metadata pickle names {', '.join(names)}, which DCP's reader would import and call"
+    if not _reads_tensors_weights_only():
+        return f"torch {torch.__version__}'s DCP reader unpickles tensor data with weights_only=False"
+    from ckpt_compat.formats.torchscript import torch_load_refuses_torchscript
+
+    if not torch_load_refuses_torchscript():
+        return (
+            f"torch {torch.__version__}'s DCP reader loads tensor data with torch.load, which runs a TorchScript "
+            "archive's code even under weights_only=True (CVE-2025-32434)"
+        )
+    return None
+
+
+def _is_dtype(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return module == "torch" and isinstance(getattr(torch, attr, None), torch.dtype)
+
+
+def _reads_tensors_weights_only() -> bool:
+    """torch 2.4 and later pass weights_only=True when DCP's file reader loads tensor data;
+    earlier releases call plain torch.load (read in the installed torch's own source)."""
+    import torch.distributed.checkpoint.filesystem as filesystem
+
+    reader = getattr(filesystem, "_FileSystemReader", None) or getattr(filesystem, "FileSystemReader", None)
+    try:
+        return "weights_only=True" in inspect.getsource(getattr(reader, "read_data"))  # noqa: B009
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
 class DCP(Format):
     name = "dcp"
     description = "torch.distributed.checkpoint.save(state_dict) / load, one process, no process group"
@@ -168,6 +245,12 @@ class DCP(Format):
     ) -> Loaded:
         if map_location.target == "meta":
             raise Unsupported("DCP loads into existing tensors; meta tensors have no storage to load into")
+        refusal = None if trusted else untrusted_refusal(path)
+        if refusal:
+            raise Untrusted(
+                f"{path}: refusing to load a DCP checkpoint this run did not write: {refusal}; "
+                "pass --trust if you trust where it came from"
+            )
         with warnings.catch_warnings(), _ordinary_errors():
             warnings.simplefilter("ignore")
             if options.get("loader") == "dcp_to_torch_save":

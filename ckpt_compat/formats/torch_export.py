@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, first_line
+from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted, first_line
 
 
 class TorchExport(Format):
@@ -64,6 +64,16 @@ class TorchExport(Format):
     ) -> Loaded:
         if map_location.target != map_location.source:
             raise Unsupported("torch.export.load has no map_location: a program loads onto the device it was saved on")
+        if not trusted:
+            from ckpt_compat.trust import pickled_refusals
+
+            refused = pickled_refusals(path)
+            if refused:
+                raise Untrusted(
+                    f"{path}: refusing torch.export.load on a file this run did not write: it falls back to "
+                    f"weights_only=False on the archive's pickles, which name what a weights_only load refuses "
+                    f"({'; '.join(refused)}); pass --trust if you trust where it came from"
+                )
         program = torch.export.load(str(path))
         # ExportedProgram.constants (non-persistent buffers and lifted constants) arrived in torch 2.3.
         constants = getattr(program, "constants", None)

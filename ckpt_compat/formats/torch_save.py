@@ -48,6 +48,8 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
             f"{path}: refusing torch.load(weights_only=False) on a file this run did not write; "
             "pass --trust if you trust where it came from"
         )
+    if not trusted and isinstance(path, Path):
+        _refuse_torchscript_dispatch(path)
     kwargs: dict[str, Any] = {"map_location": map_location.resolve()}
     if requested != "default":
         kwargs["weights_only"] = weights_only
@@ -78,6 +80,20 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
                 f"weights_only=True refuses to unpickle {name}{default} — {allow} if you trust the file"
             ) from exc
         raise
+
+
+def _refuse_torchscript_dispatch(path: Path) -> None:
+    """torch <= 2.5 hands a TorchScript archive to torch.jit.load even under weights_only=True,
+    which runs the archive's code (CVE-2025-32434): whatever the file claims to be."""
+    from ckpt_compat.formats.torchscript import torch_load_refuses_torchscript
+    from ckpt_compat.trust import is_torchscript_archive
+
+    if is_torchscript_archive(path) and not torch_load_refuses_torchscript():
+        raise Untrusted(
+            f"{path}: refusing torch.load on a TorchScript archive from a file this run did not write: torch "
+            f"{torch.__version__} hands it to torch.jit.load even with weights_only=True, which runs its code "
+            "(CVE-2025-32434); pass --trust if you trust where it came from"
+        )
 
 
 def _variants(*weights_only: bool | str) -> list[dict[str, Any]]:

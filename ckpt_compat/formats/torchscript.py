@@ -116,12 +116,6 @@ class TorchScript(Format):
             module = torch.jit.load(str(path), map_location=map_location.resolve())  # type: ignore[no-untyped-call]
             return Loaded(module.state_dict(), module)
         weights_only = resolved_weights_only(options)
-        if weights_only and not trusted and not torch_load_refuses_torchscript():
-            raise Untrusted(
-                f"{path}: refusing torch.load on a TorchScript archive from a file this run did not write: torch "
-                f"{torch.__version__} hands it to torch.jit.load even with weights_only=True, which runs its code "
-                "(CVE-2025-32434); pass --trust if you trust where it came from"
-            )
         try:
             module = torch_load(path, options, map_location, trusted=trusted)
         except RuntimeError as exc:

@@ -1,0 +1,283 @@
+"""Work in another interpreter, contained: every child ckpt-compat starts comes from here.
+
+A child gets a time limit, a memory limit (RLIMIT_AS), its own session (so its whole process
+group can be killed), dies with its parent (PR_SET_PDEATHSIG on Linux), and a private temp dir
+(``TMPDIR``). A crash, a timeout or running out of memory comes back as a value with the tail of
+the child's stderr, never as an exception.
+
+What must go away even when ckpt-compat itself is SIGKILLed (children, their own children, temp
+dirs and half-written files) is registered with the *janitor*: a tiny process, in a session of
+its own, that holds the read end of a pipe. When the pipe closes, however the parent ended, it
+kills the registered process groups and removes the registered paths.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_PREFIX = "ckpt-compat-"
+MEMORY_LIMIT = 16 * 2**30  # default address-space limit of a child: generous for a checkpoint load
+_PR_SET_PDEATHSIG = 1
+_MEMORY_ENV = "CKPT_COMPAT_CHILD_MEMORY"
+
+_JANITOR = r"""
+import os, shutil, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+groups, paths = [], []
+for line in sys.stdin:
+    kind, _, value = line.rstrip("\n").partition(" ")
+    if kind == "group":
+        groups.append(int(value))
+    elif kind == "path":
+        paths.append(value)
+    elif kind == "done":
+        paths = [p for p in paths if p != value]
+        groups = [g for g in groups if str(g) != value]
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+for path in reversed(paths):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+"""
+
+
+class _Janitor:
+    """The cleanup process of this ckpt-compat process (started on first use)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[str] | None = None
+        self.pid = 0
+
+    def _pipe(self) -> IO[str] | None:
+        if self.proc is None or self.pid != os.getpid():  # a forked child starts its own
+            self.pid = os.getpid()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", _JANITOR],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+            atexit.register(self.close)
+        return self.proc.stdin
+
+    def tell(self, kind: str, value: str | int) -> None:
+        if "\n" in str(value):
+            raise ValueError(f"a path with a newline cannot be registered for cleanup: {value!r}")
+        with self.lock:
+            pipe = self._pipe()
+            if pipe is not None:
+                pipe.write(f"{kind} {value}\n")
+                pipe.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.proc is not None and self.pid == os.getpid() and self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+                self.proc.wait()
+            self.proc = None
+
+
+_janitor = _Janitor()
+
+
+def remove_on_exit(path: Path) -> None:
+    """Remove ``path`` when this process ends, however it ends (unless `forget` is called)."""
+    _janitor.tell("path", str(path.absolute()))
+
+
+def forget(path: Path) -> None:
+    """``path`` is finished (renamed into place): the janitor must leave it alone."""
+    _janitor.tell("done", str(path.absolute()))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = TEMP_PREFIX) -> Iterator[Path]:
+    """A temporary directory removed on every exit path, SIGKILL included."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    remove_on_exit(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; a no-op elsewhere).
+    Called first thing in every child, including those torch.multiprocessing spawns."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _limit_memory(limit: int | None) -> None:
+    if limit is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A child that did not answer: ``kind`` is crash, timeout or out_of_memory."""
+
+    kind: str
+    message: str
+
+
+class Child:
+    """One contained interpreter that serves JSON-lines requests: one line in, one line out.
+
+    ``argv`` is a module and its arguments (``["ckpt_compat.verify", "--worker"]``), run as
+    ``python -m`` after the child has contained itself; the module must call `serve`.
+    Restarted on the next request after it crashed or timed out.
+    """
+
+    def __init__(self, argv: Sequence[str], *, timeout: float, memory: int | None = MEMORY_LIMIT) -> None:
+        self.argv, self.timeout, self.memory = list(argv), timeout, memory
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr: IO[str] | None = None
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> subprocess.Popen[str]:
+        self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        remove_on_exit(self.tmp)
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
+        env[_MEMORY_ENV] = str(self.memory or 0)
+        # The child contains itself (below) before it imports anything: no preexec_fn, which is
+        # unsafe in a parent that runs threads (torch's).
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_compat.isolation", *self.argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        _janitor.tell("group", self.proc.pid)
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the child and whatever it started
+            self.proc.wait()
+            _janitor.tell("done", self.proc.pid)
+            self.proc = None
+        if self.stderr is not None:
+            self.stderr.close()
+            self.stderr = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            forget(self.tmp)
+            self.tmp = None
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        kept = [line for line in self.stderr.read().splitlines() if line.strip()]
+        return " | ".join(kept[-lines:])
+
+    def request(self, message: Any) -> Any | Failure:
+        """Send ``message`` (JSON); the child's JSON answer, or a `Failure`."""
+        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+        if not ready:
+            tail = self.stderr_tail()
+            self.stop()
+            return Failure("timeout", f"no answer within {self.timeout:g}s; the process was killed. {tail}".strip())
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait()
+            tail = self.stderr_tail()
+            self.stop()
+            oom = "MemoryError" in tail or "std::bad_alloc" in tail or "Cannot allocate memory" in tail
+            if oom:
+                return Failure("out_of_memory", f"the process ran out of memory (limit {_gib(self.memory)}): {tail}")
+            return Failure("crash", f"the process died ({exit_reason(code)}): {tail}")
+        return json.loads(line)
+
+
+def _gib(limit: int | None) -> str:
+    return "none" if limit is None else f"{limit / 2**30:g} GiB"
+
+
+def exit_reason(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def serve(handle: Any) -> None:
+    """The child's loop: answer each JSON line on stdin with ``handle(message)`` as a JSON line.
+    Anything the work prints goes to stderr, not into the protocol."""
+    protocol = sys.stdout
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        answer = handle(json.loads(line))
+        protocol.write(json.dumps(answer) + "\n")
+        protocol.flush()
+
+
+def call_once(argv: Sequence[str], message: Any, *, timeout: float, memory: int | None = MEMORY_LIMIT) -> Any | Failure:
+    """One request to a fresh child, which is then stopped."""
+    with Child(argv, timeout=timeout, memory=memory) as child:
+        return child.request(message)
+
+
+def _main() -> None:
+    """``python -m ckpt_compat.isolation MODULE ARGS...``: contain this process, then run MODULE."""
+    import runpy
+
+    die_with_parent()
+    _limit_memory(int(os.environ.pop(_MEMORY_ENV, "0")) or None)
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    _main()

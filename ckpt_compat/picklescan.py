@@ -1,0 +1,192 @@
+"""What a pickle would import, read from its opcodes: nothing is unpickled, nothing is imported.
+
+The opcode stream is run on a model of pickle's stack (each opcode's documented stack effect, from
+`pickletools`), so a ``STACK_GLOBAL`` is resolved to the two strings it really pops, even when
+they come from the memo. A ``STACK_GLOBAL`` whose operands are not literal strings, and the
+copyreg extension opcodes, cannot be resolved statically; they are reported as such, and count as
+unsafe. A broken stream (truncated, an unknown opcode, a stack that underflows) is reported too.
+
+`weights_only_refusals` says which of the globals the running torch's ``weights_only=True``
+unpickler would refuse, from torch's own allowlist (built in, and ``add_safe_globals``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickletools
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+# Opcodes that push the string they carry: the operands of GLOBAL lookups.
+_STRINGS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_CALLS = frozenset({"REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"})
+UNRESOLVED = "<unresolved>"  # a global whose name the scan cannot read without running the pickle
+MAX_OPCODES = 50_000_000  # a bound on work: a stream this long is reported, not scanned to the end
+
+
+class _Mark:
+    """pickle's MARK on the modelled stack."""
+
+
+@dataclass
+class PickleScan:
+    """The globals one pickle names (``module.name``, in order of first use) and what it calls."""
+
+    globals: list[str] = field(default_factory=list)
+    calls: int = 0  # REDUCE, BUILD, INST, OBJ, NEWOBJ: how often the pickle calls what it imported
+    persistent_ids: int = 0  # torch.save's references to tensor storages
+    opcodes: int = 0
+    protocol: int = 0
+    end: int = 0  # offset just past STOP
+    error: str | None = None  # the stream is not a well-formed pickle: why
+
+    @property
+    def unresolved(self) -> bool:
+        return UNRESOLVED in self.globals
+
+
+def scan(data: bytes | io.BytesIO, *, start: int = 0) -> PickleScan:
+    """Scan the one pickle that begins at ``start``."""
+    stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
+    stream.seek(start)
+    result = PickleScan()
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    try:
+        for opcode, arg, pos in pickletools.genops(stream):
+            result.opcodes += 1
+            if result.opcodes > MAX_OPCODES:
+                result.error = f"more than {MAX_OPCODES:,} opcodes; not scanned to the end"
+                return result
+            _step(opcode, arg, stack, memo, result)
+            if opcode.name == "STOP":
+                result.end = stream.tell()
+                return result
+            _ = pos
+    except (ValueError, IndexError, EOFError, KeyError, TypeError) as exc:
+        result.error = f"not a well-formed pickle at offset {stream.tell()}: {exc}"
+        return result
+    result.error = "the pickle ends without STOP (truncated)"
+    return result
+
+
+def _step(opcode: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict[int, Any], out: PickleScan) -> None:
+    name = opcode.name
+    if name == "PROTO":
+        out.protocol = int(arg)
+        return
+    if name in ("GLOBAL", "INST"):
+        module, _, attr = str(arg).partition(" ")
+        _name(out, f"{module}.{attr}")
+    if name in _CALLS:
+        out.calls += 1
+    if name in ("PERSID", "BINPERSID"):
+        out.persistent_ids += 1
+    if name == "STACK_GLOBAL":
+        attr, module = _pop(stack), _pop(stack)
+        resolved = isinstance(module, str) and isinstance(attr, str)
+        _name(out, f"{module}.{attr}" if resolved else UNRESOLVED)
+        stack.append(None)
+        return
+    if name in ("EXT1", "EXT2", "EXT4"):
+        _name(out, UNRESOLVED)  # the copyreg extension registry: a global by number
+    if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+        if not stack:
+            raise ValueError(f"{name} on an empty stack")
+        memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        return
+    if name in ("GET", "BINGET", "LONG_BINGET"):
+        stack.append(memo[int(arg)])
+        return
+    if name == "DUP":
+        stack.append(stack[-1])
+        return
+    for before in reversed(opcode.stack_before):
+        if before is pickletools.markobject:
+            while stack and not isinstance(stack[-1], _Mark):
+                stack.pop()
+            if not stack:
+                raise ValueError(f"{name} without a MARK")
+            stack.pop()
+        else:
+            _pop(stack)
+    for after in opcode.stack_after:
+        if after is pickletools.markobject:
+            stack.append(_Mark())
+        else:
+            stack.append(arg if name in _STRINGS else None)
+
+
+def _pop(stack: list[Any]) -> Any:
+    if not stack or isinstance(stack[-1], _Mark):
+        raise ValueError("the stack underflows")
+    return stack.pop()
+
+
+def _name(out: PickleScan, name: str) -> None:
+    if name not in out.globals:
+        out.globals.append(name)
+
+
+def allowed_globals() -> set[str] | None:
+    """The globals the running torch's weights_only unpickler accepts (built in and added by the
+    user), or None where torch does not expose its allowlist."""
+    try:
+        from torch import _weights_only_unpickler as unpickler
+    except ImportError:
+        return None
+    builtin = getattr(unpickler, "_get_allowed_globals", None)
+    if builtin is None:
+        return None
+    allowed = set(builtin())
+    user = getattr(unpickler, "_get_user_allowed_globals", None)  # add_safe_globals: torch 2.4+
+    if user is not None:
+        allowed |= set(user())
+    return allowed
+
+
+def weights_only_refusals(scans: list[PickleScan]) -> list[str] | None:
+    """The globals of ``scans`` the weights_only unpickler would refuse, in order; None where the
+    running torch does not say what it allows."""
+    allowed = allowed_globals()
+    if allowed is None:
+        return None
+    refused: list[str] = []
+    for s in scans:
+        refused += [g for g in s.globals if g not in allowed and g not in refused]
+    return refused
+
+
+def add_safe_globals_call(refused: list[str]) -> str:
+    """The one call that allows every refused global at once (after the user has checked each)."""
+    imports = sorted({g.rpartition(".")[0] for g in refused if g != UNRESOLVED})
+    names = ", ".join(g for g in refused if g != UNRESOLVED)
+    prefix = "; ".join(f"import {m}" for m in imports)
+    return f"{prefix}; torch.serialization.add_safe_globals([{names}])" if prefix else ""
+
+
+def scan_archive(path: str | os.PathLike[str], *, limit: int = 2**31) -> dict[str, PickleScan]:
+    """Every pickle in a zip archive (torch.save, TorchScript, .pt2), by member name, including
+    those of torch.save archives nested in it (``outer.pt2/inner.pt:data.pkl``). Members larger
+    than ``limit`` are not read. Raises zipfile.BadZipFile for a broken archive."""
+    found: dict[str, PickleScan] = {}
+    _scan_zip(zipfile.ZipFile(path), "", found, limit, depth=0)
+    return found
+
+
+def _scan_zip(archive: zipfile.ZipFile, where: str, found: dict[str, PickleScan], limit: int, depth: int) -> None:
+    for info in archive.infolist():
+        if info.file_size > limit or info.is_dir():
+            continue
+        name = f"{where}{info.filename}"
+        data = archive.read(info)
+        if data[:4] == b"PK\x03\x04" and depth < 2:
+            with contextlib.suppress(zipfile.BadZipFile):
+                _scan_zip(zipfile.ZipFile(io.BytesIO(data)), f"{name}:", found, limit, depth + 1)
+        elif info.filename.endswith(".pkl") or (depth == 0 and info.filename.endswith(".pt") and data[:1] == b"\x80"):
+            found[name] = scan(data)

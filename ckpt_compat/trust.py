@@ -1,0 +1,73 @@
+"""Who vouches for a file: the rules that decide whether a loader that can run code may see it.
+
+A file is trusted when this run wrote it, when it is a committed fixture of the *installed*
+package (found from the package's own location, never from the current directory), or when the
+user passed ``--trust``. An untrusted file is still checked wherever a loader that cannot run code
+exists: the checks here say, without unpickling anything, whether a loader that can would only
+meet what the weights_only unpickler allows.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import ckpt_compat
+
+
+class OutsideCorpus(ValueError):
+    """A manifest names a file outside its corpus (absolute, ``..``, or a link leading out)."""
+
+
+def package_fixtures() -> Path | None:
+    """The committed corpora beside the installed package (a source checkout or an editable
+    install), or None when the package was installed without them."""
+    root = Path(ckpt_compat.__file__).resolve().parent.parent / "fixtures" / "corpora"
+    return root if root.is_dir() else None
+
+
+def is_package_fixture(corpus: Path) -> bool:
+    root = package_fixtures()
+    return root is not None and corpus.resolve().is_relative_to(root)
+
+
+def inside(corpus: Path, name: str) -> Path:
+    """``corpus / name`` for a manifest's relative POSIX path that stays inside ``corpus``."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts or "\\" in name:
+        raise OutsideCorpus(f"{name!r} is not a path inside the corpus")
+    path = corpus / relative
+    if not path.resolve().is_relative_to(corpus.resolve()):
+        raise OutsideCorpus(f"{name!r} leads outside the corpus (a symbolic link)")
+    return path
+
+
+def pickled_refusals(path: Path) -> list[str]:
+    """What the pickles inside the zip archive ``path`` name that the weights_only unpickler
+    refuses (every global, when this torch does not publish its allowlist), by member; a broken
+    archive or pickle is a refusal too."""
+    from ckpt_compat.picklescan import UNRESOLVED, allowed_globals, scan_archive
+
+    try:
+        scans = scan_archive(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return [f"the archive cannot be read ({exc})"]
+    allowed = allowed_globals() or set()
+    refused: list[str] = []
+    for member, s in scans.items():
+        if s.error:
+            refused.append(f"{member}: {s.error}")
+        names = [g for g in s.globals if g not in allowed]
+        if names:
+            shown = ["a global it computes at load time" if g == UNRESOLVED else g for g in names]
+            refused.append(f"{member}: {', '.join(shown)}")
+    return refused
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """A zip whose members are laid out as torch.jit.save writes them (code/ or constants.pkl)."""
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.split("/")[1:2] == ["code"] or n.endswith("/constants.pkl") for n in names)
