@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -43,6 +44,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
     return value
 
 
@@ -98,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0, reproducible)")
     run.add_argument(
         "--shrink-seconds",
-        type=float,
+        type=_seconds,
         default=20.0,
         metavar="S",
         help="time budget for shrinking a failure (default: 20)",
@@ -106,15 +117,28 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
 
     check = commands.add_parser(
-        "check", help="check one spec (e.g. a failing spec from a report), or say what a checkpoint file is"
+        "check",
+        help="inspect a checkpoint file without running anything in it, or check one spec (e.g. a failing "
+        "spec from a report)",
     )
-    what = check.add_mutually_exclusive_group(required=True)
-    what.add_argument("--spec", type=Path, metavar="FILE", help="a ModelSpec JSON file: run every cell for it")
-    what.add_argument(
-        "--file",
+    check.add_argument(
+        "checkpoint",
+        nargs="?",
         type=Path,
         metavar="CHECKPOINT",
-        help="a checkpoint file or DCP directory: say what format it really is (nothing is unpickled)",
+        help="a checkpoint file or DCP directory: its real format, structural damage, and what a "
+        "weights_only=True load would refuse (nothing is unpickled or executed); exit 0 loadable, "
+        "1 broken or unsafe",
+    )
+    what = check.add_mutually_exclusive_group()
+    what.add_argument("--spec", type=Path, metavar="FILE", help="a ModelSpec JSON file: run every cell for it")
+    what.add_argument("--file", type=Path, metavar="CHECKPOINT", help="the same as the CHECKPOINT argument")
+    check.add_argument(
+        "--max-size",
+        type=_positive,
+        default=None,
+        metavar="BYTES",
+        help="refuse checkpoint files larger than this (default: 256 GiB)",
     )
     common(check)
 
@@ -157,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=120.0,
         metavar="S",
         help="seconds one file may take before its load counts as hung (default: 120)",
@@ -414,8 +438,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if args.file is not None:
-        return _identify(args.file)
+    given = [a for a in (args.checkpoint, args.file, args.spec) if a is not None]
+    if len(given) != 1:
+        raise UsageError(
+            "check takes one of CHECKPOINT, --file CHECKPOINT or --spec FILE (see 'ckpt-compat check --help')"
+        )
+    if args.spec is None:
+        return _inspect(args.checkpoint or args.file, args.max_size)
     spec = _read_spec(args.spec)
     formats = _select_formats(args.formats)
     out = _writable_dir(args.out)
@@ -490,6 +519,10 @@ def _produce(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ckpt_compat.corpus import ManifestError, find_corpora
 
+    if args.out.is_dir():
+        raise UsageError(
+            f"--out {args.out}: a directory; --out names the results file to write, e.g. {args.out}/results.json"
+        )
     for path in args.corpora:
         if not path.is_dir():
             raise UsageError(f"{path}: no such corpus directory; run `ckpt-compat produce --out {path}` first")
@@ -655,15 +688,18 @@ def _bench_gate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if regressed else EXIT_OK
 
 
-def _identify(path: Path) -> int:
-    from ckpt_compat.identify import identify
+def _inspect(path: Path, max_size: int | None) -> int:
+    from ckpt_compat.identify import MAX_SIZE, NotAFile, inspect_checkpoint
 
     try:
-        kind = identify(path)
+        inspection = inspect_checkpoint(path, max_size=max_size or MAX_SIZE)
+    except NotAFile as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"--file {path}: cannot read it ({exc.strerror or exc})") from None
-    print(f"{path}: {kind}")
-    return EXIT_OK if not kind.startswith("not a checkpoint") else EXIT_USAGE
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    for line in inspection.lines():
+        print(line)
+    return EXIT_OK if inspection.verdict == "ok" else EXIT_FAILED
 
 
 def _formats(args: argparse.Namespace) -> int:

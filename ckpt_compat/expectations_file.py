@@ -70,6 +70,9 @@ def parse(path: Path) -> list[Expectation]:
         raise ExpectationsError(f"{path}: cannot read expectations ({exc.strerror})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ExpectationsError(f"{path}: not valid TOML ({exc})") from exc
+    other = sorted(set(data) - {"expect"})
+    if other:
+        raise ExpectationsError(f"{path}: unknown top-level key(s) {other}; known issues go in [[expect]] tables")
     tables = data.get("expect", [])
     if not isinstance(tables, list):
         raise ExpectationsError(f"{path}: 'expect' must be an array of tables ([[expect]])")

@@ -12,6 +12,7 @@ unpickler would refuse, from torch's own allowlist (built in, and ``add_safe_glo
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import io
 import os
@@ -33,13 +34,26 @@ class _Mark:
     """pickle's MARK on the modelled stack."""
 
 
+@dataclass(frozen=True)
+class Global:
+    """A global on the modelled stack (a dtype or storage class inside a persistent id)."""
+
+    name: str
+
+
+_LITERALS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "NONE", "NEWTRUE", "NEWFALSE"})
+_TUPLES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0}
+
+
 @dataclass
 class PickleScan:
     """The globals one pickle names (``module.name``, in order of first use) and what it calls."""
 
     globals: list[str] = field(default_factory=list)
     calls: int = 0  # REDUCE, BUILD, INST, OBJ, NEWOBJ: how often the pickle calls what it imported
-    persistent_ids: int = 0  # torch.save's references to tensor storages
+    # torch.save's references to tensor storages, as literal tuples where the scan could read
+    # them (("storage", Global("torch.float32"), "0", "cpu", 6) in the zip format).
+    persistent_ids: list[Any] = field(default_factory=list)
     opcodes: int = 0
     protocol: int = 0
     end: int = 0  # offset just past STOP
@@ -81,17 +95,27 @@ def _step(opcode: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict
         out.protocol = int(arg)
         return
     if name in ("GLOBAL", "INST"):
-        module, _, attr = str(arg).partition(" ")
-        _name(out, f"{module}.{attr}")
+        _name(out, _python3_name(str(arg), out.protocol))
     if name in _CALLS:
         out.calls += 1
-    if name in ("PERSID", "BINPERSID"):
-        out.persistent_ids += 1
+    if name == "BINPERSID":
+        out.persistent_ids.append(_pop(stack))
+        stack.append(None)
+        return
+    if name == "PERSID":
+        out.persistent_ids.append(arg)
     if name == "STACK_GLOBAL":
         attr, module = _pop(stack), _pop(stack)
         resolved = isinstance(module, str) and isinstance(attr, str)
         _name(out, f"{module}.{attr}" if resolved else UNRESOLVED)
-        stack.append(None)
+        stack.append(Global(f"{module}.{attr}") if resolved else None)
+        return
+    if name == "GLOBAL":
+        stack.append(Global(_python3_name(str(arg), out.protocol)))
+        return
+    if name in _TUPLES or name == "TUPLE":
+        items = [_pop(stack) for _ in range(_TUPLES[name])] if name in _TUPLES else _pop_to_mark(stack)
+        stack.append(tuple(reversed(items)) if name in _TUPLES else tuple(items))
         return
     if name in ("EXT1", "EXT2", "EXT4"):
         _name(out, UNRESOLVED)  # the copyreg extension registry: a global by number
@@ -107,6 +131,8 @@ def _step(opcode: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict
         stack.append(stack[-1])
         return
     for before in reversed(opcode.stack_before):
+        if before is pickletools.stackslice:
+            continue  # the items above the mark: popped with the mark below
         if before is pickletools.markobject:
             while stack and not isinstance(stack[-1], _Mark):
                 stack.pop()
@@ -119,7 +145,27 @@ def _step(opcode: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict
         if after is pickletools.markobject:
             stack.append(_Mark())
         else:
-            stack.append(arg if name in _STRINGS else None)
+            stack.append(arg if name in _STRINGS or name in _LITERALS else None)
+
+
+def _python3_name(arg: str, protocol: int) -> str:
+    """``module name`` as Python 3 resolves it: pickles of protocol < 3 may use Python 2 names
+    (``__builtin__.set``), which the unpickler maps, as torch's weights_only unpickler does."""
+    module, _, attr = arg.partition(" ")
+    if protocol < 3:
+        module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{attr}"
+
+
+def _pop_to_mark(stack: list[Any]) -> list[Any]:
+    items = []
+    while stack and not isinstance(stack[-1], _Mark):
+        items.append(stack.pop())
+    if not stack:
+        raise ValueError("TUPLE without a MARK")
+    stack.pop()
+    return list(reversed(items))
 
 
 def _pop(stack: list[Any]) -> Any:

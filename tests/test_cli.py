@@ -211,3 +211,27 @@ def test_schema_1_results_are_judged_as_strictly(tmp_path: Path) -> None:
         "consumer": {**mha["consumer"], "device": "meta"},
     }  # type: ignore[dict-item]
     assert _gate(tmp_path, "v1ok", refusal, schema="ckpt-compat/report/1").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "--timeout", "-1", "--out", "{tmp}/r.json"],
+        ["verify", "--timeout", "nan", "--out", "{tmp}/r.json"],
+        ["verify", "--timeout", "inf", "--out", "{tmp}/r.json"],
+        ["verify", "--out", "{tmp}"],
+        ["run", "--shrink-seconds", "nan", "--out", "{tmp}/o"],
+        ["gate", "{tmp}/bad-types.json"],
+        ["gate", "{tmp}/deep.json"],
+        ["gate", "{tmp}/r.json", "--expectations", "{tmp}/top.toml"],
+        ["check", "--max-size", "0", "x.pt"],
+    ],
+)
+def test_every_bad_value_exits_2_with_one_line(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "bad-types.json").write_text('{"schema": "ckpt-compat/report/2", "cells": [{"detail": 5}]}')
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "r.json").write_text('{"schema": "ckpt-compat/report/2", "cells": []}')
+    (tmp_path / "top.toml").write_text("[[issue]]\nformats = 5\n")
+    done = cli(*(a.format(tmp=tmp_path) for a in args))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "internal error" not in done.stderr, done.stderr

@@ -1,0 +1,203 @@
+"""`ckpt-compat check FILE` on good, broken, hostile and special inputs: nothing is executed.
+
+The table of every bad-input class x format is written to docs/bad-inputs.md by this test
+(``CKPT_COMPAT_WRITE_DOCS=1``) and checked against it otherwise, so the page cannot go stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ckpt_compat import payloads
+from ckpt_compat.identify import NotAFile, inspect_checkpoint
+
+TIED = Path(__file__).resolve().parent.parent / "fixtures" / "corpora" / "torch-2.13" / "tied"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
+FILES = {
+    "torch_zip": "torch_zip.pt",
+    "torch_legacy": "torch_legacy.pt",
+    "torch_module": "torch_module.pt",
+    "safetensors": "safetensors_model.safetensors",
+    "torchscript": "torchscript_script.pt",
+    "torch_export": "torch_export.pt2",
+    "onnx": "onnx.onnx",
+}
+
+
+def _copy(name: str, tmp: Path) -> Path:
+    target = tmp / FILES[name]
+    shutil.copyfile(TIED / FILES[name], target)
+    return target
+
+
+def _cut(fraction: float) -> Callable[[Path], None]:
+    def cut(path: Path) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * fraction)])
+
+    return cut
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _drop_last_byte(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+CORRUPTIONS: dict[str, Callable[[Path], None]] = {
+    "truncated to 10%": _cut(0.1),
+    "truncated to 50%": _cut(0.5),
+    "last byte missing": _drop_last_byte,
+    "one bit flipped mid-file": _flip_middle,
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_committed_files_inspect_as_what_they_are(name: str, tmp_path: Path) -> None:
+    inspection = inspect_checkpoint(_copy(name, tmp_path))
+    expected = "unsafe" if name in ("torch_module", "torchscript") else "ok"
+    assert inspection.verdict == expected, inspection.lines()
+
+
+def test_every_truncation_point_is_broken(tmp_path: Path) -> None:
+    for name in ("torch_zip", "torch_legacy", "safetensors", "torch_export"):
+        data = (TIED / FILES[name]).read_bytes()
+        path = tmp_path / FILES[name]
+        passed = []
+        for cut in range(len(data)):
+            path.write_bytes(data[:cut])
+            if inspect_checkpoint(path).verdict == "ok":
+                passed.append(cut)
+        assert passed == [], f"{name}: cut at {passed[:5]} inspects as ok"
+
+
+def _safetensors_header(path: Path, change: Callable[[dict[str, object]], None]) -> None:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
+
+
+def _first(header: dict[str, object]) -> dict[str, object]:
+    entry = next(v for k, v in header.items() if k != "__metadata__")
+    assert isinstance(entry, dict)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda h: _first(h).update(data_offsets=[0, 10**12]), "needs"),
+        (lambda h: _first(h).update(dtype="Q9"), "unknown dtype"),
+        (lambda h: _first(h).update(shape=[-1]), "non-negative"),
+        (lambda h: _first(h).update(data_offsets=[4, 4 + 4 * 16]), "gap or an overlap"),
+        (lambda h: h.update(extra={"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}), "gap or an overlap"),
+    ],
+)
+def test_safetensors_header_rules(change: Callable[[dict[str, object]], None], says: str, tmp_path: Path) -> None:
+    path = _copy("safetensors", tmp_path)
+    _safetensors_header(path, change)
+    inspection = inspect_checkpoint(path)
+    assert inspection.verdict == "broken" and any(says in p for p in inspection.problems), inspection.lines()
+
+
+def test_a_storage_record_of_the_wrong_length_is_broken(tmp_path: Path) -> None:
+    import zipfile
+
+    path = _copy("torch_zip", tmp_path)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "cut.pt", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[:-4] if "/data/" in info.filename and len(data) > 4 else data)
+    inspection = inspect_checkpoint(tmp_path / "cut.pt")
+    assert any("holds" in p and "bytes" in p for p in inspection.problems), inspection.lines()
+
+
+@pytest.mark.parametrize("name", [n for n, p in payloads.PAYLOADS.items() if p.executes])
+def test_hostile_payloads_are_unsafe_and_nothing_runs(name: str, tmp_path: Path) -> None:
+    payload = payloads.PAYLOADS[name]
+    if payload.loader == "torch.export.load" and not hasattr(__import__("torch"), "export"):
+        pytest.skip("this torch cannot write a .pt2")
+    marker = tmp_path / "canary"
+    path = payloads.write(name, tmp_path / f"payload{payload.suffix}", marker)
+    inspection = inspect_checkpoint(path)
+    assert inspection.verdict == "unsafe", inspection.lines()
+    assert not marker.exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ckpt_compat.cli", "check", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifos_and_devices_are_refused_with_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/zero")):
+        done = _cli(str(target))  # the timeout above fails the test if it hangs
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert str(target) in done.stderr
+    with pytest.raises(NotAFile):
+        inspect_checkpoint(fifo)
+
+
+def test_exit_codes_and_the_file_alias(tmp_path: Path) -> None:
+    assert _cli(str(_copy("torch_zip", tmp_path))).returncode == 0
+    assert _cli("--file", str(_copy("torch_module", tmp_path))).returncode == 1
+    bad = _copy("safetensors", tmp_path)
+    _drop_last_byte(bad)
+    assert _cli(str(bad)).returncode == 1
+    big = _cli(str(_copy("torch_zip", tmp_path)), "--max-size", "100")
+    assert big.returncode == 2 and "--max-size" in big.stderr
+    assert _cli(str(tmp_path / "missing.pt")).returncode == 2
+    assert _cli().returncode == 2
+
+
+def _table() -> str:
+    import tempfile
+
+    rows = ["| input | " + " | ".join(FILES) + " |", "|---|" + "---|" * len(FILES)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, corrupt in {"as committed": lambda _: None, **CORRUPTIONS}.items():
+            cells = []
+            for name in FILES:
+                path = _copy(name, Path(tmp))
+                corrupt(path)
+                inspection = inspect_checkpoint(path)
+                why = (inspection.problems or [inspection.executes or ", ".join(inspection.refused)])[0]
+                why = why.replace(str(path), FILES[name]).replace("|", "/")[:90]
+                cells.append(f"**{inspection.verdict}**" + (f": {why}" if why else ""))
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def test_the_bad_inputs_page_is_current() -> None:
+    header = (
+        "# `ckpt-compat check` on bad inputs\n\n"
+        "Generated by `tests/test_inspection.py` (`CKPT_COMPAT_WRITE_DOCS=1 python -m pytest "
+        "tests/test_inspection.py`), from the committed torch 2.13 `tied` fixtures. Verdicts: ok "
+        "(exit 0), broken or unsafe (exit 1). A FIFO, a device or a file over `--max-size` is refused "
+        "before it is read (exit 2). A flipped bit in tensor bytes is found only where the format "
+        "checksums them (zip CRC); for safetensors and ONNX, `verify` compares digests from the "
+        "corpus manifest.\n\n"
+    )
+    page = header + _table() + "\n"
+    if os.environ.get("CKPT_COMPAT_WRITE_DOCS"):
+        DOC.write_text(page, encoding="utf-8")
+    assert DOC.read_text(encoding="utf-8") == page, "docs/bad-inputs.md is stale: rerun with CKPT_COMPAT_WRITE_DOCS=1"
