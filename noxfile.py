@@ -71,6 +71,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=DEFAULT_PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Mutated and random inputs through `check` and untrusted loads: only classified outcomes.
+    ``CKPT_COMPAT_FUZZ_EXAMPLES`` sets the examples per test (default 200)."""
+    install(session, DEFAULT_TORCH, "test")
+    session.run("python", "-m", "pytest", "fuzz", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
 def lint(session: nox.Session) -> None:
     install(session, DEFAULT_TORCH, "dev")
     session.run("ruff", "check", ".")
@@ -115,6 +123,14 @@ def verify(session: nox.Session, torch: str) -> None:
         "--out",
         str(COMPAT / "results" / f"torch-{torch}.json"),
     )
+
+
+@nox.session
+@nox.parametrize("python,torch", VERSIONS)
+def security(session: nox.Session, torch: str) -> None:
+    """Which payload classes this torch's own loaders block; merged by `report` like verify's results."""
+    install(session, torch)
+    session.run("ckpt-compat", "security", "--out", str(COMPAT / "results" / f"security-{torch}.json"))
 
 
 @nox.session(python=DEFAULT_PYTHON)
@@ -167,8 +183,8 @@ def bench_report(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def compat(session: nox.Session) -> None:
-    """The whole cross-version protocol: produce per version, verify per version, report + gate."""
-    for step in ("produce", "verify"):
+    """The whole cross-version protocol: produce, verify and security per version, then report + gate."""
+    for step in ("produce", "verify", "security"):
         for version in TORCH:
             session.notify(f"{step}({version})")
     session.notify("report")

@@ -1,12 +1,57 @@
-"""Atomic writes: a reader sees the old file or the whole new one, never half of one."""
+"""Atomic, durable writes: a reader sees the old file or the whole new one, never half of one,
+after a crash, a SIGKILL or a power cut; a full disk is an error that says so.
+
+A file is written inside a fresh temporary directory beside its destination, under its own name
+(torch.save puts the file's stem into the archive, and some writers check the suffix), fsynced,
+renamed into place, and the directory is fsynced. The temporary directory is registered with
+the janitor (see `isolation`), so even a SIGKILL leaves nothing behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# What a disk says when it cannot take more: not a property of a format.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EIO}
+# torch's C++ writer (caffe2 PyTorchStreamWriter) turns those into RuntimeErrors with these words:
+# "unexpected pos X vs Y" is its check that a write wrote everything, failed by a short write.
+_STORAGE_WORDS = (
+    "file write failed",
+    "unexpected pos",
+    "No space left on device",
+    "File too large",
+    "Read-only file system",
+)
+
+
+class WriteFailed(OSError):
+    """The file system refused a write (full, over a size limit, read-only, failing)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(errno.ENOSPC, f"writing {path} failed: {why}")
+        self.why = why
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """Why ``exc`` (or what caused it) is the disk refusing a write, or None."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # contexts can form a cycle
+        visited.add(id(seen))
+        if isinstance(seen, WriteFailed):
+            return seen.why
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            return os.strerror(seen.errno or 0)
+        if isinstance(seen, RuntimeError) and any(w in str(seen) for w in _STORAGE_WORDS):
+            return f"a short write ({' '.join(str(seen).split())[:160]}): the disk is full or over a size limit"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _umask() -> int:
@@ -19,21 +64,97 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or every file in a directory tree, then the directory) to disk."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                fsync_path(child)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    else:
+        flags = os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed."""
+    """Yield a temporary path with ``path``'s name; on success it replaces ``path``, durably."""
+    from ckpt_compat.isolation import forget, remove_on_exit
+
     path = Path(path)
-    # The temporary name keeps the suffix: some writers check it (torch.export wants .pt2).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_on_exit(scratch, start=False)
+    tmp = scratch / path.name
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _FILE_MODE)
+        yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, _FILE_MODE)
+        fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        fsync_path(path.parent)
+    except BaseException as exc:
+        why = storage_failure(exc)
+        if why and not isinstance(exc, WriteFailed):
+            raise WriteFailed(path, why) from exc
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        forget(scratch, start=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A temporary directory beside ``path`` that replaces it on success (durably, see
+    `swap_in`) and is removed otherwise."""
+    from ckpt_compat.isolation import forget, remove_on_exit
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_on_exit(tmp, start=False)
+    try:
+        yield tmp
+        swap_in(tmp, path)
+    except BaseException as exc:
+        why = storage_failure(exc)
+        if why:  # named by the directory the caller asked for, not the temporary one
+            raise WriteFailed(path, why) from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        forget(tmp, start=False)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put directory ``new`` at ``path`` in one step: fsynced first, then exchanged with the old
+    one by renameat2(RENAME_EXCHANGE) where Linux has it (a kill at any moment leaves the old or
+    the new directory at ``path``, never neither), and the old one removed; ``new`` is left empty."""
+    fsync_path(new)
+    if path.exists() and _exchange(new, path):
+        shutil.rmtree(new)  # now the old directory
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(new, path)
+    new.mkdir(exist_ok=True)  # the caller's cleanup expects it
+    fsync_path(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

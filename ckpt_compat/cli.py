@@ -196,6 +196,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
+    security = commands.add_parser(
+        "security",
+        help="which hostile-checkpoint classes this torch's own loaders block (each payload only creates a "
+        "marker file, and runs in a contained throwaway process)",
+    )
+    security.add_argument("--out", type=Path, required=True, metavar="FILE", help="the results file (report schema)")
+    security.add_argument(
+        "--timeout", type=_seconds, default=120.0, metavar="S", help="seconds one load may take (default: 120)"
+    )
+
     report = commands.add_parser("report", help="merge results into the producer x consumer matrix")
     report.add_argument("results", nargs="+", type=Path, metavar="RESULTS")
     report.add_argument("--out", type=Path, required=True, metavar="DIR", help="matrix.md, matrix.json, junit.xml")
@@ -253,14 +263,20 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ckpt_compat.atomic import WriteFailed
+    from ckpt_compat.isolation import start_janitor
+
     try:
         args = _parser().parse_args(argv)
+        if args.command in ("run", "produce", "verify", "check", "security"):
+            start_janitor()  # before any child or temporary file: cleans up even after SIGKILL
         command = {
             "run": _run,
             "check": _check,
             "formats": _formats,
             "produce": _produce,
             "verify": _verify,
+            "security": _security,
             "report": _report,
             "gate": _gate,
             "bench-report": _bench_report,
@@ -270,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ckpt-compat: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WriteFailed as exc:  # the disk, not a format and not a bug
+        print(f"ckpt-compat: error: {exc.strerror}; free space or write elsewhere", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("ckpt-compat: interrupted", file=sys.stderr)
         return 130
@@ -384,6 +403,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ckpt_compat.distributed import RESHARD_SPEC, check_reshard
+    from ckpt_compat.isolation import scratch_dir
     from ckpt_compat.multiobject import check_multi_object
     from ckpt_compat.propcheck import run_property
     from ckpt_compat.report import Report
@@ -398,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{args.examples} examples, seed {args.seed}"
     )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+    with scratch_dir() as workdir:
         result = run_property(
             formats,
             Path(workdir),
@@ -409,12 +429,12 @@ def _run(args: argparse.Namespace) -> int:
             shrink_seconds=args.shrink_seconds,
         )
     progress("training checkpoints: train, save, resume in a fresh process, compare with an uninterrupted run")
-    with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+    with scratch_dir() as workdir:
         result.results += check_training(formats, Path(workdir))
         result.results += check_multi_object(formats, Path(workdir))
     if any(f.name == "dcp" for f in formats):
         progress("DCP across world sizes: save with 2 processes (gloo), load with 1 and with 4")
-        with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+        with scratch_dir() as workdir:
             result.results += check_reshard(Path(workdir))
         result.specs[RESHARD_SPEC.id] = RESHARD_SPEC
     result.specs[f"training-{TRAINING_SPEC.id}"] = TRAINING_SPEC
@@ -451,13 +471,14 @@ def _check(args: argparse.Namespace) -> int:
     expectations = _expectations(args.expectations)
 
     from ckpt_compat.dtypes import UnknownDType
+    from ckpt_compat.isolation import scratch_dir
     from ckpt_compat.propcheck import failure_of
     from ckpt_compat.report import Report
     from ckpt_compat.roundtrip import check_spec
     from ckpt_compat.specs import SpecError
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ckpt-compat-") as workdir:
+    with scratch_dir() as workdir:
         try:
             results = check_spec(spec, formats, Path(workdir))
         except (SpecError, UnknownDType) as exc:
@@ -501,13 +522,18 @@ def _produce(args: argparse.Namespace) -> int:
     formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
     out = _writable_dir(args.out)
 
-    from ckpt_compat.corpus import MANIFEST, produce
+    from ckpt_compat.corpus import MANIFEST, ManifestError, produce
     from ckpt_compat.devices import producer_devices
 
     if args.device not in producer_devices():
         raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
     started = time.perf_counter()
-    manifest = produce(out, formats, device=args.device, progress=_progress(args.quiet), sample_heavy=args.sample_heavy)
+    try:
+        manifest = produce(
+            out, formats, device=args.device, progress=_progress(args.quiet), sample_heavy=args.sample_heavy
+        )
+    except ManifestError as exc:
+        raise UsageError(f"--out {exc}") from None
     written = sum(e.file is not None for e in manifest.entries)
     print(
         f"wrote {written} file(s) for {len(manifest.specs)} spec(s) in {time.perf_counter() - started:.1f}s "
@@ -580,6 +606,33 @@ def _verify(args: argparse.Namespace) -> int:
         f"{s['cells']} cells from {len(corpora)} corpus/corpora: {s['outcomes']}; "
         f"{s['known_issues']} known issue(s), {s['unexpected']} unexplained; wrote {args.out}"
     )
+    return EXIT_OK
+
+
+def _security(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out}: a directory; --out names the results file to write")
+    _writable_dir(args.out.parent)
+    expectations = _expectations([])
+
+    import torch
+
+    from ckpt_compat.report import Report
+    from ckpt_compat.security import check_payloads
+
+    started = time.perf_counter()
+    results = check_payloads(timeout=args.timeout)
+    report = Report(
+        results,
+        {},
+        expectations,
+        run={"command": "security", "seconds": round(time.perf_counter() - started, 2), "out": str(args.out)},
+    )
+    report.write_results(args.out)
+    for r in results:
+        print(f"{r.cell.format:22} {r.outcome.value:8} {r.detail[:110]}")
+    ran = sum(r.outcome.value == "unsafe" for r in results)
+    print(f"torch {torch.__version__}: {len(results)} payload classes, {ran} ran code; wrote {args.out}")
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ckpt_compat import __version__
-from ckpt_compat.atomic import write_text
+from ckpt_compat.atomic import atomic_dir, write_text
 from ckpt_compat.compare import record
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, all_formats
@@ -156,15 +156,29 @@ def produce(
     sample_heavy: bool = False,
     objects: bool = True,
 ) -> Manifest:
-    """Write a corpus for the running torch into ``out``; the manifest goes last.
+    """Write a corpus for the running torch into ``out``: built in a temporary directory beside
+    it and swapped in whole, so the previous corpus survives any kill until the new one is done.
 
     ``sample_heavy``: heavy formats (compiled, exported, DCP: large files) only for `HEAVY_SAMPLE`,
     to keep committed fixtures small. ``objects``: also training checkpoints, a multi-object file
     and a multi-save stream, in every format that holds arbitrary objects.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, this is no corpus
-    formats = list(formats)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ManifestError(f"{out}: not empty and not a corpus; refusing to replace it (choose an empty --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as work:
+        return _produce(work, list(formats), device, specs, progress, sample_heavy, objects)
+
+
+def _produce(
+    out: Path,
+    formats: list[Format],
+    device: str,
+    specs: dict[str, ModelSpec] | None,
+    progress: Callable[[str], None],
+    sample_heavy: bool,
+    objects: bool,
+) -> Manifest:
     producer = Endpoint(torch.__version__, device)
     entries: list[Entry] = []
     records: dict[str, dict[str, dict[str, Any]]] = {}

@@ -69,6 +69,9 @@ def _dtensor_api() -> tuple[Any, Any, Any, Any]:
 
 def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
     """One process of a world: save the sharded state, or load it and check this rank's shards."""
+    from ckpt_compat.isolation import die_with_parent
+
+    die_with_parent()  # a SIGKILLed `ckpt-compat run` takes its ranks with it
     warnings.simplefilter("ignore")
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp

@@ -144,9 +144,9 @@ class Expectation:
             return False
         if part.difference is not None:
             return self.difference is not None and self.difference.matches(part.difference)
-        if part.outcome is Outcome.UNSAFE:
-            return True
-        return any(e.matches(part.error) for e in self.errors)
+        if part.outcome is Outcome.UNSAFE and not self.errors:
+            return True  # an unsafe load with no error of its own: matched by formats, versions, options
+        return part.error is not None and any(e.matches(part.error) for e in self.errors)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "reason": self.reason, "links": list(self.links)}
@@ -200,7 +200,7 @@ def parts(result: CellResult) -> tuple[Part, ...]:
         return ()
     found = [Part(outcome_of([d]), difference=d) for d in result.differences]
     if result.outcome is Outcome.UNSAFE:
-        return (Part(Outcome.UNSAFE), *found)
+        return (Part(Outcome.UNSAFE, error=result.error), *found)
     if result.outcome in ERROR_OUTCOMES:
         return (Part(result.outcome, error=result.error),)
     return tuple(found)

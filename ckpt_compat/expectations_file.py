@@ -120,6 +120,9 @@ def _expectation(raw: Any, source: str) -> Expectation:
         if spec is None:
             raise ValueError("an error outcome needs error = { type = ..., message = ... }")
         errors = tuple(_error(e) for e in (spec if isinstance(spec, list) else [spec]))
+    elif outcomes == {Outcome.UNSAFE} and "error" in raw:  # what the unsafe load said, where it says
+        spec = raw["error"]
+        errors = tuple(_error(e) for e in (spec if isinstance(spec, list) else [spec]))
     elif outcomes <= DIFFERENCE_OUTCOMES:
         if "difference" not in raw:
             raise ValueError("a difference outcome needs difference = { kind = ..., root = ..., ... }")

@@ -14,6 +14,7 @@ import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,12 +220,13 @@ def _inspect_zip(path: Path, description: str) -> Inspection:
     try:
         archive = zipfile.ZipFile(path)
         damaged = archive.testzip()  # reads every member: the central directory and every CRC
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
         result.kind = "torch_zip" if kind == "unknown" else kind
         result.problems.append(f"the zip archive is truncated or corrupt ({exc})")
         return result
-    if damaged is not None:
+    if damaged is not None:  # nothing more of it can be read as it was written
         result.problems.append(f"member {damaged} fails its CRC check: the file was changed or damaged")
+        return result
     tail_problem = _zip_end_problem(path, archive)
     if tail_problem:
         result.problems.append(tail_problem)

@@ -1,6 +1,6 @@
 """Work in another interpreter, contained: every child ckpt-compat starts comes from here.
 
-A child gets a time limit, a memory limit (RLIMIT_AS), its own session (so its whole process
+A child gets a time limit, a memory limit (RLIMIT_DATA), its own session (so its whole process
 group can be killed), dies with its parent (PR_SET_PDEATHSIG on Linux), and a private temp dir
 (``TMPDIR``). A crash, a timeout or running out of memory comes back as a value with the tail of
 the child's stderr, never as an exception.
@@ -88,10 +88,12 @@ class _Janitor:
             atexit.register(self.close)
         return self.proc.stdin
 
-    def tell(self, kind: str, value: str | int) -> None:
+    def tell(self, kind: str, value: str | int, *, start: bool = True) -> None:
         if "\n" in str(value):
             raise ValueError(f"a path with a newline cannot be registered for cleanup: {value!r}")
         with self.lock:
+            if not start and (self.proc is None or self.pid != os.getpid()):
+                return  # nobody started one in this process: a library call, cleaned up by its caller
             pipe = self._pipe()
             if pipe is not None:
                 pipe.write(f"{kind} {value}\n")
@@ -109,14 +111,20 @@ class _Janitor:
 _janitor = _Janitor()
 
 
-def remove_on_exit(path: Path) -> None:
-    """Remove ``path`` when this process ends, however it ends (unless `forget` is called)."""
-    _janitor.tell("path", str(path.absolute()))
+def start_janitor() -> None:
+    """Start this process's janitor now (the CLI does, before any work)."""
+    _janitor.tell("start", "")
 
 
-def forget(path: Path) -> None:
+def remove_on_exit(path: Path, *, start: bool = True) -> None:
+    """Remove ``path`` when this process ends, however it ends (unless `forget` is called).
+    ``start=False``: only if a janitor already runs in this process."""
+    _janitor.tell("path", str(path.absolute()), start=start)
+
+
+def forget(path: Path, *, start: bool = True) -> None:
     """``path`` is finished (renamed into place): the janitor must leave it alone."""
-    _janitor.tell("done", str(path.absolute()))
+    _janitor.tell("done", str(path.absolute()), start=start)
 
 
 @contextlib.contextmanager
@@ -142,10 +150,13 @@ def die_with_parent() -> None:
 
 
 def _limit_memory(limit: int | None) -> None:
+    """RLIMIT_DATA (heap and private anonymous memory, Linux >= 4.7), not RLIMIT_AS: CUDA builds of
+    torch map gigabytes of address space for their libraries at import, which RLIMIT_AS counts."""
+    kind = getattr(resource, "RLIMIT_DATA", resource.RLIMIT_AS)
     if limit is not None:
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(kind)
         cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        resource.setrlimit(kind, (cap, hard))
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,30 @@ PLAIN = (bool, int, float, str, type(None))
 LONG_SEQUENCE = 16
 
 
+# A real checkpoint has thousands of objects, not millions; a pickle can share one list so that a
+# few hundred bytes hold 2**64 leaves, or nest thousands deep. Past these bounds it is refused.
+MAX_RECORDS = 200_000
+MAX_DEPTH = 100
+
+
+class TooLarge(ValueError):
+    """An object graph beyond MAX_RECORDS nodes or MAX_DEPTH levels (a pickle bomb, or not a checkpoint)."""
+
+
 def object_records(obj: Any) -> dict[str, dict[str, Any]]:
-    """Every leaf and container of ``obj`` by encoded key path."""
+    """Every leaf and container of ``obj`` by encoded key path. Raises TooLarge for a graph
+    beyond the bounds above."""
     out: dict[str, dict[str, Any]] = {}
     _walk(obj, (), out)
     return out
 
 
 def _walk(x: Any, path: KeyPath, out: dict[str, dict[str, Any]]) -> None:
+    if len(out) >= MAX_RECORDS or len(path) > MAX_DEPTH:
+        raise TooLarge(
+            f"more than {MAX_RECORDS:,} objects or {MAX_DEPTH} levels of nesting (at {list(path)[:8]}...): "
+            "a pickle bomb, or not a checkpoint"
+        )
     out[json.dumps(list(path))] = leaf = _record(x)
     if leaf["kind"] == "dict":
         for k, v in x.items():
@@ -70,7 +86,13 @@ def compare_object_records(records: Mapping[str, Mapping[str, Any]], obj: Any, r
     """Differences between recorded ``records`` and the loaded ``obj``: per path its kind, dtype,
     shape and digest (tensors, arrays) or value, and missing and unexpected paths. Below a path
     that already differs (a dict that came back a list), nothing more is reported."""
-    got = object_records(obj)
+    try:
+        got = object_records(obj)
+    except TooLarge as exc:  # a bomb in a foreign file: this cell fails, the others go on
+        from ckpt_compat.errorinfo import ErrorInfo
+
+        error = ErrorInfo.of(exc)
+        return [Difference("raised", (root,), f"walking the loaded object raised {error}", error=error)]
     out: list[Difference] = []
     changed: list[tuple[Any, ...]] = []
     for key in sorted(set(records) | set(got), key=lambda k: len(json.loads(k))):

@@ -111,8 +111,9 @@ def _pt2(path: Path, marker: Path) -> None:
     with zipfile.ZipFile(clean) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             data = src.read(info)
+            # torch.save bytes inside, whatever the member is called (2.2 names them .json).
             pickled = info.filename.endswith(".pt") or data[:2] in (b"PK", b"\x80\x02")
-            dst.writestr(info, payload if pickled and not info.filename.endswith(".json") else data)
+            dst.writestr(info, payload if pickled else data)
     clean.unlink()
 
 
@@ -149,21 +150,21 @@ PAYLOADS: dict[str, Payload] = {
     p.name: p
     for p in [
         *(
-            Payload(f"reduce-protocol-{n}", "torch.load", ".pt", _reduce(n), f"__reduce__ -> open(), protocol {n}")
+            Payload(f"reduce_protocol_{n}", "torch.load", ".pt", _reduce(n), f"__reduce__ -> open(), protocol {n}")
             for n in range(6)
         ),
-        Payload("indirect-partial", "torch.load", ".pt", _indirect, "open() reached through functools.partial"),
-        Payload("nested-load", "torch.load", ".pt", _nested, "torch.storage._load_from_bytes: a load within the load"),
+        Payload("indirect_partial", "torch.load", ".pt", _indirect, "open() reached through functools.partial"),
+        Payload("nested_load", "torch.load", ".pt", _nested, "torch.storage._load_from_bytes: a load within the load"),
         Payload(
-            "torchscript-dispatch",
+            "torchscript_dispatch",
             "torch.load",
             ".pt",
             _torchscript,
             "a TorchScript archive handed to torch.jit.load under weights_only=True (CVE-2025-32434)",
         ),
-        Payload("pt2-pickle", "torch.export.load", ".pt2", _pt2, "pickled members of a .pt2 archive"),
-        Payload("dcp-metadata", "dcp", ".dcp", _dcp, "a DCP checkpoint's .metadata pickle"),
-        Payload("pickle-laughs", "torch.load", ".pt", _laughs, "2**64 shared leaves", executes=False),
+        Payload("pt2_pickle", "torch.export.load", ".pt2", _pt2, "pickled members of a .pt2 archive"),
+        Payload("dcp_metadata", "dcp", ".dcp", _dcp, "a DCP checkpoint's .metadata pickle"),
+        Payload("pickle_laughs", "torch.load", ".pt", _laughs, "2**64 shared leaves", executes=False),
     ]
 }
 

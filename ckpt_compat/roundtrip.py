@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ckpt_compat import loading
+from ckpt_compat.atomic import WriteFailed, storage_failure
 from ckpt_compat.compare import (
     Difference,
     compare_close,
@@ -126,6 +127,8 @@ def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, produc
     except Unsupported as exc:
         return CellResult.failed(cell, Outcome.UNSUPPORTED, exc, prefix="save: ")
     except Exception as exc:
+        if isinstance(exc, WriteFailed) or storage_failure(exc):  # the disk, not the format
+            raise
         return CellResult.failed(cell, Outcome.SAVE_ERROR, exc)
     return None
 

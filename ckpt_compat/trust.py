@@ -10,6 +10,7 @@ meet what the weights_only unpickler allows.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import ckpt_compat
@@ -50,7 +51,7 @@ def pickled_refusals(path: Path) -> list[str]:
 
     try:
         scans = scan_archive(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
         return [f"the archive cannot be read ({exc})"]
     allowed = allowed_globals() or set()
     refused: list[str] = []

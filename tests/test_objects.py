@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,3 +61,22 @@ def test_each_change_is_one_difference_at_its_path(change: object, kind: str, pa
     change(changed)  # type: ignore[operator]
     found = compare_object_records(records, changed, "checkpoint")
     assert [(d.kind, d.path) for d in found] == [(kind, path)]
+
+
+def test_a_pickle_bomb_is_a_clear_difference_not_a_hang() -> None:
+    import time
+
+    from ckpt_compat.objects import TooLarge, compare_object_records, object_records
+
+    node: list[Any] = [torch.zeros(1)]
+    for _ in range(64):
+        node = [node, node]  # 2**64 leaves, 65 list objects
+    started = time.perf_counter()
+    found = compare_object_records({'["bomb"]': {"kind": "list", "len": 2}}, {"bomb": node}, "bundle")
+    assert [d.kind for d in found] == ["raised"] and "pickle bomb" in found[0].detail
+    assert time.perf_counter() - started < 60  # bounded by MAX_RECORDS, not by 2**64
+    deep: list[Any] = []
+    for _ in range(500):
+        deep = [deep]
+    with pytest.raises(TooLarge):
+        object_records(deep)

@@ -17,12 +17,12 @@ from ckpt_compat.trust import OutsideCorpus, inside, is_package_fixture, package
 
 # Which payload stands in for which format's file in the hostile corpus.
 HOSTILE = {
-    "torch_zip": "reduce-protocol-2",
-    "torch_module": "reduce-protocol-4",
-    "torch_legacy": "nested-load",
-    "torchscript_script": "torchscript-dispatch",
-    "torch_export": "pt2-pickle",
-    "dcp": "dcp-metadata",
+    "torch_zip": "reduce_protocol_2",
+    "torch_module": "reduce_protocol_4",
+    "torch_legacy": "nested_load",
+    "torchscript_script": "torchscript_dispatch",
+    "torch_export": "pt2_pickle",
+    "dcp": "dcp_metadata",
 }
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ckpt_compat.atomic import atomic_dir
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted
@@ -103,20 +102,6 @@ def _ordinary_errors() -> Iterator[None]:
 class CheckpointException(Exception):
     """DCP's CheckpointException (a BaseException) as an ordinary error; its cause is the first
     failing rank's own exception."""
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """A temporary directory beside ``path`` that replaces it on success and is removed otherwise."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # What a DCP .metadata pickle may name when nobody vouched for it: the metadata dataclasses and

@@ -1,0 +1,117 @@
+"""`ckpt-compat security`: which payload classes the running torch's own loaders block.
+
+Each payload (`payloads.PAYLOADS`) is written by this torch into a throwaway directory and loaded
+the safest way its loader offers (``torch.load(weights_only=True)``, ``torch.export.load``, DCP's
+``load``) in a contained child (`isolation`), with a memory and a time limit. The canary tells
+whether the payload's code ran. The cells go into the ordinary results file (format = payload,
+options = the loader), so `report` and `gate` merge them with the compatibility matrix:
+
+- ``ok``: the loader refused the file (its error is kept), or, for a bomb, loaded it in time;
+- ``unsafe``: the canary fired: the loader ran the file's code;
+- ``timeout`` / ``crash``: the loader hung, died or ran out of memory;
+- ``unsupported``: this torch cannot write the payload (no torch.export before 2.1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ckpt_compat.errorinfo import ErrorInfo, short
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
+
+SPEC_ID = "security"
+MEMORY = 4 * 2**30  # a payload load gets this much address space
+TIMEOUT = 120.0
+
+
+def _attack(name: str) -> dict[str, Any]:
+    """In the contained child: write payload ``name`` here, load it, report what happened."""
+    import torch
+
+    from ckpt_compat import payloads
+
+    payload = payloads.PAYLOADS[name]
+    work = Path(os.environ.get("TMPDIR", "."))
+    path, marker = work / f"payload{payload.suffix}", work / "canary"
+    warnings.simplefilter("ignore")
+    try:
+        payloads.write(name, path, marker)
+    except Exception as exc:  # this torch lacks the writer (torch.export before 2.1)
+        return {"unwritable": ErrorInfo.of(exc).to_json()}
+    if marker.exists():
+        raise RuntimeError(f"payload {name} fired while being written; it is not a valid test")
+    started = time.perf_counter()
+    error = None
+    try:
+        if payload.loader == "torch.load":
+            torch.load(str(path), weights_only=True)
+        elif payload.loader == "torch.export.load":
+            torch.export.load(str(path))
+        else:
+            from ckpt_compat.formats.dcp import _ordinary_errors, dcp_load
+
+            with _ordinary_errors():
+                dcp_load({"weight": torch.zeros(2)}, path)
+    except Exception as exc:
+        error = ErrorInfo.of(exc).to_json()
+    return {"canary": marker.exists(), "error": error, "seconds": time.perf_counter() - started}
+
+
+def options(name: str) -> dict[str, Any]:
+    from ckpt_compat.payloads import PAYLOADS
+
+    loader = PAYLOADS[name].loader
+    return {"loader": loader, "weights_only": True} if loader == "torch.load" else {"loader": loader}
+
+
+def check_payloads(names: list[str] | None = None, *, timeout: float = TIMEOUT) -> list[CellResult]:
+    """One cell per payload class, each attack in a fresh contained child."""
+    import torch
+
+    from ckpt_compat.isolation import call_once
+    from ckpt_compat.payloads import PAYLOADS
+
+    here = Endpoint(torch.__version__, "cpu")
+    results = []
+    for name in names or list(PAYLOADS):
+        cell = Cell(SPEC_ID, name, here, here, options(name))
+        answer = call_once(["ckpt_compat.security", "--child"], name, timeout=timeout, memory=MEMORY)
+        results.append(_result(cell, answer, PAYLOADS[name].executes))
+    return results
+
+
+def _result(cell: Cell, answer: Any, executes: bool) -> CellResult:
+    from ckpt_compat.isolation import Failure
+
+    if isinstance(answer, Failure):
+        outcome = Outcome.TIMEOUT if answer.kind == "timeout" else Outcome.CRASH
+        kind = {"timeout": "Timeout", "crash": "ProcessDied", "out_of_memory": "OutOfMemory"}[answer.kind]
+        return CellResult(cell, outcome, error=ErrorInfo(kind, answer.message))
+    if "unwritable" in answer:
+        why = ErrorInfo.from_json(answer["unwritable"])
+        return CellResult(cell, Outcome.UNSUPPORTED, error=ErrorInfo("Unavailable", f"cannot write the payload: {why}"))
+    error = ErrorInfo.from_json(answer["error"]) if answer["error"] else None
+    if answer["canary"]:
+        ran = f"the payload's code ran (its canary fired){f'; then: {error}' if error else ''}"
+        return CellResult(cell, Outcome.UNSAFE, error=ErrorInfo("PayloadRan", ran))
+    if error is None:
+        note = f"loaded in {answer['seconds']:.2f}s without running code"
+        if executes:  # it should have been refused or fired: a payload that did neither proves nothing
+            return CellResult(cell, Outcome.LOAD_ERROR, error=ErrorInfo("PayloadInert", note))
+        return CellResult(cell, Outcome.OK, notes=(note,))
+    return CellResult(cell, Outcome.OK, notes=(f"blocked: {short(str(error), 300)}",))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--child"]:
+        from ckpt_compat.isolation import serve
+
+        serve(_attack)
+    else:
+        sys.exit("usage: python -m ckpt_compat.security --child (used by `ckpt-compat security`)")

@@ -1,0 +1,118 @@
+"""Killed, starved of disk, interrupted: the previous outputs survive, nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ckpt_compat.corpus import MANIFEST
+
+CLI = [sys.executable, "-m", "ckpt_compat.cli"]
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def _children(pid: int) -> list[int]:
+    """Every live process whose parent chain leads to ``pid`` or that was in its session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid or int(stat[3]) == pid:  # parent, or session led by pid
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _produce(out: Path, *extra: str, limit_kib: int | None = None) -> subprocess.Popen[str]:
+    command = [*CLI, "produce", "--out", str(out), "--formats", "torch_zip,safetensors_file", "-q", *extra]
+    if limit_kib is not None:  # RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk
+        command = ["bash", "-c", f'ulimit -f {limit_kib}; exec "$@"', "bash", *command]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def old_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("interrupts") / "corpus"
+    done = _produce(out)
+    assert done.wait(600) == 0, done.stderr.read() if done.stderr else ""
+    return out
+
+
+def test_a_full_disk_is_an_error_and_the_old_corpus_survives(old_corpus: Path) -> None:
+    before = (old_corpus / MANIFEST).read_bytes()
+    proc = _produce(old_corpus, limit_kib=16)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and f"writing {old_corpus} failed" in err, err
+    assert "File too large" in err or "over a size limit" in err, err
+    assert (old_corpus / MANIFEST).read_bytes() == before
+    assert _leftovers(old_corpus.parent) == []
+
+
+def test_a_sigkilled_produce_leaves_the_old_corpus_and_no_temp_dir(old_corpus: Path) -> None:
+    before = (old_corpus / MANIFEST).read_bytes()
+    proc = _produce(old_corpus)
+    deadline = time.monotonic() + 120
+    while not _leftovers(old_corpus.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _leftovers(old_corpus.parent), "produce never started writing"
+    time.sleep(1.0)  # some files written into the new corpus
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _leftovers(old_corpus.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _leftovers(old_corpus.parent) == []
+    assert (old_corpus / MANIFEST).read_bytes() == before
+
+
+def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, tmp_path: Path) -> None:
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("ckpt-compat-*"))
+    out = tmp_path / "results.json"
+    command = [*CLI, "verify", str(old_corpus), "--no-fixtures", "-q", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = [p for p in _children(proc.pid) if "ckpt_compat.isolation" in _cmdline(p)]
+        if workers and set(temp.glob("ckpt-compat-*")) - before:
+            break
+        time.sleep(0.05)
+    assert workers, "verify never started its worker"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while (any(_alive(w) for w in workers) or set(temp.glob("ckpt-compat-*")) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)
+    assert set(temp.glob("ckpt-compat-*")) - before == set()
+    assert not out.exists()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""

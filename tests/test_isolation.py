@@ -1,0 +1,87 @@
+"""The isolation module: failures come back as values; nothing outlives a SIGKILLed parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ckpt_compat.isolation import Child, Failure, call_once, scratch_dir
+
+SLEEPER = ["tests.sleeper"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+def test_answers_timeouts_crashes_and_memory_are_values() -> None:
+    with Child(SLEEPER, timeout=60, memory=2**30) as child:
+        answer = child.request({"do": "echo"})
+        assert isinstance(answer, dict) and answer["pid"] != os.getpid()
+        private = Path(answer["tmp"])
+        assert private.is_dir() and private.name.startswith("ckpt-compat-")
+        died = child.request({"do": "die"})
+        assert isinstance(died, Failure) and died.kind == "crash"
+        assert "exit code 7" in died.message and "dying on purpose" in died.message
+        assert not private.exists()  # the private temp dir goes with the process
+        oom = child.request({"do": "allocate", "bytes": 4 * 2**30})
+        assert isinstance(oom, Failure) and oom.kind == "out_of_memory", oom
+        assert child.request({"do": "allocate", "bytes": 2**20}) == 2**20  # restarted
+        child.timeout = 0.5
+        hung = child.request({"do": "hang"})
+        assert isinstance(hung, Failure) and hung.kind == "timeout"
+    assert call_once(SLEEPER, {"do": "allocate", "bytes": 10}, timeout=60) == 10
+
+
+_PARENT = """
+import json, sys
+from ckpt_compat.isolation import Child, scratch_dir
+child = Child(["tests.sleeper"], timeout=600)
+answer = child.request({"do": "spawn"})
+with scratch_dir() as scratch:
+    print(json.dumps({**answer, "scratch": str(scratch), "tmp": str(child.tmp)}), flush=True)
+    child.request({"do": "hang"})
+"""
+
+
+def test_nothing_outlives_a_sigkilled_parent() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert parent.stdout is not None
+    started = json.loads(parent.stdout.readline())
+    assert _alive(started["pid"]) and _alive(started["grandchild"])
+    time.sleep(0.5)  # the child is busy on "hang": it will not notice a closed stdin by itself
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert _wait_gone([started["pid"], started["grandchild"]]), "a child outlived its SIGKILLed parent"
+    deadline = time.monotonic() + 10
+    while (Path(started["scratch"]).exists() or Path(started["tmp"]).exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(started["scratch"]).exists() and not Path(started["tmp"]).exists()
+
+
+def test_scratch_dirs_are_removed_on_exceptions() -> None:
+    try:
+        with scratch_dir() as path:
+            (path / "x").write_text("x")
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert not path.exists()

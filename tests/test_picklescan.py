@@ -1,0 +1,98 @@
+"""The static pickle scan: the globals a pickle names, resolved without running it."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from ckpt_compat.picklescan import (
+    UNRESOLVED,
+    Global,
+    add_safe_globals_call,
+    allowed_globals,
+    scan,
+    weights_only_refusals,
+)
+
+
+class _Calls:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (print, ("never printed",))
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_globals_are_found_in_every_protocol(protocol: int) -> None:
+    found = scan(pickle.dumps({"a": _Calls(), "b": OrderedDict()}, protocol=protocol))
+    assert found.error is None
+    assert "builtins.print" in found.globals and "collections.OrderedDict" in found.globals
+    assert found.calls >= 1
+
+
+def test_stack_global_operands_from_the_memo_are_resolved() -> None:
+    # STACK_GLOBAL whose module and name strings come back from the memo (BINGET), not literals.
+    data = (
+        b"\x80\x04\x8c\x08builtins\x94\x8c\x05print\x94\x93\x94"  # builtins.print, memoised as 0, 1, 2
+        b"h\x00h\x01\x93"  # the same two strings again, from the memo
+        b"\x8c\x01x\x85R."
+    )
+    found = scan(data)
+    assert found.error is None and found.globals == ["builtins.print"]
+
+
+def test_a_global_computed_at_load_time_is_unresolved() -> None:
+    # The module name is the result of a call, so a static scan cannot know it.
+    data = b"\x80\x04\x8c\x08builtins\x8c\x03str\x93\x8c\x02os\x85R\x8c\x06system\x93."
+    found = scan(data)
+    assert UNRESOLVED in found.globals and found.unresolved
+
+
+def test_python2_names_are_mapped_as_the_unpickler_maps_them() -> None:
+    found = scan(b"\x80\x02c__builtin__\nset\nq\x00]\x85R.")
+    assert found.globals == ["builtins.set"]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20])
+def test_truncated_or_garbled_pickles_are_errors(cut: int) -> None:
+    data = pickle.dumps({"weights": [1, 2, 3]}, protocol=2)
+    assert scan(data[:cut]).error is not None
+    assert scan(b"\xff\xfe\x00").error is not None
+
+
+def test_persistent_ids_of_torch_save_are_read_as_literals() -> None:
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buffer)
+    archive = zipfile.ZipFile(buffer)
+    found = scan(archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl"))))
+    (pid,) = found.persistent_ids
+    assert pid[0] == "storage" and isinstance(pid[1], Global) and pid[3:] == ("cpu", 3)
+
+
+def test_refusals_follow_torchs_own_allowlist() -> None:
+    allowed = allowed_globals()
+    if allowed is None:
+        pytest.skip(f"torch {torch.__version__} does not publish its weights_only allowlist")
+    found = scan(pickle.dumps({"a": _Calls(), "b": OrderedDict()}, protocol=2))
+    assert weights_only_refusals([found]) == ["builtins.print"]
+    assert add_safe_globals_call(["builtins.print"]) == (
+        "import builtins; torch.serialization.add_safe_globals([builtins.print])"
+    )
+
+
+def test_the_model_matches_pickletools_on_real_checkpoints() -> None:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2), "n": 3}, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    offset = 0
+    for _ in range(5):  # the legacy format's five pickles, one after the other
+        found = scan(data, start=offset)
+        assert found.error is None
+        ops = list(pickletools.genops(io.BytesIO(data[offset:])))
+        assert found.opcodes == len(ops)
+        offset = found.end
