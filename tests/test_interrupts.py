@@ -13,35 +13,13 @@ from pathlib import Path
 import pytest
 
 from ckpt_compat.corpus import MANIFEST
+from tests.processes import alive, cmdline, descendants
 
 CLI = [sys.executable, "-m", "ckpt_compat.cli"]
 
 
 def _leftovers(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
-
-
-def _children(pid: int) -> list[int]:
-    """Every live process whose parent chain leads to ``pid`` or that was in its session."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == pid or int(stat[3]) == pid:  # parent, or session led by pid
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _produce(out: Path, *extra: str, limit_kib: int | None = None) -> subprocess.Popen[str]:
@@ -96,7 +74,7 @@ def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, 
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline:
-        workers = [p for p in _children(proc.pid) if "ckpt_compat.isolation" in _cmdline(p)]
+        workers = [p for p in descendants(proc.pid) if "ckpt_compat.isolation" in cmdline(p)]
         if workers and set(temp.glob("ckpt-compat-*")) - before:
             break
         time.sleep(0.05)
@@ -104,15 +82,8 @@ def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while (any(_alive(w) for w in workers) or set(temp.glob("ckpt-compat-*")) - before) and time.monotonic() < deadline:
+    while (any(alive(w) for w in workers) or set(temp.glob("ckpt-compat-*")) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(w) for w in workers)
+    assert not any(alive(w) for w in workers)
     assert set(temp.glob("ckpt-compat-*")) - before == set()
     assert not out.exists()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""

@@ -11,23 +11,16 @@ import time
 from pathlib import Path
 
 from ckpt_compat.isolation import Child, Failure, call_once, scratch_dir
+from tests.processes import alive
 
 SLEEPER = ["tests.sleeper"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_gone(pids: list[int], seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not any(_alive(p) for p in pids)
+    return not any(alive(p) for p in pids)
 
 
 def test_answers_timeouts_crashes_and_memory_are_values() -> None:
@@ -66,7 +59,7 @@ def test_nothing_outlives_a_sigkilled_parent() -> None:
     )
     assert parent.stdout is not None
     started = json.loads(parent.stdout.readline())
-    assert _alive(started["pid"]) and _alive(started["grandchild"])
+    assert alive(started["pid"]) and alive(started["grandchild"])
     time.sleep(0.5)  # the child is busy on "hang": it will not notice a closed stdin by itself
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()

@@ -96,3 +96,31 @@ def test_a_manifest_pointing_outside_is_refused_with_one_line(tmp_path: Path) ->
         done = _verify(str(corpus), "--no-fixtures", "--out", str(tmp_path / "r.json"))
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert name in done.stderr
+
+
+def test_truncated_files_never_load_as_ok(tmp_path: Path) -> None:
+    """Every 97th truncation point and the last 40 of three formats, through verify's own loaders
+    in the contained worker, untrusted: each is a failed cell, none passes as ok."""
+    from ckpt_compat.results import Outcome
+    from ckpt_compat.verify import Task, Worker
+
+    formats = [get_format(n) for n in ("torch_zip", "torch_legacy", "safetensors_file")]
+    corpus = tmp_path / "c"
+    produce(corpus, formats, specs={"tied": corpus_specs()["tied"]}, objects=False)
+    entries = [(i, e) for i, e in enumerate(Manifest.read(corpus).entries) if e.file]
+    judged = 0
+    with Worker(timeout=120) as worker:
+        for index, entry in entries:
+            path = corpus / str(entry.file)
+            data = path.read_bytes()
+            cuts = sorted({*range(0, len(data), 97), *range(max(len(data) - 40, 0), len(data))})
+            for cut in cuts:
+                path.write_bytes(data[:cut])
+                answer = worker.run(Task(str(corpus), index, False, ("cpu",)))
+                assert not isinstance(answer, tuple) or answer[1].type != "CheckerError", answer
+                if isinstance(answer, list):
+                    ok = [c for c in answer if c["outcome"] == Outcome.OK.value]
+                    assert not ok, f"{entry.format} cut at {cut} of {len(data)} bytes loads as ok"
+                    judged += 1
+            path.write_bytes(data)
+    assert judged >= 3 * 40  # every cut came back as cells (not as a dead worker)
