@@ -49,6 +49,7 @@ _SYMBOLS = {
 }
 # The error type `verify` gives a cell whose format the consumer cannot read at all.
 UNAVAILABLE = "Unavailable"
+SECURITY_SPEC = "security"  # the spec id of `ckpt-compat security` cells (security.SPEC_ID)
 
 
 def finding_status(e: Expectation) -> Status:
@@ -126,6 +127,9 @@ class ReleaseView:
     findings: dict[str, Use] = field(default_factory=dict)  # cross-version breaks, silent changes, unsafe loads
     unexplained: list[Judgement] = field(default_factory=list)
     unsafe: list[Judgement] = field(default_factory=list)
+    # `ckpt-compat security` cells: payload class -> release -> (status, judgement). A release
+    # loads its own payloads, so these are a table of releases, not a producer x consumer grid.
+    hostile: dict[str, dict[str, tuple[Status, Judgement]]] = field(default_factory=dict)
 
     def producers(self, fmt: str) -> list[str]:
         return sorted({p for p, _ in self.grid[fmt]}, key=versions.key)
@@ -134,7 +138,9 @@ class ReleaseView:
         return sorted({c for _, c in self.grid[fmt]}, key=versions.key)
 
     def releases(self) -> list[str]:
-        return sorted({r for g in self.grid.values() for pair in g for r in pair}, key=versions.key)
+        found = {r for g in self.grid.values() for pair in g for r in pair}
+        found |= {r for by_release in self.hostile.values() for r in by_release}
+        return sorted(found, key=versions.key)
 
     def worst(self, fmt: str) -> Status:
         return max((p.status for p in self.grid[fmt].values()), default=Status.SAME)
@@ -156,6 +162,13 @@ def release_view(judgements: Iterable[Judgement]) -> ReleaseView:
         cell = j.result.cell
         baseline = None if pair[0] == pair[1] else (own.get((pair[1], key)) or own.get((pair[0], key)))
         status = _status(j, pair, baseline)
+        if cell.spec_id == SECURITY_SPEC:
+            view.hostile.setdefault(cell.format, {})[pair[1]] = (status, j)
+            if status is Status.UNEXPLAINED:
+                view.unexplained.append(j)
+            elif status is Status.UNSAFE:
+                view.unsafe.append(j)
+            continue
         entry = view.grid.setdefault(cell.format, {}).setdefault(pair, Pair())
         entry.statuses.append(status)
         entry.judgements.append(j)

@@ -91,8 +91,47 @@ def matrix_markdown(view: ReleaseView, verdict: Verdict) -> str:
             lines[-1] += f" (with ☑️ or — cells: {', '.join(f'`{f}`' for f in partial)})"
     lines += _limitations(view, releases)
     lines += _findings(view, letters, releases)
+    lines += _hostile(view, releases)
     lines += _unexplained(verdict.unexplained)
     return "\n".join(lines) + "\n"
+
+
+_HOSTILE_SYMBOL = {Status.SAME: "✅", Status.UNSAFE: "‼️ ran", Status.UNAVAILABLE: "—", Status.UNEXPLAINED: "‼️ ?"}
+
+
+def _hostile(view: ReleaseView, releases: Sequence[str]) -> list[str]:
+    """`ckpt-compat security`: which release's own loader runs which payload class."""
+    if not view.hostile:
+        return []
+    shown = [r for r in releases if any(r in by_release for by_release in view.hostile.values())]
+    lines = [
+        "",
+        "## Hostile files: does this release's safest loader run them? (`ckpt-compat security`)",
+        "",
+        "✅ blocked (or, for a bomb, loaded in time) · ‼️ ran: the payload's code ran · — this torch "
+        "cannot write or read the class",
+        "",
+        "| payload \\ torch | " + " | ".join(shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    causes: dict[str, Any] = {}
+    for payload, by_release in sorted(view.hostile.items()):
+        cells = []
+        for release in shown:
+            if release not in by_release:
+                cells.append("")
+                continue
+            status, j = by_release[release]
+            cells.append(_HOSTILE_SYMBOL.get(status, f"❌ {j.result.outcome.value}"))
+            for e in j.by if status is Status.UNSAFE else ():
+                if e is not None:
+                    causes.setdefault(e.id, (e, set()))[1].add(release)
+        lines.append(f"| `{payload}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    for e, where in causes.values():
+        links = " ".join(f"<{u}>" for u in e.links)
+        lines.append(f"- **{e.title}** (torch {_span(sorted(where, key=versions.key), releases)}; `{e.id}`). {links}")
+    return lines
 
 
 def _grid(view: ReleaseView, fmt: str, letters: dict[str, str]) -> list[str]:

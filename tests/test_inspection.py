@@ -187,6 +187,60 @@ def _table() -> str:
     return "\n".join(rows)
 
 
+# A payload for each format whose loaders it targets (see ckpt_compat/payloads.py).
+HOSTILE = {"torch_zip": "reduce_protocol_2", "torch_module": "nested_load", "torchscript": "torchscript_dispatch"}
+VERIFIED = {"torch_zip": "torch_zip", "torch_legacy": "torch_legacy", "torch_module": "torch_module",
+            "safetensors": "safetensors_model", "torchscript": "torchscript_script", "torch_export": "torch_export",
+            "onnx": "onnx"}  # fmt: skip
+
+
+def _verify_table() -> str:
+    """What `verify` (untrusted, in its contained worker) makes of the same inputs, per format:
+    the outcomes of all the file's cells, with the first error's type."""
+    import tempfile
+
+    from ckpt_compat.corpus import Manifest, corpus_specs, produce
+    from ckpt_compat.formats import get_format
+    from ckpt_compat.verify import Task, Worker
+
+    rows = ["| input | " + " | ".join(VERIFIED) + " |", "|---|" + "---|" * len(VERIFIED)]
+    formats = [get_format(f) for f in VERIFIED.values() if not get_format(f).why_not_usable()]
+    inputs: dict[str, Callable[[Path], None] | None] = {"as committed": None, **CORRUPTIONS, "hostile payload": None}
+    with tempfile.TemporaryDirectory() as tmp, Worker(timeout=120) as worker:
+        corpus = Path(tmp) / "c"
+        produce(corpus, formats, specs={"tied": corpus_specs()["tied"]}, objects=False)
+        entries = {e.format: (i, corpus / str(e.file)) for i, e in enumerate(Manifest.read(corpus).entries) if e.file}
+        for label, corrupt in inputs.items():
+            cells = []
+            for name, fmt in VERIFIED.items():
+                if fmt not in entries or (label == "hostile payload" and name not in HOSTILE):
+                    cells.append("")
+                    continue
+                index, path = entries[fmt]
+                original = path.read_bytes()
+                if label == "hostile payload":
+                    payloads.write(HOSTILE[name], path, Path(tmp) / "canary")
+                elif corrupt is not None:
+                    corrupt(path)
+                answer = worker.run(Task(str(corpus), index, False, ("cpu",)))
+                path.write_bytes(original)
+                assert not (Path(tmp) / "canary").exists(), f"{name}: a payload ran under verify"
+                cells.append(_outcomes(answer))
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _outcomes(answer: object) -> str:
+    if isinstance(answer, tuple):
+        return f"**{answer[0].value}**"
+    counts: dict[str, int] = {}
+    for cell in answer:  # type: ignore[attr-defined]
+        counts[cell["outcome"]] = counts.get(cell["outcome"], 0) + 1
+    first = next((c["error"]["type"] for c in answer if c.get("error")), "")  # type: ignore[attr-defined]
+    shown = ", ".join(f"{o} x{n}" for o, n in sorted(counts.items()))
+    return f"{shown}" + (f" ({first})" if first else "")
+
+
 def test_the_bad_inputs_page_is_current() -> None:
     header = (
         "# `ckpt-compat check` on bad inputs\n\n"
@@ -197,7 +251,13 @@ def test_the_bad_inputs_page_is_current() -> None:
         "checksums them (zip CRC); for safetensors and ONNX, `verify` compares digests from the "
         "corpus manifest.\n\n"
     )
-    page = header + _table() + "\n"
+    verify_header = (
+        "\n## What `verify` makes of them\n\n"
+        "The same inputs in a corpus, loaded by `verify` without `--trust` in its contained worker: the "
+        "outcomes of every cell of the file (load variants x devices), and the first error's type. A "
+        "hostile payload is refused before any loader that could run it sees it; no canary fires.\n\n"
+    )
+    page = header + _table() + "\n" + verify_header + _verify_table() + "\n"
     if os.environ.get("CKPT_COMPAT_WRITE_DOCS"):
         DOC.write_text(page, encoding="utf-8")
     assert DOC.read_text(encoding="utf-8") == page, "docs/bad-inputs.md is stale: rerun with CKPT_COMPAT_WRITE_DOCS=1"

@@ -69,3 +69,30 @@ def test_gate_lines_name_each_unexplained_part_and_each_unsafe_load(tmp_path: Pa
     assert "‼️ UNSAFE torchscript_script[weights_only] loaded by torch 2.2.2 (1 cell(s); runs-code)" in lines
     assert any(line.startswith("stale expectation old-consumer-bug") for line in lines)
     assert lines[-1] == "gate FAILED: 10 cells, 3 non-ok explained, 1 unexplained, 1 unsafe"
+
+
+def test_hostile_file_cells_are_one_table_of_releases_not_grids(tmp_path: Path) -> None:
+    from ckpt_compat.errorinfo import ErrorInfo
+    from ckpt_compat.expectations import BUILTIN
+    from ckpt_compat.matrix import SECURITY_SPEC
+
+    ran = ErrorInfo("PayloadRan", "the payload's code ran (its canary fired)")
+    results = [
+        _r("torchscript_dispatch", "2.4.1", "2.4.1", Outcome.UNSAFE, spec=SECURITY_SPEC, error=ran,
+           options={"loader": "torch.load", "weights_only": True}),
+        _r("torchscript_dispatch", "2.6.0", "2.6.0", spec=SECURITY_SPEC,
+           options={"loader": "torch.load", "weights_only": True}),
+        _r("dcp_metadata", "2.6.0", "2.6.0", Outcome.UNSAFE, spec=SECURITY_SPEC, error=ran, options={"loader": "dcp"}),
+    ]  # fmt: skip
+    verdict = gate(results, Expectations.load([BUILTIN]), stale_if=lambda _: False)
+    assert verdict.passed() and len(verdict.unsafe) == 2
+    write_matrix(verdict, tmp_path)
+    page = (tmp_path / "matrix.md").read_text()
+    assert "**torchscript_dispatch**" not in page  # no producer x consumer grid for them
+    row = next(line for line in page.splitlines() if line.startswith("| `torchscript_dispatch`"))
+    assert row == "| `torchscript_dispatch` | ‼️ ran | ✅ |"
+    assert "(torch 2.4.1; `security-torchscript-dispatch`)" in page
+    # The same unsafe load without the error the known issue names is not explained.
+    bare = [*results[:1], _r("dcp_metadata", "2.6.0", "2.6.0", Outcome.UNSAFE, spec=SECURITY_SPEC,
+                             error=ErrorInfo("PayloadRan", "something else"), options={"loader": "dcp"})]  # fmt: skip
+    assert not gate(bare, Expectations.load([BUILTIN]), stale_if=lambda _: False).passed()
