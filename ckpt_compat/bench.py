@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -592,9 +591,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-_CHILD = "import json, sys; from ckpt_compat.bench import run_op; print(json.dumps(run_op(*sys.argv[1:4])))"
-
-
 def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeout: float = 600) -> dict[str, Any]:
     """One round of ``op_id`` on ``path`` in a new ``python`` process. A load starts from the same
     page cache state every round (``make_cold`` or ``make_warm``); ``resident_before`` in its
@@ -616,37 +612,36 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
     else:
         make_warm(path)
     resident = None if op.saves else resident_fraction(path)
-    result: dict[str, Any] = _in_new_python(_CHILD, op_id, path, reference, timeout=timeout)
+    result: dict[str, Any] = _in_new_python(op_id, path, reference, rounds=None, timeout=timeout)
     result["resident_before"] = resident
     return result
 
 
-def _in_new_python(code: str, op_id: str, path: Path, reference: Path, *args: str, timeout: float) -> Any:
-    """Run ``code`` in a new interpreter; its last stdout line, as JSON. A failure is one line."""
-    done = subprocess.run(
-        [sys.executable, "-c", code, op_id, str(path), str(reference), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+def _in_new_python(op_id: str, path: Path, reference: Path, *, rounds: int | None, timeout: float) -> Any:
+    """Run ``op_id`` in a new interpreter (`isolation`, no memory limit: workloads are large);
+    one result, or a list of ``rounds``. A failure is one line."""
+    from ckpt_compat.isolation import Failure, call_once
+
+    request = {"op": op_id, "path": str(path), "reference": str(reference), "rounds": rounds}
+    answer = call_once(["ckpt_compat.bench", "--child"], request, timeout=timeout, memory=None)
+    if isinstance(answer, Failure):
+        why = answer.message.rsplit(" | ", 1)[-1]
         raise RuntimeError(f"{op_id} of {path} failed in the child: {why}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
 
 
-_REPEAT_CHILD = """
-import json, sys
-from ckpt_compat.bench import run_op
-print(json.dumps([run_op(*sys.argv[1:4]) for _ in range(int(sys.argv[4]))]))
-"""
+def _child(request: dict[str, Any]) -> Any:
+    """In the child: ``run_op`` once, or ``rounds`` times in this one process."""
+    args = (request["op"], request["path"], request["reference"])
+    if request["rounds"] is None:
+        return run_op(*args)
+    return [run_op(*args) for _ in range(int(request["rounds"]))]
 
 
 def same_process(op_id: str, path: Path, reference: Path, rounds: int, *, timeout: float = 600) -> list[float]:
     """Seconds of ``rounds`` repeats of a load in **one** new process (the page cache warm): what
     a benchmark that does not start a process per round measures. The first round is a fresh one."""
-    results = _in_new_python(_REPEAT_CHILD, op_id, path, reference, str(rounds), timeout=timeout)
+    results = _in_new_python(op_id, path, reference, rounds=rounds, timeout=timeout)
     return [r["seconds"] for r in results]
 
 
@@ -822,3 +817,12 @@ def result_info(
         "limits_gbps": limits.to_json(),
         **allocator_settings(),
     }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--child"]:
+        from ckpt_compat.isolation import serve
+
+        serve(_child)
+    else:
+        sys.exit("usage: python -m ckpt_compat.bench --child (used by the benchmark runner)")
