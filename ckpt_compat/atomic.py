@@ -86,7 +86,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     from ckpt_compat.isolation import forget, remove_on_exit
 
     path = Path(path)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     remove_on_exit(scratch, start=False)
     tmp = scratch / path.name
     try:
@@ -112,7 +112,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     `swap_in`) and is removed otherwise."""
     from ckpt_compat.isolation import forget, remove_on_exit
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     remove_on_exit(tmp, start=False)
     try:
         yield tmp
@@ -125,6 +126,33 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         forget(tmp, start=False)
+
+
+def sweep_leftovers(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (``.<name>.<pid>.<random>.tmp``) that a writer
+    left when it was killed where even the janitor could not clean up (both killed at once): those
+    whose process is gone. Returns what was removed."""
+    removed = []
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not ours to judge
+        return True
+    return True
 
 
 _RENAME_EXCHANGE = 2

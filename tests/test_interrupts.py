@@ -87,3 +87,17 @@ def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, 
     assert not any(alive(w) for w in workers)
     assert set(temp.glob("ckpt-compat-*")) - before == set()
     assert not out.exists()
+
+
+def test_leftovers_of_a_dead_writer_are_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    from ckpt_compat.atomic import atomic_dir
+
+    target = tmp_path / "corpus"
+    dead = tmp_path / f".corpus.{2**22 + 12345}.abc.tmp"  # above any pid_max: no such process
+    live = tmp_path / f".corpus.{os.getpid()}.def.tmp"
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "half-written.pt").write_bytes(b"PK")
+    with atomic_dir(target) as work:
+        (work / "manifest.json").write_text("{}")
+    assert not dead.exists() and live.exists() and (target / "manifest.json").is_file()
