@@ -73,7 +73,7 @@ def test_committed_files_inspect_as_what_they_are(name: str, tmp_path: Path) -> 
 
 
 def test_every_truncation_point_is_broken(tmp_path: Path) -> None:
-    for name in ("torch_zip", "torch_legacy", "safetensors", "torch_export"):
+    for name in ("torch_zip", "torch_legacy", "safetensors", "torch_export", "torchscript", "onnx"):
         data = (TIED / FILES[name]).read_bytes()
         path = tmp_path / FILES[name]
         passed = []

@@ -101,3 +101,24 @@ def test_leftovers_of_a_dead_writer_are_swept_and_a_live_ones_kept(tmp_path: Pat
     with atomic_dir(target) as work:
         (work / "manifest.json").write_text("{}")
     assert not dead.exists() and live.exists() and (target / "manifest.json").is_file()
+
+
+def test_a_sigkilled_run_leaves_no_process_and_no_temp_dir(tmp_path: Path) -> None:
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("ckpt-compat-*"))
+    command = [*CLI, "run", "--examples", "30", "--formats", "torch_zip,torchscript_script", "--out", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not set(temp.glob("ckpt-compat-*")) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(temp.glob("ckpt-compat-*")) - before, "run never made its scratch directory"
+    time.sleep(2.0)  # well into the property check
+    started = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while (set(temp.glob("ckpt-compat-*")) - before or any(map(alive, started))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(temp.glob("ckpt-compat-*")) - before == set()
+    assert not [p for p in started if alive(p) and "ckpt_compat" in cmdline(p)]
+    assert not (tmp_path / "report.json").exists()
