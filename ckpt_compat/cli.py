@@ -742,7 +742,8 @@ def _bench_gate(args: argparse.Namespace) -> int:
 
 
 def _inspect(path: Path, max_size: int | None) -> int:
-    from ckpt_compat.identify import MAX_SIZE, NotAFile, inspect_checkpoint
+    from ckpt_compat.identify import MAX_SIZE, NotAFile
+    from ckpt_compat.inspection import inspect_checkpoint
 
     try:
         inspection = inspect_checkpoint(path, max_size=max_size or MAX_SIZE)

@@ -6,21 +6,15 @@ torch.save zip archive whatever the suffix. `identify` tells them apart.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import stat
 import struct
-import warnings
 import zipfile
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # torch.save's legacy format opens with its magic number, pickled with protocol 2.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 def identify(path: Path) -> str:
@@ -35,7 +29,7 @@ def identify(path: Path) -> str:
         head = f.read(16)
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path)
-    if head.startswith(_LEGACY_MAGIC[:14]):
+    if head.startswith(LEGACY_MAGIC[:14]):
         return "a torch.save file in the legacy (pre-1.6, non-zip) format"
     safetensors = _safetensors(path, head)
     if safetensors:
@@ -102,59 +96,11 @@ def _onnx(path: Path) -> str:
     )
 
 
-# --------------------------------------------------------------------------- inspection
-
 MAX_SIZE = 256 * 2**30  # larger files are refused before anything is read (``--max-size``)
-MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
-# Bits per element of each safetensors dtype (safetensors 0.6+; F4 and F6 are packed).
-_SAFETENSORS_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
-    "I64": 64, "U64": 64,
-}  # fmt: skip
 
 
 class NotAFile(ValueError):
     """A FIFO, device, socket or oversized file: refused before anything is read (a usage error)."""
-
-
-@dataclass
-class Inspection:
-    """What a checkpoint file is and whether it loads as it claims, from its bytes alone."""
-
-    path: Path
-    description: str
-    kind: str  # torch_zip, torch_legacy, torchscript, torch_export, safetensors, onnx, dcp, unknown
-    problems: list[str] = field(default_factory=list)  # structural damage: the file is broken
-    refused: list[str] = field(default_factory=list)  # globals a weights_only=True load refuses
-    executes: str = ""  # why loading it runs code from the file, whatever the options
-
-    @property
-    def verdict(self) -> str:
-        if self.kind == "unknown" or self.problems:
-            return "broken"
-        return "unsafe" if self.refused or self.executes else "ok"
-
-    def lines(self) -> list[str]:
-        out = [f"{self.path}: {self.description}"]
-        out += [f"  broken: {p}" for p in self.problems]
-        if self.refused:
-            out.append(f"  torch.load(weights_only=True) refuses: {', '.join(self.refused)}")
-            from ckpt_compat.picklescan import add_safe_globals_call
-
-            call = add_safe_globals_call(self.refused)
-            if call and hasattr(torch_serialization(), "add_safe_globals"):
-                out.append(f"  if you trust the file and every one of those: {call}")
-        if self.executes:
-            out.append(f"  runs code when loaded: {self.executes}")
-        out.append(f"  verdict: {self.verdict}")
-        return out
-
-
-def torch_serialization() -> Any:
-    import torch.serialization
-
-    return torch.serialization
 
 
 def refuse_special(path: Path, max_size: int = MAX_SIZE) -> os.stat_result:
@@ -168,266 +114,3 @@ def refuse_special(path: Path, max_size: int = MAX_SIZE) -> os.stat_result:
     if info.st_size > max_size:
         raise NotAFile(f"{path} is {info.st_size:,} bytes, over the {max_size:,}-byte limit; raise --max-size")
     return info
-
-
-def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
-    """Inspect ``path`` without unpickling or executing anything. Raises NotAFile or OSError."""
-    info = refuse_special(path, max_size)
-    if stat.S_ISDIR(info.st_mode):
-        return _inspect_dcp(path)
-    description = identify(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _inspect_zip(path, description)
-    if head.startswith(_LEGACY_MAGIC[:14]):
-        return _inspect_legacy(path, description, info.st_size)
-    if len(head) >= 9 and head[8:9] == b"{":
-        return _inspect_safetensors(path, info.st_size)
-    if description.startswith("an ONNX model"):
-        return _inspect_onnx(path, description)
-    return Inspection(path, description, "unknown")
-
-
-def _refusals(scans: list[Any], path: Path) -> list[str]:
-    """The globals the weights_only unpickler refuses: the static scan, joined by torch's own
-    answer where it has one (get_unsafe_globals_in_checkpoint, torch 2.5+)."""
-    from ckpt_compat.picklescan import UNRESOLVED, weights_only_refusals
-
-    refused = weights_only_refusals(scans)
-    if refused is None:  # this torch publishes no allowlist: every global but the tensor machinery
-        refused = [g for s in scans for g in s.globals if not g.startswith("torch.")]
-    ask = getattr(torch_serialization(), "get_unsafe_globals_in_checkpoint", None)
-    if ask is not None:
-        with contextlib.suppress(Exception):
-            refused += [g for g in ask(str(path)) if g not in refused]
-    return ["a global computed at load time" if g == UNRESOLVED else g for g in refused]
-
-
-def _inspect_zip(path: Path, description: str) -> Inspection:
-    from ckpt_compat.picklescan import scan
-
-    kind = (
-        "torch_export"
-        if "torch.export" in description
-        else "torchscript"
-        if "TorchScript" in description
-        else "torch_zip"
-        if "torch.save" in description
-        else "unknown"
-    )
-    result = Inspection(path, description, kind)
-    try:
-        archive = zipfile.ZipFile(path)
-        damaged = archive.testzip()  # reads every member: the central directory and every CRC
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
-        result.kind = "torch_zip" if kind == "unknown" else kind
-        result.problems.append(f"the zip archive is truncated or corrupt ({exc})")
-        return result
-    if damaged is not None:  # nothing more of it can be read as it was written
-        result.problems.append(f"member {damaged} fails its CRC check: the file was changed or damaged")
-        return result
-    tail_problem = _zip_end_problem(path, archive)
-    if tail_problem:
-        result.problems.append(tail_problem)
-    if kind == "torchscript":
-        result.executes = "a TorchScript archive holds code that torch.jit.load runs (__setstate__, forward)"
-        return result
-    if kind == "torch_export":
-        from ckpt_compat.trust import pickled_refusals
-
-        refused = pickled_refusals(path)
-        if refused:
-            result.executes = "torch.export.load falls back to weights_only=False on pickles that name " + "; ".join(
-                refused
-            )
-        return result
-    if kind != "torch_zip":
-        return result
-    names = {i.filename: i for i in archive.infolist()}
-    pickle_name = next(n for n in names if n.endswith("data.pkl"))
-    found = scan(archive.read(pickle_name))
-    if found.error:
-        result.problems.append(f"{pickle_name}: {found.error}")
-    prefix = pickle_name[: -len("data.pkl")]
-    for pid in found.persistent_ids:
-        problem = _storage_problem(pid, lambda key: names.get(f"{prefix}data/{key}"))
-        if problem:
-            result.problems.append(problem)
-    result.refused = _refusals([found], path)
-    if result.refused:
-        result.description = description.replace(
-            "for torch.load(weights_only=True)", "which only weights_only=False reads"
-        )
-    return result
-
-
-def _zip_end_problem(path: Path, archive: zipfile.ZipFile) -> str:
-    """torch writes its archives with the end-of-central-directory record last and the first
-    member at offset 0. Python's zipfile also opens an archive cut short if a torch.save archive
-    stored inside it (a .pt2's weights) brings its own directory: that is not this file's."""
-    with open(path, "rb") as f:
-        f.seek(-22, os.SEEK_END)
-        end = f.read(22)
-    first = min((i.header_offset for i in archive.infolist()), default=0)
-    if not end.startswith(b"PK\x05\x06") or first != 0:
-        return "the archive's own central directory is missing (the file is truncated)"
-    return ""
-
-
-def _element_size(dtype: Any) -> int | None:
-    """Bytes per element of a dtype or legacy storage class named by a persistent id."""
-    import torch
-
-    name = getattr(dtype, "name", "").rpartition(".")[2]
-    found = getattr(torch, name, None)
-    with contextlib.suppress(Exception), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # legacy storage classes warn that TypedStorage is deprecated
-        if isinstance(found, torch.dtype):
-            return torch.empty((), dtype=found).element_size()
-        return torch.empty((), dtype=found.dtype).element_size()  # type: ignore[union-attr]
-    return None
-
-
-def _storage_problem(pid: Any, record: Any) -> str:
-    """A zip-format storage reference ("storage", dtype, key, location, numel) whose record is
-    missing or of another length; "" when it is sound or cannot be read statically."""
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-        return ""
-    _, dtype, key, _, numel = pid[:5]
-    size = _element_size(dtype)
-    if not isinstance(numel, int) or size is None:
-        return ""
-    info = record(key)
-    if info is None:
-        return f"tensor storage {key} is referenced but missing from the archive"
-    if info.file_size != numel * size:
-        return f"tensor storage {key} holds {info.file_size} bytes; its {numel} elements need {numel * size}"
-    return ""
-
-
-def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
-    """The legacy format: five pickles (magic, protocol, system info, the object, storage keys),
-    then each storage as an 8-byte element count and its bytes, in key order."""
-    from ckpt_compat.picklescan import scan
-
-    result = Inspection(path, description, "torch_legacy")
-    data = io.BytesIO(path.read_bytes())
-    scans, offset = [], 0
-    for _ in range(5):
-        found = scan(data, start=offset)
-        scans.append(found)
-        if found.error:
-            result.problems.append(f"pickle {len(scans)} of 5: {found.error}")
-            return result
-        offset = found.end
-    sizes = {
-        pid[2]: _element_size(pid[1]) for pid in scans[3].persistent_ids if isinstance(pid, tuple) and len(pid) > 4
-    }
-    for key in sorted(sizes):
-        data.seek(offset)
-        count = data.read(8)
-        if len(count) < 8:
-            result.problems.append(f"the file ends before tensor storage {key} (truncated at {offset} bytes)")
-            break
-        element = sizes[key] or 1
-        offset += 8 + struct.unpack("<q", count)[0] * element
-        if offset > size:
-            result.problems.append(f"tensor storage {key} runs past the end of the file (truncated)")
-            break
-    else:
-        if sizes and all(sizes.values()) and offset != size:
-            result.problems.append(f"{size - offset} bytes follow the last tensor storage")
-    result.refused = _refusals(scans[3:4], path)
-    return result
-
-
-def _inspect_safetensors(path: Path, size: int) -> Inspection:
-    """safetensors' own header rules: a JSON header of at most 100 MB, each tensor's offsets in
-    range, contiguous from 0 with no gap or overlap, and exactly numel x itemsize bytes."""
-    result = Inspection(path, "a safetensors file", "safetensors")
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
-            result.problems.append(f"the header claims {length:,} bytes; the file has {size - 8:,} after its size")
-            return result
-        raw = f.read(length)
-    try:
-        header = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as exc:
-        result.problems.append(f"the header is not valid JSON ({exc})")
-        return result
-    if not isinstance(header, dict):
-        result.problems.append("the header is not a JSON object")
-        return result
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    result.description = f"a safetensors file with {len(tensors)} tensor(s)"
-    spans = []
-    for key, meta in tensors.items():
-        problem, span = _tensor_problem(key, meta)
-        if problem:
-            result.problems.append(problem)
-        elif span:
-            spans.append((*span, key))
-    end = 0
-    for begin, stop, key in sorted(spans):
-        if begin != end:
-            result.problems.append(f"{key}: starts at byte {begin}, not {end} (a gap or an overlap)")
-        end = max(end, stop)
-    if end != size - 8 - length:
-        result.problems.append(f"the tensors cover {end:,} bytes; the data section has {size - 8 - length:,}")
-    return result
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
-def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
-    if not isinstance(meta, dict) or set(meta) != {"dtype", "shape", "data_offsets"}:
-        return f"{key}: a tensor entry needs exactly dtype, shape and data_offsets", None
-    bits = _SAFETENSORS_BITS.get(meta["dtype"])
-    shape, offsets = meta["shape"], meta["data_offsets"]
-    if bits is None:
-        return f"{key}: unknown dtype {meta['dtype']!r}", None
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        return f"{key}: shape {shape!r} is not a list of non-negative integers", None
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-        return f"{key}: data_offsets {offsets!r} is not [begin, end]", None
-    begin, stop = offsets
-    numel = 1
-    for d in shape:
-        numel *= d
-    need = (numel * bits + 7) // 8
-    if not 0 <= begin <= stop or stop - begin != need:
-        return f"{key}: data_offsets {offsets} hold {stop - begin} bytes; {meta['dtype']} {shape} needs {need}", None
-    return "", (begin, stop)
-
-
-def _inspect_dcp(path: Path) -> Inspection:
-    from ckpt_compat.formats.dcp import untrusted_refusal
-
-    if not (path / ".metadata").is_file():
-        return Inspection(path, f"{path} is a directory but not a DCP checkpoint (no .metadata)", "unknown")
-    result = Inspection(path, "a torch.distributed.checkpoint (DCP) directory", "dcp")
-    refusal = untrusted_refusal(path)
-    if refusal and "not a well-formed pickle" in refusal:
-        result.problems.append(refusal)
-    elif refusal:
-        result.executes = f"DCP's reader unpickles with plain pickle: {refusal}"
-    return result
-
-
-def _inspect_onnx(path: Path, description: str) -> Inspection:
-    """onnx's own checker: a protobuf cut at a field boundary still parses, but not as a model."""
-    import onnx
-
-    result = Inspection(path, description, "onnx")
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as exc:
-        result.problems.append(f"onnx.checker refuses it: {' '.join(str(exc).split())[:300]}")
-    return result

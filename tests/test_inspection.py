@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ckpt_compat import payloads
-from ckpt_compat.identify import NotAFile, inspect_checkpoint
+from ckpt_compat.identify import NotAFile
+from ckpt_compat.inspection import inspect_checkpoint
 
 TIED = Path(__file__).resolve().parent.parent / "fixtures" / "corpora" / "torch-2.13" / "tied"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
