@@ -1,13 +1,14 @@
-"""Verify corpora under the running torch, loading every file in a throwaway worker process.
+"""Verify corpora under the running torch, loading every file in a contained worker process.
 
-Files from other torch versions are foreign: the worker process isolates a load that crashes or
-hangs (reported as ``crash`` / ``timeout`` for that file, and the worker is restarted), and is the
-only process that unpickles them, so torch <= 2.5.1, whose weights_only loader is itself unsafe
-(CVE-2025-32434), never touches a foreign file in the main process. Whole-model pickles need
-``weights_only=False``; they are loaded only from trusted corpora (committed fixtures, or
-``--trust``), and reported ``unsupported`` otherwise.
+Files from other torch versions are foreign: the worker (`isolation.Child`: time and memory
+limits, its own process group, dead with its parent) isolates a load that crashes, hangs or runs
+out of memory (reported as ``crash`` / ``timeout`` for that file, and the worker is restarted), and
+is the only process that unpickles them. Loaders that can run code see a foreign file only when it
+is trusted (the installed package's own fixtures, or ``--trust``) or when a static scan clears it
+(`trust`); otherwise the cell is ``unsupported`` with the reason.
 
-The worker speaks JSON lines: one task in on stdin, one ``{"cells": [...]}`` out on stdout.
+The worker answers one JSON line per task: ``{"cells": [...]}``, or ``{"error": ...}`` when the
+checker itself failed on that entry (a ``crash`` cell for it; the worker goes on).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _check_object(corpus: Path, manifest: Any, entry: Any, *, trusted: bool) -> 
     import torch
 
     from ckpt_compat import multiobject, training
-    from ckpt_compat.formats import get_format
+    from ckpt_compat.formats import Unsupported, Untrusted, get_format
 
     fmt, path, records = get_format(entry.format), corpus / entry.file, manifest.records(entry)
     here = Endpoint(torch.__version__, "cpu")
@@ -85,17 +86,29 @@ def _check_object(corpus: Path, manifest: Any, entry: Any, *, trusted: bool) -> 
         ]
     results = []
     if entry.kind == "training":  # the producer's own run, read once for every load variant
-        reference = torch.load(str(corpus / str(entry.reference)), weights_only=True)
+        from ckpt_compat.formats.torch_save import torch_load
+        from ckpt_compat.training import CPU
+
+        try:  # through the same guard as every file of a corpus (a hostile reference.pt too)
+            reference = torch_load(corpus / str(entry.reference), {"weights_only": True}, CPU, trusted=trusted)
+        except Exception as exc:
+            outcome = Outcome.UNSUPPORTED if isinstance(exc, (Unsupported, Untrusted)) else Outcome.LOAD_ERROR
+            cells = [_training_cell(entry, fmt, manifest, here, v) for v in fmt.load_variants()]
+            return [CellResult.failed(c, outcome, exc, prefix="reference.pt: ") for c in cells]
     for variant in fmt.load_variants():
         if entry.kind == "training":
-            options = {**variant, "check": "resume", "optimizer": entry.options["optimizer"]}
-            cell = Cell(entry.spec_id, fmt.name, manifest.producer, here, options)
+            cell = _training_cell(entry, fmt, manifest, here, variant)
             steps = int(entry.options["steps"])
             results.append(training.check_saved(cell, fmt, path, records, reference, steps, trusted=trusted))
         else:
             cell = Cell(entry.spec_id, fmt.name, manifest.producer, here, {**variant, "check": "bundle"})
             results.append(multiobject.check_saved(cell, fmt, path, records, trusted=trusted))
     return results
+
+
+def _training_cell(entry: Any, fmt: Any, manifest: Any, here: Endpoint, variant: dict[str, Any]) -> Cell:
+    options = {**variant, "check": "resume", "optimizer": entry.options["optimizer"]}
+    return Cell(entry.spec_id, fmt.name, manifest.producer, here, options)
 
 
 @functools.cache

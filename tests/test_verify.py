@@ -155,3 +155,15 @@ def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(corpus: Pat
     paths = {d.path for d in cell.differences}
     assert ("checkpoint", "optimizer", "state", 0, "exp_avg") in paths
     assert any(p[0] == "resume" for p in paths)  # and training on from it diverges
+
+
+def test_a_broken_training_reference_fails_its_cells_not_the_worker(corpus: Path, tmp_path: Path) -> None:
+    work = _copy(corpus, tmp_path / "c")
+    (work / "training-adam" / "reference.pt").write_bytes(b"not a checkpoint")
+    results = [
+        r
+        for r in verify([work], trusted=lambda _: False, consumers=["cpu"])
+        if r.cell.options.get("optimizer") == "adam" and r.cell.options.get("check") == "resume"
+    ]
+    assert results and all(r.outcome is Outcome.LOAD_ERROR for r in results)
+    assert all(r.error is not None and r.error.message.startswith("reference.pt: ") for r in results)

@@ -89,13 +89,12 @@ class TorchScript(Format):
         ]
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
-        with warnings.catch_warnings():  # deprecation and tracer warnings: the report says so once
-            warnings.simplefilter("ignore")
-            compiled = _compiled(model, inputs, self.mode)
         # Into memory, then written by Python: torch.jit.save's C++ writer aborts the whole
         # process (std::terminate) when the disk fills, where Python raises ENOSPC.
         buffer = io.BytesIO()
-        torch.jit.save(compiled, buffer)
+        with warnings.catch_warnings():  # deprecation and tracer warnings: the report says so once
+            warnings.simplefilter("ignore")
+            torch.jit.save(_compiled(model, inputs, self.mode), buffer)
         path.write_bytes(buffer.getvalue())
 
     def load(
