@@ -558,7 +558,10 @@ def _verify(args: argparse.Namespace) -> int:
         raise UsageError(f"--fixtures {args.fixtures}: no such directory")
     chosen = args.fixtures if args.fixtures is not None else package_fixtures()
     fixtures = [] if args.no_fixtures or chosen is None else [chosen.resolve()]
-    corpora = find_corpora([*args.corpora, *fixtures])
+    unfinished: list[Path] = []
+    corpora = find_corpora([*args.corpora, *fixtures], skipped=unfinished)
+    for path in unfinished:
+        print(f"ckpt-compat: {path}: skipped, the unfinished output of a produce that was killed", file=sys.stderr)
     if not corpora:
         raise UsageError("no corpus found (no manifest.json below the given directories or fixtures/corpora)")
     try:

@@ -278,12 +278,21 @@ def _produce_objects(
     return entries, records
 
 
-def find_corpora(paths: Iterable[Path]) -> list[Path]:
-    """Every directory with a manifest at or below ``paths``, each once, in path order."""
+def find_corpora(paths: Iterable[Path], *, skipped: list[Path] | None = None) -> list[Path]:
+    """Every directory with a manifest at or below ``paths``, each once, in path order. The
+    temporary directory of a `produce` that was killed (``.<name>.<pid>.<random>.tmp``) is no
+    corpus: it is left out, and listed in ``skipped`` when given."""
     found: set[Path] = set()
     for path in paths:
         if (path / MANIFEST).is_file():
             found.add(path.resolve())
         elif path.is_dir():
             found.update(p.parent.resolve() for p in path.rglob(MANIFEST))
-    return sorted(found)
+    unfinished = {c for c in found if any(_is_temporary(part) for part in c.parts)}
+    if skipped is not None:
+        skipped += sorted(unfinished)
+    return sorted(found - unfinished)
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")

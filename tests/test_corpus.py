@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ckpt_compat.corpus import MANIFEST, Manifest, ManifestError, corpus_specs, find_corpora, produce
-from ckpt_compat.formats import available_formats
+from ckpt_compat.formats import available_formats, get_format
 from ckpt_compat.specs import build
 
 
@@ -64,3 +65,13 @@ def test_sample_heavy_writes_heavy_formats_for_the_sample_only(tmp_path: Path) -
     assert "tied" in HEAVY_SAMPLE and "bits" not in HEAVY_SAMPLE
     assert heavy and all(("tied", f.name) in written and ("bits", f.name) not in written for f in heavy)
     assert ("bits", "torch_zip") in written
+
+
+def test_the_temporary_directory_of_a_killed_produce_is_no_corpus(tmp_path: Path) -> None:
+    done = tmp_path / "torch-x"
+    produce(done, [get_format("torch_zip")], specs={"tied": corpus_specs()["tied"]}, objects=False)
+    left = tmp_path / ".torch-y.4242.abcd.tmp"
+    shutil.copytree(done, left)  # killed after its manifest was written, before the swap
+    skipped: list[Path] = []
+    assert find_corpora([tmp_path], skipped=skipped) == [done.resolve()]
+    assert skipped == [left.resolve()]
