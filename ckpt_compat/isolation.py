@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_PREFIX = "ckpt-compat-"
-MEMORY_LIMIT = 16 * 2**30  # default address-space limit of a child: generous for a checkpoint load
+MEMORY_LIMIT = 16 * 2**30  # default data (heap) limit of a child: generous for a checkpoint load
 _PR_SET_PDEATHSIG = 1
 _MEMORY_ENV = "CKPT_COMPAT_CHILD_MEMORY"
 

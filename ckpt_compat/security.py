@@ -25,7 +25,7 @@ from ckpt_compat.matrix import SECURITY_SPEC as SPEC_ID  # the release view sets
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 
 _READERS = {"torch.export.load": "torch_export", "dcp": "dcp"}  # the format whose reader a loader is
-MEMORY = 4 * 2**30  # a payload load gets this much address space
+MEMORY = 4 * 2**30  # a payload load gets this much heap
 TIMEOUT = 120.0
 
 
