@@ -194,6 +194,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOML",
         help="extra known-issue file(s), for the summary line",
     )
+    verify.add_argument(
+        "--jobs",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes loading files side by side (default: the usable cores); the results are the same",
+    )
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     security = commands.add_parser(
@@ -588,7 +595,12 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
         results = verify(
-            corpora, trusted=trusted, consumers=available_devices(), timeout=args.timeout, progress=progress
+            corpora,
+            trusted=trusted,
+            consumers=available_devices(),
+            timeout=args.timeout,
+            progress=progress,
+            jobs=args.jobs,
         )
     except ManifestError as exc:
         raise UsageError(str(exc)) from None

@@ -175,8 +175,15 @@ class Child:
     Restarted on the next request after it crashed or timed out.
     """
 
-    def __init__(self, argv: Sequence[str], *, timeout: float, memory: int | None = MEMORY_LIMIT) -> None:
-        self.argv, self.timeout, self.memory = list(argv), timeout, memory
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        memory: int | None = MEMORY_LIMIT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.argv, self.timeout, self.memory, self.env = list(argv), timeout, memory, dict(env or {})
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: IO[str] | None = None
         self.tmp: Path | None = None
@@ -191,7 +198,7 @@ class Child:
         self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         remove_on_exit(self.tmp)
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the child
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         env[_MEMORY_ENV] = str(self.memory or 0)
         # The child contains itself (below) before it imports anything: no preexec_fn, which is
         # unsafe in a parent that runs threads (torch's).

@@ -13,8 +13,12 @@ checker itself failed on that entry (a ``crash`` cell for it; the worker goes on
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import json
+import os
+import queue
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -138,10 +142,13 @@ def worker_main() -> None:
 class Worker:
     """The worker process (`isolation.Child`), restarted after it crashes or hangs."""
 
-    def __init__(self, timeout: float, memory: int | None = None) -> None:
+    def __init__(self, timeout: float, memory: int | None = None, *, threads: int | None = None) -> None:
         from ckpt_compat.isolation import MEMORY_LIMIT, Child
 
-        self.child = Child(["ckpt_compat.verify", "--worker"], timeout=timeout, memory=memory or MEMORY_LIMIT)
+        # Workers side by side each get their share of the cores: OpenMP threads that outnumber
+        # them spin and slow every worker down.
+        env = {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.child = Child(["ckpt_compat.verify", "--worker"], timeout=timeout, memory=memory or MEMORY_LIMIT, env=env)
 
     @property
     def timeout(self) -> float:
@@ -174,6 +181,12 @@ class Worker:
         return cells
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 def verify(
     corpora: Iterable[Path],
     *,
@@ -181,31 +194,55 @@ def verify(
     consumers: list[str],
     timeout: float = 120.0,
     progress: Progress = lambda _: None,
+    jobs: int | None = None,
 ) -> list[CellResult]:
-    """Every cell for every entry of every corpus, each file loaded in the worker process."""
-    import torch
-
+    """Every cell for every entry of every corpus, each file loaded in a contained worker; the
+    entries of a corpus are spread over ``jobs`` workers (default: the usable cores). The results
+    come in corpus and entry order whatever the number of workers."""
     from ckpt_compat.corpus import Manifest
 
-    results: list[CellResult] = []
-    with Worker(timeout) as worker:
+    cores = usable_cores()
+    count = max(1, jobs or cores)
+    threads = None if count == 1 else max(1, cores // count)
+    idle: queue.Queue[Worker] = queue.Queue()
+    with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor(count) as pool:
+        for _ in range(count):  # each starts its process on its first task
+            idle.put(stack.enter_context(Worker(timeout, threads=threads)))
+
+        def check(task: Task, entry: Any, manifest: Any) -> list[CellResult]:
+            worker = idle.get()
+            try:
+                return _cells(worker.run(task), Path(task.corpus), entry, manifest)
+            finally:
+                idle.put(worker)
+
+        results: list[CellResult] = []
         for corpus in corpora:
             manifest = Manifest.read(corpus)
-            before = len(results)
-            for index, entry in enumerate(manifest.entries):
-                if entry.file is None:
-                    continue
-                answer = worker.run(Task(str(corpus), index, trusted(corpus), tuple(consumers)))
-                if isinstance(answer, tuple):
-                    outcome, error = answer
-                    cell = Cell(entry.spec_id, entry.format, manifest.producer, Endpoint(torch.__version__, "cpu"), {})
-                    message = f"{corpus / entry.file}: {error.message}"
-                    results.append(CellResult(cell, outcome, error=ErrorInfo(error.type, message)))
-                else:
-                    results += [CellResult.from_json(c) for c in answer]
-            ok = sum(r.outcome is Outcome.OK for r in results[before:])
-            progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(results) - before} cells, {ok} ok")
+            tasks = [
+                (Task(str(corpus), index, trusted(corpus), tuple(consumers)), entry, manifest)
+                for index, entry in enumerate(manifest.entries)
+                if entry.file is not None
+            ]
+            found = [r for cells in pool.map(lambda t: check(*t), tasks) for r in cells]
+            ok = sum(r.outcome is Outcome.OK for r in found)
+            progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(found)} cells, {ok} ok")
+            results += found
     return results
+
+
+def _cells(
+    answer: list[dict[str, Any]] | tuple[Outcome, ErrorInfo], corpus: Path, entry: Any, manifest: Any
+) -> list[CellResult]:
+    """A worker's answer as cells: its own, or one crash / timeout cell for the entry."""
+    import torch
+
+    if isinstance(answer, tuple):
+        outcome, error = answer
+        cell = Cell(entry.spec_id, entry.format, manifest.producer, Endpoint(torch.__version__, "cpu"), {})
+        message = f"{corpus / entry.file}: {error.message}"
+        return [CellResult(cell, outcome, error=ErrorInfo(error.type, message))]
+    return [CellResult.from_json(c) for c in answer]
 
 
 if __name__ == "__main__":

@@ -167,3 +167,10 @@ def test_a_broken_training_reference_fails_its_cells_not_the_worker(corpus: Path
     ]
     assert results and all(r.outcome is Outcome.LOAD_ERROR for r in results)
     assert all(r.error is not None and r.error.message.startswith("reference.pt: ") for r in results)
+
+
+def test_two_workers_give_the_same_results_as_one(corpus: Path) -> None:
+    one = verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=1)
+    two = verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=2)
+    assert len(one) > 20
+    assert [r.to_json() for r in two] == [r.to_json() for r in one]
