@@ -161,7 +161,7 @@ _RENAME_EXCHANGE = 2
 def swap_in(new: Path, path: Path) -> None:
     """Put directory ``new`` at ``path`` in one step: fsynced first, then exchanged with the old
     one by renameat2(RENAME_EXCHANGE) where Linux has it (a kill at any moment leaves the old or
-    the new directory at ``path``, never neither), and the old one removed; ``new`` is left empty."""
+    the new directory at ``path``, never neither), and the old one removed."""
     fsync_path(new)
     if path.exists() and _exchange(new, path):
         shutil.rmtree(new)  # now the old directory
@@ -169,7 +169,6 @@ def swap_in(new: Path, path: Path) -> None:
         if path.exists():
             shutil.rmtree(path)
         os.replace(new, path)
-    new.mkdir(exist_ok=True)  # the caller's cleanup expects it
     fsync_path(path.parent)
 
 

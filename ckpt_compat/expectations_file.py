@@ -90,9 +90,7 @@ def parse(path: Path) -> list[Expectation]:
 def _expectation(raw: Any, source: str) -> Expectation:
     if not isinstance(raw, dict):
         raise TypeError("each [[expect]] must be a table")
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; known: {', '.join(sorted(_KEYS))}")
+    _known_keys(raw, _KEYS, "")
     for key in (*_REQUIRED, "reason", "links"):
         raw[key]
     outcomes = frozenset(Outcome(o) for o in _strings(raw, "outcome", allow_one=True))
@@ -173,12 +171,17 @@ def _strings(raw: Mapping[str, Any], key: str, *, allow_one: bool = False) -> li
     return value
 
 
+def _known_keys(table: dict[str, Any], keys: Any, what: str) -> None:
+    """Refuse any key of ``table`` not in ``keys``: a typo must not silently widen an entry."""
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown {what}key(s) {unknown}; known: {', '.join(sorted(keys))}")
+
+
 def _error(spec: Any) -> ErrorPattern:
     if not isinstance(spec, dict):
         raise TypeError(f"error must be a table, got {spec!r}")
-    unknown = sorted(set(spec) - _ERROR_KEYS)
-    if unknown:
-        raise ValueError(f"unknown error key(s) {unknown}; known: {', '.join(sorted(_ERROR_KEYS))}")
+    _known_keys(spec, _ERROR_KEYS, "error ")
     if "type" not in spec or "message" not in spec:
         raise ValueError("an error names its exception type and a message pattern")
     return ErrorPattern(
@@ -192,9 +195,7 @@ def _error(spec: Any) -> ErrorPattern:
 def _difference(spec: Any) -> DifferencePattern:
     if not isinstance(spec, dict):
         raise TypeError(f"difference must be a table, got {spec!r}")
-    unknown = sorted(set(spec) - _DIFFERENCE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown difference key(s) {unknown}; known: {', '.join(sorted(_DIFFERENCE_KEYS))}")
+    _known_keys(spec, _DIFFERENCE_KEYS, "difference ")
     kind = _string(spec, "kind")
     roots = frozenset(_strings(spec, "root", allow_one=True))
     if kind not in KINDS:

@@ -11,53 +11,83 @@ import os
 import stat
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # torch.save's legacy format opens with its magic number, pickled with protocol 2.
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
+@dataclass(frozen=True)
+class Identified:
+    """What a file is: ``kind`` for code (torch_zip, torch_legacy, torchscript, torch_export,
+    safetensors, onnx, dcp, broken_zip, zip, unknown), ``description`` for people."""
+
+    kind: str
+    description: str
+
+
 def identify(path: Path) -> str:
     """A one-line description of the checkpoint at ``path``; raises OSError if unreadable and
     NotAFile for a FIFO, device or socket."""
+    return identify_kind(path).description
+
+
+def identify_kind(path: Path) -> Identified:
+    """The kind and description of the checkpoint at ``path`` (see `identify`)."""
     refuse_special(path)
     if path.is_dir():
         if (path / ".metadata").is_file():
-            return "a torch.distributed.checkpoint (DCP) directory"
+            return Identified("dcp", "a torch.distributed.checkpoint (DCP) directory")
         raise OSError(f"{path} is a directory but not a DCP checkpoint (no .metadata)")
     with open(path, "rb") as f:
         head = f.read(16)
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path)
     if head.startswith(LEGACY_MAGIC[:14]):
-        return "a torch.save file in the legacy (pre-1.6, non-zip) format"
+        return Identified("torch_legacy", "a torch.save file in the legacy (pre-1.6, non-zip) format")
     safetensors = _safetensors(path, head)
     if safetensors:
-        return safetensors
+        return Identified("safetensors", safetensors)
     onnx = _onnx(path)
     if onnx:
-        return onnx
-    return (
+        return Identified("onnx", onnx)
+    return Identified(
+        "unknown",
         "not a checkpoint format ckpt-compat knows "
-        "(torch.save zip or legacy, TorchScript, torch.export, safetensors, ONNX, DCP)"
+        "(torch.save zip or legacy, TorchScript, torch.export, safetensors, ONNX, DCP)",
     )
 
 
-def _zip_kind(path: Path) -> str:
+def zip_kind(names: list[str]) -> str:
+    """torch_export, torchscript, torch_zip or zip, from the member names of a zip archive."""
+    tops = {n.split("/", 2)[1] for n in names if n.count("/") >= 1}
+    if any(n.endswith("archive_format") for n in names) or "models" in tops:
+        return "torch_export"
+    if "code" in tops or any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch_zip"
+    return "zip"
+
+
+def _zip_kind(path: Path) -> Identified:
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return "a truncated or corrupt zip archive (torch.save and TorchScript files are zip archives)"
-    tops = {n.split("/", 2)[1] for n in names if n.count("/") >= 1}
-    if any(n.endswith("archive_format") for n in names) or "models" in tops:
-        return "a torch.export program (.pt2 zip archive), for torch.export.load"
-    if "code" in tops or any(n.endswith("constants.pkl") for n in names):
-        return "a TorchScript archive, for torch.jit.load (TorchScript is deprecated upstream)"
-    if any(n.endswith("data.pkl") for n in names):
+        return Identified(
+            "broken_zip", "a truncated or corrupt zip archive (torch.save and TorchScript files are zip archives)"
+        )
+    kind = zip_kind(names)
+    if kind == "torch_export":
+        return Identified(kind, "a torch.export program (.pt2 zip archive), for torch.export.load")
+    if kind == "torchscript":
+        return Identified(kind, "a TorchScript archive, for torch.jit.load (TorchScript is deprecated upstream)")
+    if kind == "torch_zip":
         suffix = path.suffix.lower()
         hint = f" (not protobuf, whatever its {suffix} suffix says)" if suffix in (".pb", ".onnx", ".proto") else ""
-        return f"a torch.save zip archive{hint}, for torch.load(weights_only=True)"
-    return "a zip archive that is not a torch checkpoint"
+        return Identified(kind, f"a torch.save zip archive{hint}, for torch.load(weights_only=True)")
+    return Identified(kind, "a zip archive that is not a torch checkpoint")
 
 
 def _safetensors(path: Path, head: bytes) -> str:

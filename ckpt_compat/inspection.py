@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_compat.identify import LEGACY_MAGIC, MAX_SIZE, identify, refuse_special
+from ckpt_compat.identify import MAX_SIZE, Identified, identify_kind, refuse_special
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
 # Bits per element of each safetensors dtype (safetensors 0.6+; F4 and F6 are packed).
@@ -39,7 +39,7 @@ class Inspection:
 
     path: Path
     description: str
-    kind: str  # torch_zip, torch_legacy, torchscript, torch_export, safetensors, onnx, dcp, unknown
+    kind: str  # as `identify.Identified.kind`
     problems: list[str] = field(default_factory=list)  # structural damage: the file is broken
     refused: list[str] = field(default_factory=list)  # globals a weights_only=True load refuses
     executes: str = ""  # why loading it runs code from the file, whatever the options
@@ -77,18 +77,18 @@ def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
     info = refuse_special(path, max_size)
     if stat.S_ISDIR(info.st_mode):
         return _inspect_dcp(path)
-    description = identify(path)
+    found = identify_kind(path)
     with open(path, "rb") as f:
         head = f.read(16)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _inspect_zip(path, description)
-    if head.startswith(LEGACY_MAGIC[:14]):
-        return _inspect_legacy(path, description, info.st_size)
-    if len(head) >= 9 and head[8:9] == b"{":
+    if found.kind in ("torch_zip", "torchscript", "torch_export", "broken_zip"):
+        return _inspect_zip(path, found)
+    if found.kind == "torch_legacy":
+        return _inspect_legacy(path, found.description, info.st_size)
+    if len(head) >= 9 and head[8:9] == b"{":  # a safetensors header, even one identify cannot read
         return _inspect_safetensors(path, info.st_size)
-    if description.startswith("an ONNX model"):
-        return _inspect_onnx(path, description)
-    return Inspection(path, description, "unknown")
+    if found.kind == "onnx":
+        return _inspect_onnx(path, found.description)
+    return Inspection(path, found.description, "unknown")
 
 
 def _refusals(scans: list[Any], path: Path) -> list[str]:
@@ -106,24 +106,15 @@ def _refusals(scans: list[Any], path: Path) -> list[str]:
     return ["a global computed at load time" if g == UNRESOLVED else g for g in refused]
 
 
-def _inspect_zip(path: Path, description: str) -> Inspection:
+def _inspect_zip(path: Path, found: Identified) -> Inspection:
     from ckpt_compat.picklescan import scan
 
-    kind = (
-        "torch_export"
-        if "torch.export" in description
-        else "torchscript"
-        if "TorchScript" in description
-        else "torch_zip"
-        if "torch.save" in description
-        else "unknown"
-    )
+    kind, description = found.kind, found.description
     result = Inspection(path, description, kind)
     try:
         archive = zipfile.ZipFile(path)
         damaged = archive.testzip()  # reads every member: the central directory and every CRC
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
-        result.kind = "torch_zip" if kind == "unknown" else kind
         result.problems.append(f"the zip archive is truncated or corrupt ({exc})")
         return result
     if damaged is not None:  # nothing more of it can be read as it was written
@@ -148,15 +139,15 @@ def _inspect_zip(path: Path, description: str) -> Inspection:
         return result
     names = {i.filename: i for i in archive.infolist()}
     pickle_name = next(n for n in names if n.endswith("data.pkl"))
-    found = scan(archive.read(pickle_name))
-    if found.error:
-        result.problems.append(f"{pickle_name}: {found.error}")
+    pickled = scan(archive.read(pickle_name))
+    if pickled.error:
+        result.problems.append(f"{pickle_name}: {pickled.error}")
     prefix = pickle_name[: -len("data.pkl")]
-    for pid in found.persistent_ids:
+    for pid in pickled.persistent_ids:
         problem = _storage_problem(pid, lambda key: names.get(f"{prefix}data/{key}"))
         if problem:
             result.problems.append(problem)
-    result.refused = _refusals([found], path)
+    result.refused = _refusals([pickled], path)
     if result.refused:
         result.description = description.replace(
             "for torch.load(weights_only=True)", "which only weights_only=False reads"

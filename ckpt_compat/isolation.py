@@ -113,7 +113,8 @@ _janitor = _Janitor()
 
 def start_janitor() -> None:
     """Start this process's janitor now (the CLI does, before any work)."""
-    _janitor.tell("start", "")
+    with _janitor.lock:
+        _janitor._pipe()
 
 
 def remove_on_exit(path: Path, *, start: bool = True) -> None:
@@ -165,6 +166,11 @@ class Failure:
 
     kind: str
     message: str
+
+    @property
+    def error_type(self) -> str:
+        """The ErrorInfo type a result records for it."""
+        return {"timeout": "Timeout", "crash": "ProcessDied", "out_of_memory": "OutOfMemory"}[self.kind]
 
 
 class Child:

@@ -96,9 +96,10 @@ def _result(cell: Cell, answer: Any, executes: bool) -> CellResult:
     from ckpt_compat.isolation import Failure
 
     if isinstance(answer, Failure):
-        outcome = Outcome.TIMEOUT if answer.kind == "timeout" else Outcome.CRASH
-        kind = {"timeout": "Timeout", "crash": "ProcessDied", "out_of_memory": "OutOfMemory"}[answer.kind]
-        return CellResult(cell, outcome, error=ErrorInfo(kind, answer.message))
+        from ckpt_compat.verify import failure_outcome
+
+        outcome, failed = failure_outcome(answer)
+        return CellResult(cell, outcome, error=failed)
     if "unavailable" in answer:
         return CellResult(cell, Outcome.UNSUPPORTED, error=ErrorInfo("Unavailable", answer["unavailable"]))
     if "unwritable" in answer:

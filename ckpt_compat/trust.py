@@ -67,8 +67,10 @@ def pickled_refusals(path: Path) -> list[str]:
 
 def is_torchscript_archive(path: Path) -> bool:
     """A zip whose members are laid out as torch.jit.save writes them (code/ or constants.pkl)."""
+    from ckpt_compat.identify import zip_kind
+
     try:
         names = zipfile.ZipFile(path).namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         return False
-    return any(n.split("/")[1:2] == ["code"] or n.endswith("/constants.pkl") for n in names)
+    return zip_kind(names) == "torchscript"

@@ -171,14 +171,19 @@ class Worker:
 
         answer = self.child.request(json.loads(task.to_json()))
         if isinstance(answer, Failure):
-            outcome = Outcome.TIMEOUT if answer.kind == "timeout" else Outcome.CRASH
-            kind = {"timeout": "Timeout", "crash": "ProcessDied", "out_of_memory": "OutOfMemory"}[answer.kind]
-            return outcome, ErrorInfo(kind, answer.message)
+            return failure_outcome(answer)
         if "error" in answer:
             failed = ErrorInfo.from_json(answer["error"])
             return Outcome.CRASH, ErrorInfo("CheckerError", f"the checker failed: {failed}")
         cells: list[dict[str, Any]] = answer["cells"]
         return cells
+
+
+def failure_outcome(failure: Any) -> tuple[Outcome, ErrorInfo]:
+    """A contained process that did not answer (`isolation.Failure`), as a cell's outcome and error."""
+    return Outcome.TIMEOUT if failure.kind == "timeout" else Outcome.CRASH, ErrorInfo(
+        failure.error_type, failure.message
+    )
 
 
 def usable_cores() -> int:
