@@ -134,6 +134,26 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--spec", type=Path, metavar="FILE", help="a ModelSpec JSON file: run every cell for it")
     what.add_argument("--file", type=Path, metavar="CHECKPOINT", help="the same as the CHECKPOINT argument")
     check.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="your model: a zero-argument factory (or nn.Module class) importable from the current directory; "
+        "alone, round-trip it through every format, device and load option (exit 0 compatible, 1 an "
+        "incompatibility); with CHECKPOINT, compare the file's keys, dtypes and shapes with the model's",
+    )
+    check.add_argument(
+        "--inputs",
+        metavar="MODULE:NAME",
+        help="the model's example input (a tensor, a tuple of arguments or a dict of keyword arguments), or "
+        "a zero-argument function returning it; without it the forward and the tracing formats are not checked",
+    )
+    check.add_argument(
+        "--format",
+        dest="output_format",
+        choices=("text", "json", "markdown"),
+        default="text",
+        help="how --model prints its result (default: text)",
+    )
+    check.add_argument(
         "--max-size",
         type=_positive,
         default=None,
@@ -466,10 +486,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     given = [a for a in (args.checkpoint, args.file, args.spec) if a is not None]
+    if args.inputs is not None and args.model is None:
+        raise UsageError("--inputs: names the example input of --model MODULE:FACTORY; give --model too")
+    if args.model is not None and not given:
+        return _check_model(args)
     if len(given) != 1:
         raise UsageError(
-            "check takes one of CHECKPOINT, --file CHECKPOINT or --spec FILE (see 'ckpt-compat check --help')"
+            "check takes one of CHECKPOINT, --file CHECKPOINT, --spec FILE or --model MODULE:FACTORY "
+            "(see 'ckpt-compat check --help')"
         )
+    if args.model is not None and args.spec is not None:
+        raise UsageError("--model: give it alone (a round trip) or with CHECKPOINT (a key comparison), not with --spec")
     if args.spec is None:
         return _inspect(args.checkpoint or args.file, args.max_size)
     spec = _read_spec(args.spec)
@@ -515,6 +542,49 @@ def _check(args: argparse.Namespace) -> int:
         failure_detail=failure,
     )
     return _finish(report, out)
+
+
+def _user_model(args: argparse.Namespace) -> Any:
+    from ckpt_compat.usermodel import UserModelError, from_references
+
+    try:
+        return from_references(args.model, args.inputs)
+    except UserModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    from ckpt_compat.isolation import scratch_dir
+    from ckpt_compat.modelcheck import check_model
+    from ckpt_compat.usermodel import UserModelError
+
+    model = _user_model(args)
+    formats = _select_formats(args.formats)
+    expectations = _expectations(args.expectations)
+    if model.call is None and not args.quiet:
+        print(
+            f"--model {args.model}: no --inputs, so the forward and the tracing formats are not checked",
+            file=sys.stderr,
+        )
+    with scratch_dir() as workdir:
+        try:
+            checked = check_model(model, formats, expectations, Path(workdir))
+        except UserModelError as exc:
+            raise UsageError(str(exc)) from None
+    if args.output_format == "json":
+        print(json.dumps(checked.to_json(), indent=2))
+    else:
+        print(checked.render(markdown=args.output_format == "markdown"), end="")
+    from ckpt_compat.atomic import atomic_path
+
+    out = _writable_dir(args.out)
+    for name, text in (
+        ("model-check.json", json.dumps(checked.to_json(), indent=2) + "\n"),
+        ("model-check.md", checked.render(markdown=True)),
+    ):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return EXIT_OK if checked.passed else EXIT_FAILED
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:

@@ -21,6 +21,7 @@ DifferenceKind = Literal[
     "missing",
     "unexpected",
     "persisted",  # a non-persistent buffer came back as a persistent state-dict entry
+    "not_saved",  # a tensor outside the state dict (plain attribute, non-persistent buffer) that outputs need
     "load_state_dict",
     "type",
     "raised",  # the loaded model or program raised where the original ran
@@ -32,7 +33,7 @@ DifferenceKind = Literal[
     "aliasing",
 ]
 # Which difference kinds make a cell's outcome `keys`, `mismatch` or `aliasing`.
-KEY_KINDS = frozenset({"missing", "unexpected", "persisted", "load_state_dict"})
+KEY_KINDS = frozenset({"missing", "unexpected", "persisted", "not_saved", "load_state_dict"})
 VALUE_KINDS = frozenset({"type", "raised", "dtype", "shape", "stride", "bytes", "device"})
 KINDS: tuple[str, ...] = get_args(DifferenceKind)
 
@@ -383,9 +384,26 @@ def compare_values(
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             out += compare_values(e, a, (*path, i), strides=strides)
         return out
+    if type(expected) is type(actual) and _plain_object(expected) and len(path) < _MAX_OBJECT_DEPTH:
+        # An output object (a model's KV cache) is equal when its attributes are: its own __eq__
+        # is identity, and would call every rebuilt cache different.
+        return compare_values(vars(expected), vars(actual), path, strides=strides)
     if type(expected) is not type(actual) or expected != actual:
         return [Difference("type", path, "a different value", expected=_describe(expected), actual=_describe(actual))]
     return []
+
+
+_MAX_OBJECT_DEPTH = 32
+
+
+def _plain_object(x: Any) -> bool:
+    """An instance of a user class that compares by identity and keeps its state in __dict__."""
+    return (
+        hasattr(x, "__dict__")
+        and getattr(type(x), "__eq__", None) is getattr(object, "__eq__", None)
+        and not isinstance(x, type)
+        and not callable(x)
+    )
 
 
 def _part(key: Any) -> PathPart:

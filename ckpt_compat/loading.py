@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -170,9 +170,63 @@ class NoForward:
     error: ErrorInfo
 
 
-def leaf_blocks(inputs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+@dataclass(frozen=True)
+class Call:
+    """The example input of a whole model (a user's, not a spec's): ``model(*args, **kwargs)``.
+    A spec's input is a tree with one input per block; a `Call` is one input for the root."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, inputs: Any) -> Call:
+        """A tensor or other value is one positional argument, a tuple is the positional
+        arguments, a dict the keyword arguments (as ``model(**batch)`` takes a tokenizer's batch)."""
+        if isinstance(inputs, Call):
+            return inputs
+        if isinstance(inputs, tuple):
+            return cls(inputs)
+        if isinstance(inputs, Mapping):
+            return cls((), dict(inputs))
+        return cls((inputs,))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors of the call in order (positional, then keyword): a flattened program's feeds."""
+        from torch.utils._pytree import tree_flatten  # tree_leaves is newer than torch 2.0
+
+        leaves, _ = tree_flatten((list(self.args), dict(self.kwargs)))
+        return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+    def map(self, fn: Any) -> Call:
+        """The call with ``fn`` applied to each tensor (moving it to a device)."""
+        from torch.utils._pytree import tree_map
+
+        def one(x: Any) -> Any:
+            return fn(x) if isinstance(x, torch.Tensor) else x
+
+        return Call(tuple(tree_map(one, list(self.args))), dict(tree_map(one, dict(self.kwargs))))
+
+
+def invoke(block: Any, x: Any) -> Any:
+    """Run ``block`` on its example input: a `Call`, a tuple of arguments or one argument."""
+    if isinstance(x, Call):
+        return block(*x.args, **x.kwargs)
+    return block(*x) if isinstance(x, tuple) else block(x)
+
+
+def submodule(model: Any, path: str) -> Any:
+    """The block at a dotted path; the model itself at "" (a whole model's `Call`)."""
+    for name in path.split(".") if path else ():
+        model = getattr(model, name)
+    return model
+
+
+def leaf_blocks(inputs: Any) -> list[tuple[str, Any]]:
     """(dotted path, input) of every block that runs on its own input: the containers' inputs
-    are dicts and lists of their children's, a block's input is a tensor or a tuple of tensors."""
+    are dicts and lists of their children's, a block's input is a tensor or a tuple of tensors.
+    A `Call` is the whole model's input: one block, the root, at path ""."""
+    if isinstance(inputs, Call):
+        return [("", inputs)]
     found: list[tuple[str, Any]] = []
 
     def walk(x: Any, path: str) -> None:
@@ -190,7 +244,7 @@ def leaf_blocks(inputs: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return found
 
 
-def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def forward_outputs(model: nn.Module, inputs: Any) -> dict[str, Any]:
     """Each block's output on its input, by dotted path, or `NoForward` with the reason it cannot
     run. Containers are walked, not called, so a TorchScript archive (whose container forwards
     cannot be compiled) is checked block by block like any other module."""
@@ -198,10 +252,7 @@ def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, An
     with torch.no_grad():
         for path, x in leaf_blocks(inputs):
             try:
-                block = model
-                for name in path.split("."):
-                    block = getattr(block, name)
-                outputs[path] = block(*x) if isinstance(x, tuple) else block(x)
+                outputs[path] = invoke(submodule(model, path), x)
             except Exception as exc:
                 outputs[path] = NoForward(ErrorInfo.of(exc))
     return outputs
@@ -210,7 +261,7 @@ def forward_outputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, An
 def compare_forward(
     reference: Mapping[str, Any],
     model: nn.Module,
-    inputs: Mapping[str, Any],
+    inputs: Any,
     block_types: Mapping[str, str] | None = None,
 ) -> tuple[list[Difference], list[str]]:
     """Differences between ``model``'s outputs and ``reference``, and notes on blocks not run.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -33,7 +33,23 @@ from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
-from ckpt_compat.specs import ModelSpec, SpecError, build, example_inputs
+from ckpt_compat.specs import SpecError
+
+
+class Subject(Protocol):
+    """What is round-tripped: a `specs.ModelSpec` or a user's model (`usermodel.UserModel`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def model(self, device: str = "cpu", *, perturb: bool = False) -> nn.Module:
+        """The model in eval mode; ``perturb``: a fresh load target whose every state-dict entry
+        has other bytes; ``device="meta"``: shapes and dtypes only."""
+        ...
+
+    def inputs(self) -> Any:
+        """The example input on the CPU: a tree of per-block inputs, or a `loading.Call`."""
+        ...
 
 
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -56,14 +72,70 @@ class Expected:
     reference: Mapping[str, Any]
     inputs: Mapping[str, Any]
     block_types: Mapping[str, str]  # dotted path -> class name of each block that runs
+    # Tensors held as plain attributes (not a Parameter, not a buffer): no format but a whole-module
+    # pickle carries them, so when they differ in a fresh model they explain a forward difference.
+    plain: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    references: Mapping[str, str] = field(default_factory=dict)  # see `references`
 
     @classmethod
-    def build(cls, spec: ModelSpec, device: str = "cpu") -> Expected:
-        inputs = example_inputs(spec)
-        model = build(spec, device=device)
-        reference = loading.forward_outputs(model if device == "cpu" else build(spec), inputs)
+    def build(cls, spec: Subject, device: str = "cpu") -> Expected:
+        inputs = spec.inputs()
+        model = spec.model(device)
+        reference = loading.forward_outputs(model if device == "cpu" else spec.model(), inputs)
         types = {path: type(model.get_submodule(path)).__name__ for path, _ in loading.leaf_blocks(inputs)}
-        return cls(model.state_dict(), non_persistent_buffers(model), reference, inputs, types)
+        return cls(
+            model.state_dict(),
+            non_persistent_buffers(model),
+            reference,
+            inputs,
+            types,
+            plain_tensors(model),
+            references(model),
+        )
+
+
+def plain_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors a module holds as ordinary attributes (``self.scale = torch.randn(4)``), directly or
+    in a list, tuple or dict attribute (``self.shared = [self.emb.weight]``): no state dict has them."""
+    found: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        for name, value in vars(module).items():
+            if name.startswith("_") and name in ("_parameters", "_buffers", "_modules"):
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, torch.Tensor):
+                found[key] = value
+            elif isinstance(value, (list, tuple)):
+                found.update({f"{key}[{i}]": v for i, v in enumerate(value) if isinstance(v, torch.Tensor)})
+            elif isinstance(value, dict):
+                found.update({f"{key}[{k!r}]": v for k, v in value.items() if isinstance(v, torch.Tensor)})
+    return found
+
+
+def references(model: nn.Module) -> dict[str, str]:
+    """Plain tensor attributes that are a state-dict entry itself (a tie kept outside the module
+    tree): attribute -> state-dict key."""
+    entries = {id(v): k for k, v in model.state_dict(keep_vars=True).items()}
+    return {name: entries[id(t)] for name, t in plain_tensors(model).items() if id(t) in entries}
+
+
+def detached_references(expected: Expected, model: nn.Module, how: str) -> list[Difference]:
+    """References of `references` that no longer are their entry after a load (``assign=True``
+    puts new tensors in the module tree; a reference held elsewhere keeps the old one)."""
+    if not expected.references:
+        return []
+    entries = model.state_dict(keep_vars=True)
+    plain = plain_tensors(model)
+    return [
+        Difference(
+            "aliasing",
+            ("attributes", name),
+            f"held the state-dict entry {key!r} itself; after {how} it holds another tensor: the tie came "
+            "apart. Register the tie in the module tree (b.weight = a.weight) or re-make it after loading",
+        )
+        for name, key in expected.references.items()
+        if name in plain and key in entries and plain[name] is not entries[key]
+    ]
 
 
 @dataclass(frozen=True)
@@ -74,7 +146,7 @@ class SavedFile:
     only the producer's ``manifest`` (per-tensor dtype, shape, digest) is there to check against.
     """
 
-    spec: ModelSpec
+    spec: Subject
     fmt: Format
     path: Path
     producer: Endpoint
@@ -85,7 +157,7 @@ class SavedFile:
 
 
 def check_spec(
-    spec: ModelSpec,
+    spec: Subject,
     formats: Iterable[Format],
     workdir: Path,
     *,
@@ -96,7 +168,7 @@ def check_spec(
     results: list[CellResult] = []
     for device in producers or producer_devices():
         producer = Endpoint(torch.__version__, device)
-        model = build(spec, device=device)
+        model = spec.model(device)
         expected = Expected.build(spec, device)
         for fmt in formats:
             path = workdir / f"{spec.id}.{device}.{fmt.name}{fmt.suffix}"
@@ -119,11 +191,11 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def save_cell(spec: ModelSpec, fmt: Format, model: nn.Module, path: Path, producer: Endpoint) -> CellResult | None:
+def save_cell(spec: Subject, fmt: Format, model: nn.Module, path: Path, producer: Endpoint) -> CellResult | None:
     """Save ``model``; None on success, else the cell saying why not (unsupported or save_error)."""
     cell = Cell(spec.id, fmt.name, producer, producer, {})
     try:
-        fmt.save(model, path, _on(example_inputs(spec), producer.device))
+        fmt.save(model, path, _on(spec.inputs(), producer.device))
     except Unsupported as exc:
         return CellResult.failed(cell, Outcome.UNSUPPORTED, exc, prefix="save: ")
     except Exception as exc:
@@ -137,6 +209,8 @@ def _on(inputs: Any, device: str) -> Any:
     """The example inputs moved to the device the model lives on."""
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device)
+    if isinstance(inputs, loading.Call):
+        return inputs.map(lambda t: t.to(device))
     if isinstance(inputs, dict):
         return {k: _on(v, device) for k, v in inputs.items()}
     if isinstance(inputs, (list, tuple)):
@@ -165,7 +239,7 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
 
     def fresh_model() -> nn.Module:
         try:
-            return build(spec, device=consumer, perturb=True)
+            return spec.model(consumer, perturb=True)
         except (SpecError, UnknownDType) as exc:
             raise Unsupported(f"torch {torch.__version__} cannot build the model to load into: {exc}") from exc
 
@@ -208,8 +282,10 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
             hidden = non_persistent_buffers(loaded.module)
         if hidden is not None:
             checks.append("buffers")
+            # A plain tensor attribute is a program constant too (torch.export lifts it).
+            plain = {k: v for k, v in expected.plain.items() if k in hidden and k not in expected.hidden}
             found += compare_values(
-                dict(expected.hidden),
+                {**expected.hidden, **plain},
                 {k: v for k, v in hidden.items() if k in expected.hidden or k not in expected.state},
                 ("buffers",),
             )
@@ -240,7 +316,8 @@ def _compare_whole_call(
     (bitwise, or within ``tolerance`` for another runtime; ``flat``: outputs come as one list)."""
     try:
         with torch.no_grad():
-            outputs = call(expected.inputs)
+            # A flattened program (ONNX) takes the input whole; a module, as the model takes it.
+            outputs = call(expected.inputs) if flat else loading.invoke(call, expected.inputs)
     except Exception as exc:
         error = ErrorInfo.of(exc)
         return [Difference("raised", ("program",), f"raised after loading: {error}", error=error)]
@@ -252,7 +329,7 @@ def _compare_whole_call(
         if isinstance(want, loading.NoForward):
             continue
         got: Any = outputs
-        for name in path.split("."):
+        for name in path.split(".") if path else ():
             got = got[int(name)] if isinstance(got, (list, tuple)) else got[name]
         block = expected.block_types.get(path, "?")
         differences += [d.with_block(block) for d in compare_values(want, got, ("program", path))]
@@ -305,21 +382,65 @@ def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mappin
 
 
 def _loading_checks(
-    spec: ModelSpec, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
+    spec: Subject, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
 ) -> tuple[list[Difference], list[str], list[str]]:
     """Differences, notes and the names of the checks that ran."""
     differences: list[Difference] = []
     ran = ["forward", "non_strict"]
     if module is None:
-        module = build(spec, perturb=True)
+        module = spec.model(perturb=True)
         differences += loading.strict_load(module, state, expected.state)
         ran.append("strict_load")
     forward, notes = loading.compare_forward(expected.reference, module, expected.inputs, expected.block_types)
     differences += forward
-    differences += loading.non_strict_loads(build(spec, perturb=True), state)
+    if forward:
+        differences += outside_the_state(expected, module)
+    differences += loading.non_strict_loads(spec.model(perturb=True), state)
     if loading.supports_assign():
         ran.append("assign")
-        differences += loading.assign_onto_meta(build(spec, device="meta"), state, expected.state, aliasing=aliasing)
+        meta_model = spec.model("meta")
+        differences += loading.assign_onto_meta(meta_model, state, expected.state, aliasing=aliasing)
+        differences += detached_references(expected, meta_model, "load_state_dict(assign=True)")
     else:
         notes.append(f"assign=True not checked: torch {torch.__version__} has no load_state_dict(assign=)")
     return differences, notes, ran
+
+
+def outside_the_state(expected: Expected, module: nn.Module) -> list[Difference]:
+    """Why a forward differs after a complete load: tensors no state dict carries (plain tensor
+    attributes, non-persistent buffers) whose values in the loaded model are not the saved model's."""
+    found: list[Difference] = []
+    hidden = non_persistent_buffers(module)
+    for name, want in expected.hidden.items():
+        got = hidden.get(name)
+        if got is not None and not _same(want, got):
+            found.append(
+                Difference(
+                    "not_saved",
+                    ("buffers", name),
+                    "a non-persistent buffer (register_buffer(..., persistent=False)) that differs in a freshly "
+                    "built model: no state dict carries it, and the outputs depend on it; make it persistent "
+                    "or compute it the same way in every build",
+                )
+            )
+    plain = plain_tensors(module)
+    for name, want in expected.plain.items():
+        got = plain.get(name)
+        if got is not None and not _same(want, got):
+            found.append(
+                Difference(
+                    "not_saved",
+                    ("attributes", name),
+                    "a plain tensor attribute (not a Parameter or buffer) that differs in a freshly built model: "
+                    "no state dict carries it, and the outputs depend on it; register it with register_buffer",
+                )
+            )
+    return found
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype or a.is_meta or b.is_meta:
+        return a.shape == b.shape and a.dtype == b.dtype
+    return bool(
+        torch.equal(a.detach().cpu().reshape(-1).view(torch.uint8), b.detach().cpu().reshape(-1).view(torch.uint8))
+    )

@@ -73,6 +73,14 @@ class ModelSpec:
             "parametrizations": list(self.parametrizations),
         }
 
+    def model(self, device: str | torch.device = "cpu", *, perturb: bool = False) -> nn.Module:
+        """`build` of this spec (so a spec is a `roundtrip.Subject`)."""
+        return build(self, device=device, perturb=perturb)
+
+    def inputs(self) -> dict[str, Any]:
+        """`example_inputs` of this spec."""
+        return example_inputs(self)
+
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
@@ -270,7 +278,7 @@ def _from_bytes(data: bytes, dtype: torch.dtype) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype)
 
 
-def _perturbed(t: torch.Tensor) -> torch.Tensor:
+def flipped(t: torch.Tensor) -> torch.Tensor:
     """Every byte changed: a load target that cannot pass for the real values by chance."""
     if t.dtype == torch.bool:
         return t.logical_not()
@@ -499,7 +507,7 @@ def _fill(model: nn.Module, spec: ModelSpec, perturb: bool) -> None:
                 key = f"{prefix}.{name}" if prefix else name
                 value = random_tensor(tuple(tensor.shape), dtypes.name_of(tensor.dtype), spec.fill, spec.seed, key)
                 if perturb and persistent:
-                    value = _perturbed(value)
+                    value = flipped(value)
                 tensor.copy_(value)
 
 

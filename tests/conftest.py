@@ -13,3 +13,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("default")
+
+# A downstream project, run as its own pytest session by tests/test_pytest_plugin.py.
+collect_ignore = ["downstream"]

@@ -96,8 +96,13 @@ def test_weights_only_default_follows_the_running_torch(tmp_path: Path) -> None:
     fmt.save(build(spec), tmp_path / "m.pt")
     options = {"weights_only": "default"}
     if default_weights_only():  # torch >= 2.6: the safe loader refuses the pickled module
-        with pytest.raises(Unsupported, match=r"add_safe_globals\(\[ckpt_compat\.specs\.Bundle\]\)"):
+        with pytest.raises(Unsupported) as refused:
             fmt.load(tmp_path / "m.pt", options, CPU, lambda: build(spec), trusted=True)
+        # Every class the file needs, in one call: the first refusal alone would not load it.
+        call = str(refused.value).split("add_safe_globals([", 1)[1].split("])", 1)[0].split(", ")
+        assert call[0] == "ckpt_compat.specs.Bundle"
+        needed = {f"{type(m).__module__}.{type(m).__qualname__}" for m in build(spec).modules()}
+        assert needed <= set(call), needed - set(call)
     else:  # older torch unpickles anything by default, so a foreign file needs trust
         with pytest.raises(Untrusted):
             fmt.load(tmp_path / "m.pt", options, CPU, lambda: build(spec), trusted=False)

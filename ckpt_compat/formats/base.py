@@ -116,9 +116,12 @@ def require_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def first_line(exc: BaseException, limit: int = 400) -> str:
-    """The exception as one line: torch puts the useful part of its errors on later lines."""
+def first_line(exc: BaseException, limit: int = 1200) -> str:
+    """The exception as one line: torch puts the useful part of its errors on later lines. A long
+    one keeps its start and its end, where runtimes put the reason (ONNX Runtime's "Could not
+    find an implementation for Conv(11) node ... type='bfloat16'" comes after the node dump)."""
     text = " ".join(_ANSI.sub("", str(exc)).split())
     if len(text) > limit:
-        text = text[: limit - 3] + "..."
+        half = (limit - 5) // 2
+        text = f"{text[:half]} ... {text[-half:]}"
     return f"{type(exc).__name__}: {text}".strip()

@@ -61,9 +61,12 @@ class ONNX(Format):
         return _why_unavailable() or _why_unable_to_save()
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
-        from ckpt_compat.loading import leaf_blocks
+        from ckpt_compat.loading import Call, leaf_blocks
 
-        if not leaf_blocks(inputs or {}):
+        # A spec's tree is passed as one keyword (a dict at the end of args would be taken for
+        # keyword arguments); a user's model gets its own call.
+        call = inputs if isinstance(inputs, Call) else Call((), {"inputs": inputs})
+        if not isinstance(inputs, Call) and not leaf_blocks(inputs or {}):
             raise Unsupported(
                 "ONNX export needs a forward that computes something — no block of this model takes input"
             )
@@ -71,14 +74,15 @@ class ONNX(Format):
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 logging.disable(logging.WARNING)  # the exporter logs every step
-                # A dict at the end of args would be taken for keyword arguments: pass it as one.
                 # Initializers go inside the file: an external .data file would be named after the
                 # temporary path of the atomic write, and dangle once it is renamed.
                 # Unoptimized: the optimizer folds BatchNorm into a preceding Linear/Conv and rewrites that
                 # weight's initializer under the same name, so initializers would not be the state dict.
                 accepted = inspect.signature(torch.onnx.export).parameters
                 extra: dict[str, Any] = {k: False for k in ("external_data", "optimize") if k in accepted}
-                torch.onnx.export(model, (), str(path), kwargs={"inputs": inputs}, dynamo=True, verbose=False, **extra)
+                torch.onnx.export(
+                    model, call.args, str(path), kwargs=dict(call.kwargs), dynamo=True, verbose=False, **extra
+                )
         except Exception as exc:
             raise Unsupported(f"torch.onnx.export cannot export this model — {first_line(exc)}") from exc
         finally:
@@ -140,16 +144,19 @@ def _runtime(path: Path) -> Any:
     except Exception as exc:  # the runtime rejects the exported model: a finding, not a load error
         reason = f"onnxruntime {onnxruntime.__version__} cannot load the exported model — {first_line(exc)}"
 
-        def refuse(inputs: Mapping[str, Any]) -> list[Any]:
+        def refuse(inputs: Any) -> list[Any]:
             raise RuntimeError(reason)
 
         return refuse
     names = [i.name for i in session.get_inputs()]
 
-    def call(inputs: Mapping[str, Any]) -> list[Any]:
-        from ckpt_compat.loading import leaf_blocks
+    def call(inputs: Any) -> list[Any]:
+        from ckpt_compat.loading import Call, leaf_blocks
 
-        flat = [t for _, x in leaf_blocks(inputs) for t in (x if isinstance(x, tuple) else (x,))]
+        if isinstance(inputs, Call):
+            flat = inputs.tensors()
+        else:
+            flat = [t for _, x in leaf_blocks(inputs) for t in (x if isinstance(x, tuple) else (x,))]
         feeds = {n: t.numpy() for n, t in zip(names, flat, strict=False)}
         return [torch.from_numpy(a) for a in session.run(None, feeds)]
 

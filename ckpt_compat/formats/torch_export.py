@@ -8,6 +8,7 @@ Checked: the program's state dict, its constants (non-persistent buffers) and th
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,9 +35,10 @@ class TorchExport(Format):
         return None
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
-        from ckpt_compat.loading import leaf_blocks
+        from ckpt_compat.loading import Call, leaf_blocks
 
-        if not leaf_blocks(inputs or {}):
+        call = inputs if isinstance(inputs, Call) else Call((inputs,))  # a spec's tree is one argument
+        if not isinstance(inputs, Call) and not leaf_blocks(inputs or {}):
             raise Unsupported(
                 "torch.export needs a forward that computes something — no block of this model takes input"
             )
@@ -46,7 +48,7 @@ class TorchExport(Format):
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 logging.disable(logging.CRITICAL)  # the tracer logs its failures too; they are raised here
-                program = torch.export.export(model, (inputs,))
+                program = torch.export.export(model, call.args, dict(call.kwargs))
         except Exception as exc:
             raise Unsupported(f"torch.export cannot export this model — {first_line(exc)}") from exc
         finally:
@@ -77,6 +79,10 @@ class TorchExport(Format):
         program = torch.export.load(str(path))
         # ExportedProgram.constants (non-persistent buffers and lifted constants) arrived in torch 2.3.
         constants = getattr(program, "constants", None)
-        return Loaded(
-            dict(program.state_dict), hidden=None if constants is None else dict(constants), call=program.module()
-        )
+        # A tensor the traced code reached outside the module tree (in a list attribute, a closure)
+        # becomes a constant named lifted_tensor_N, after no attribute: the program's outputs check it.
+        hidden = None if constants is None else {k: v for k, v in constants.items() if not _LIFTED.fullmatch(k)}
+        return Loaded(dict(program.state_dict), hidden=hidden, call=program.module())
+
+
+_LIFTED = re.compile(r"lifted_tensor_\d+")

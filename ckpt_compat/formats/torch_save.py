@@ -72,7 +72,7 @@ def torch_load(path: Path | IO[bytes], options: Mapping[str, Any], map_location:
             default = " (the weights_only default is True since torch 2.6)" if requested == "default" else ""
             # add_safe_globals arrived in torch 2.4: before it, only weights_only=False loads the file.
             allow = (
-                f"allow it with torch.serialization.add_safe_globals([{name}])"
+                f"allow it with torch.serialization.add_safe_globals([{', '.join(_every_refusal(path, name))}])"
                 if hasattr(torch.serialization, "add_safe_globals")
                 else "load it with weights_only=False"
             )
@@ -174,3 +174,15 @@ class TorchModule(Format):
         if not isinstance(module, nn.Module):
             raise TypeError(f"{path}: expected a pickled nn.Module, got {type(module).__name__}")
         return Loaded(module.state_dict(), module)
+
+
+def _every_refusal(path: Any, first: str) -> list[str]:
+    """Every global the weights_only unpickler would refuse in the file, not only the first one it
+    met (a whole resnet18 needs twelve classes allowed), from a static scan of its pickles."""
+    from ckpt_compat.picklescan import UNRESOLVED, scan_archive, weights_only_refusals
+
+    try:
+        refused = weights_only_refusals(list(scan_archive(path).values())) if isinstance(path, Path) else None
+    except Exception:  # a legacy (non-zip) file or a damaged one: the unpickler's own answer stands
+        refused = None
+    return [g for g in refused if g != UNRESOLVED] or [first] if refused else [first]

@@ -9,6 +9,7 @@ archive holds the whole state and a compiled forward for each block.
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import warnings
 from collections.abc import Mapping
@@ -33,8 +34,10 @@ def _compiled(model: nn.Module, inputs: Any, mode: str) -> torch.jit.ScriptModul
     its own, so it is traced instead. Tracing runs under no_grad, as inference deployments trace,
     so fused inference paths (TransformerEncoderLayer's) are what gets recorded.
     """
-    from ckpt_compat.loading import leaf_blocks
+    from ckpt_compat.loading import Call, leaf_blocks
 
+    if isinstance(inputs, Call):
+        return _compiled_whole(model, inputs, mode)
     model = _containers_copied(model)
     for path, x in leaf_blocks(inputs):
         owner_path, _, name = path.rpartition(".")
@@ -54,6 +57,29 @@ def _compiled(model: nn.Module, inputs: Any, mode: str) -> torch.jit.ScriptModul
         return torch.jit.script(model)
     except Exception as exc:
         raise Unsupported(f"torch.jit.script cannot compile this model — {first_line(exc)}") from exc
+
+
+def _compiled_whole(model: nn.Module, call: Any, mode: str) -> torch.jit.ScriptModule:
+    """A user's model compiled whole: scripted, or traced on its example call (keyword
+    arguments through ``example_kwarg_inputs`` where this torch has it)."""
+    try:
+        if mode == "script":
+            return torch.jit.script(model)
+        options: dict[str, Any] = {"check_trace": False}
+        accepted = inspect.signature(torch.jit.trace).parameters
+        if "strict" in accepted:  # dict and list outputs (a ModelOutput) need strict=False
+            options["strict"] = False
+        if call.kwargs:
+            if "example_kwarg_inputs" not in accepted:
+                raise Unsupported(f"torch {torch.__version__} cannot trace a forward called with keyword arguments")
+            options["example_kwarg_inputs"] = dict(call.kwargs)
+        with torch.no_grad():
+            traced: torch.jit.ScriptModule = torch.jit.trace(model, call.args or None, **options)  # type: ignore[no-untyped-call]
+            return traced
+    except Unsupported:
+        raise
+    except Exception as exc:
+        raise Unsupported(f"torch.jit.{mode} cannot compile this model — {first_line(exc)}") from exc
 
 
 def _containers_copied(module: nn.Module) -> nn.Module:
