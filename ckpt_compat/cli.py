@@ -497,6 +497,8 @@ def _check(args: argparse.Namespace) -> int:
         )
     if args.model is not None and args.spec is not None:
         raise UsageError("--model: give it alone (a round trip) or with CHECKPOINT (a key comparison), not with --spec")
+    if args.model is not None:
+        return _match_model(args.checkpoint or args.file, args)
     if args.spec is None:
         return _inspect(args.checkpoint or args.file, args.max_size)
     spec = _read_spec(args.spec)
@@ -561,6 +563,7 @@ def _check_model(args: argparse.Namespace) -> int:
     model = _user_model(args)
     formats = _select_formats(args.formats)
     expectations = _expectations(args.expectations)
+    out = _writable_dir(args.out)
     if model.call is None and not args.quiet:
         print(
             f"--model {args.model}: no --inputs, so the forward and the tracing formats are not checked",
@@ -575,16 +578,49 @@ def _check_model(args: argparse.Namespace) -> int:
         print(json.dumps(checked.to_json(), indent=2))
     else:
         print(checked.render(markdown=args.output_format == "markdown"), end="")
-    from ckpt_compat.atomic import atomic_path
+    from ckpt_compat.report import Report
 
-    out = _writable_dir(args.out)
-    for name, text in (
-        ("model-check.json", json.dumps(checked.to_json(), indent=2) + "\n"),
-        ("model-check.md", checked.render(markdown=True)),
-    ):
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+    # The cells as a results file in the report schema, which `report` and `gate` read: a
+    # user's model is gated across torch versions like the corpora are.
+    Report(
+        [j.result for j in checked.judgements],
+        {},
+        expectations,
+        run={
+            "command": "check",
+            "model": model.id,
+            "limitations_pass": True,
+            "seconds": round(checked.seconds, 2),
+            "out": str(out),
+        },
+        limitations_pass=True,
+    ).write(out)
     return EXIT_OK if checked.passed else EXIT_FAILED
+
+
+def _match_model(path: Path, args: argparse.Namespace) -> int:
+    from ckpt_compat.identify import MAX_SIZE, NotAFile
+    from ckpt_compat.keymatch import match
+    from ckpt_compat.stored import StoredError, read_stored
+    from ckpt_compat.usermodel import UserModelError
+
+    model = _user_model(args)
+    try:
+        stored = read_stored(path, args.max_size or MAX_SIZE)
+    except (StoredError, NotAFile) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        built = model.model("meta")
+    except UserModelError as exc:
+        raise UsageError(str(exc)) from None
+    found = match(stored, built, model.id)
+    if args.output_format == "json":
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        print(found.render(markdown=args.output_format == "markdown"), end="")
+    return EXIT_OK if found.loads_strictly else EXIT_FAILED
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:

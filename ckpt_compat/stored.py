@@ -1,0 +1,200 @@
+"""The tensors a checkpoint on disk holds, read without running anything in it.
+
+`read_stored` takes a safetensors file, a torch.save file (``.pt``, ``.bin``; loaded with
+``weights_only=True``, and TorchScript archives refused where torch would execute them), or a
+Hugging Face ``save_pretrained`` folder (``model.safetensors``, ``pytorch_model.bin`` or a
+sharded ``*.index.json`` with its shards). A training checkpoint that keeps the weights under
+``state_dict`` / ``model`` / ``module`` is unwrapped, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckpt_compat.identify import MAX_SIZE, NotAFile, identify_kind, refuse_special
+
+# Where trainers keep the weights inside a checkpoint dict, most common first.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ema")
+HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class StoredError(ValueError):
+    """A checkpoint whose tensors cannot be read safely; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # torch's name without the prefix: "float32", "bfloat16"
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Stored:
+    """Keys, dtypes and shapes of a checkpoint's tensors, and a reader for one tensor's values."""
+
+    path: Path
+    kind: str  # in words: "safetensors file", "Hugging Face folder, 3 safetensors shards"
+    tensors: dict[str, TensorInfo]
+    read: Callable[[str], torch.Tensor]
+    # The key the weights sat under in a wrapping dict ("state_dict"), or None.
+    inside: str | None = None
+    # A torch.save state dict carries module versions (``_metadata``); safetensors files do not.
+    versioned: bool = False
+    problems: list[str] = field(default_factory=list)  # a sharded index that disagrees with its shards
+
+
+def _info(t: torch.Tensor) -> TensorInfo:
+    return TensorInfo(str(t.dtype).removeprefix("torch."), tuple(int(n) for n in t.shape))
+
+
+def read_stored(path: Path, max_size: int = MAX_SIZE) -> Stored:
+    """The tensors of the checkpoint at ``path``; raises `StoredError` or `identify.NotAFile`."""
+    if not path.exists():
+        raise StoredError(f"{path}: no such file or directory")
+    refuse_special(path, max_size)
+    if path.is_dir():
+        return _folder(path, max_size)
+    return _file(path, max_size)
+
+
+def _file(path: Path, max_size: int) -> Stored:
+    refuse_special(path, max_size)
+    kind = identify_kind(path).kind
+    if kind == "safetensors":
+        return _safetensors(path)
+    if kind in ("torch_zip", "torch_legacy"):
+        return _torch_save(path)
+    raise StoredError(
+        f"{path}: a {kind} file, not a state dict; key comparison reads safetensors and torch.save files "
+        "(and Hugging Face folders of them); run 'ckpt-compat check FILE' to see what it is"
+    )
+
+
+def _safetensors(path: Path) -> Stored:
+    from safetensors import safe_open
+
+    try:
+        reader: Any = safe_open(str(path), framework="pt")
+        names = list(reader.keys())
+        infos = {}
+        for name in names:
+            part = reader.get_slice(name)
+            infos[name] = TensorInfo(_safetensors_dtype(part.get_dtype()), tuple(part.get_shape()))
+    except Exception as exc:
+        raise StoredError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    return Stored(path, "safetensors file", infos, lambda key: reader.get_tensor(key))
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}  # fmt: skip
+
+
+def _safetensors_dtype(code: str) -> str:
+    return _SAFETENSORS_DTYPES.get(code, code)
+
+
+def _torch_save(path: Path) -> Stored:
+    from ckpt_compat.devices import MapLocation
+    from ckpt_compat.formats import Unsupported, Untrusted
+    from ckpt_compat.formats.torch_save import torch_load
+
+    options = {"weights_only": True}
+    try:
+        obj = torch_load(path, options, MapLocation("str", "cpu", "cpu"), trusted=False)
+    except (Unsupported, Untrusted) as exc:
+        raise StoredError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise StoredError(
+            f"{path}: torch.load(weights_only=True) failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "run 'ckpt-compat check FILE' for what is wrong with it"
+        ) from exc
+    state, inside = _unwrapped(obj, path)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return Stored(
+        path,
+        "torch.save file",
+        {k: _info(v) for k, v in tensors.items()},
+        tensors.__getitem__,
+        inside,
+        versioned=getattr(state, "_metadata", None) is not None,
+    )
+
+
+def _unwrapped(obj: Any, path: Path) -> tuple[Mapping[str, Any], str | None]:
+    if not isinstance(obj, Mapping):
+        raise StoredError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner, key
+    tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+    if tensors:
+        return obj, None
+    raise StoredError(
+        f"{path}: a dict of {', '.join(map(repr, list(obj)[:6]))} with no state dict under "
+        f"{'/'.join(WRAPPER_KEYS)}; save model.state_dict() or put it under 'state_dict'"
+    )
+
+
+def _folder(path: Path, max_size: int) -> Stored:
+    present = [name for name in HF_FILES if (path / name).is_file()]
+    if not present:
+        raise StoredError(
+            f"{path}: a directory without {', '.join(HF_FILES)}; give a checkpoint file or a Hugging Face "
+            "save_pretrained folder"
+        )
+    name = present[0]
+    if not name.endswith(".index.json"):
+        stored = _file(path / name, max_size)
+        stored.kind = f"Hugging Face folder ({name})"
+        return stored
+    return _sharded(path / name, max_size)
+
+
+def _sharded(index: Path, max_size: int) -> Stored:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a mapping of names to shard files")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoredError(f"{index}: not a readable sharded-checkpoint index ({type(exc).__name__}: {exc})") from exc
+    tensors: dict[str, TensorInfo] = {}
+    readers: dict[str, Callable[[str], torch.Tensor]] = {}
+    problems: list[str] = []
+    for shard_name in sorted(set(weight_map.values())):
+        shard_path = (index.parent / shard_name).resolve()
+        if index.parent.resolve() not in shard_path.parents:
+            raise StoredError(f"{index}: shard {shard_name!r} lies outside the folder; refusing to read it")
+        if not shard_path.is_file():
+            problems.append(f"shard {shard_name} named by the index is missing")
+            continue
+        shard = _file(shard_path, max_size)
+        listed = {k for k, v in weight_map.items() if v == shard_name}
+        if listed - set(shard.tensors):
+            problems.append(f"{shard_name} lacks {len(listed - set(shard.tensors))} key(s) the index puts there")
+        if set(shard.tensors) - listed:
+            problems.append(f"{shard_name} holds {len(set(shard.tensors) - listed)} key(s) the index does not list")
+        for key, info in shard.tensors.items():
+            tensors[key] = info
+            readers[key] = shard.read
+    count = len(set(weight_map.values()))
+    return Stored(
+        index,
+        f"Hugging Face folder, {count} shard(s) indexed by {index.name}",
+        tensors,
+        lambda key: readers[key](key),
+        problems=problems,
+    )
+
+
+__all__ = ["NotAFile", "Stored", "StoredError", "TensorInfo", "read_stored"]

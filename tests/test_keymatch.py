@@ -1,0 +1,194 @@
+"""check FILE --model: every culprit, on real files written here, through the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ckpt_compat.cli import main
+from ckpt_compat.keymatch import Kind, match
+from ckpt_compat.stored import StoredError, read_stored
+
+MODELS = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.body = nn.Linear(4, 4)
+        self.norm = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4, 6, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("position_ids", torch.arange(5), persistent=False)
+
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "keymodels.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("keymodels", None)
+    return tmp_path
+
+
+def _net() -> nn.Module:
+    import keymodels  # type: ignore[import-not-found]
+
+    return keymodels.build()  # type: ignore[no-any-return]
+
+
+def _check(path: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    code = main(["check", str(path), "--model", "keymodels:build", "--format", "json", *extra])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _kinds(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
+    return {f["kind"]: f["keys"] for f in report["findings"]}
+
+
+def test_a_faithful_torch_save_file_loads_strictly(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(_net().state_dict(), project / "ok.pt")
+    code, report = _check(project / "ok.pt", capsys=capsys)
+    assert (code, report["loads_strictly"], report["findings"]) == (0, True, [])
+
+
+@pytest.mark.parametrize(("prefix", "named"), [("_orig_mod.", "torch.compile"), ("module.", "DataParallel")])
+def test_a_wrapper_prefix_is_named_with_its_fix(
+    project: Path, capsys: pytest.CaptureFixture[str], prefix: str, named: str
+) -> None:
+    torch.save({prefix + k: v for k, v in _net().state_dict().items()}, project / "wrapped.pt")
+    code, report = _check(project / "wrapped.pt", capsys=capsys)
+    assert code == 1
+    (finding,) = report["findings"]  # nothing else: the keys match once the prefix is stripped
+    assert finding["kind"] == "prefix" and named in finding["detail"] and prefix in finding["fix"]
+
+
+def test_a_task_head_prefix_on_the_model_side(project: Path) -> None:
+    class Task(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = _net()
+            self.classifier = nn.Linear(4, 2)
+
+    torch.save(_net().state_dict(), project / "base.pt")
+    found = match(read_stored(project / "base.pt"), Task(), "Task")
+    kinds = {f.kind: f for f in found.findings}
+    assert "'bert.'" in kinds[Kind.PREFIX].detail
+    assert set(kinds[Kind.MISSING].keys) == {"classifier.weight", "classifier.bias"}
+
+
+def test_position_ids_saved_by_older_code_are_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = {**{k: v.clone() for k, v in _net().state_dict().items()}, "position_ids": torch.arange(5)}
+    save_file(state, str(project / "old.safetensors"))
+    code, report = _check(project / "old.safetensors", capsys=capsys)
+    assert code == 1
+    assert _kinds(report) == {"persisted_buffer": ["position_ids"]}
+
+
+def test_num_batches_tracked_blocks_only_a_versioned_state_dict(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _net().state_dict()
+    del state["norm.num_batches_tracked"]
+    torch.save(state, project / "versioned.pt")  # keeps _metadata: BatchNorm will not fill it in
+    code, report = _check(project / "versioned.pt", capsys=capsys)
+    assert code == 1 and report["findings"][0]["kind"] == "num_batches_tracked"
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):  # torch agrees
+        _net().load_state_dict(state)
+    save_file({k: v.clone() for k, v in state.items()}, str(project / "plain.safetensors"))
+    code, report = _check(project / "plain.safetensors", capsys=capsys)
+    assert code == 0 and report["findings"][0]["kind"] == "num_batches_tracked"
+    _net().load_state_dict(dict(state))  # and here torch fills it in, as the note says
+
+
+def test_a_tie_stored_once(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = {k: v.clone() for k, v in _net().state_dict().items() if k != "head.weight"}
+    save_file(state, str(project / "once.safetensors"))
+    code, report = _check(project / "once.safetensors", capsys=capsys)
+    assert code == 1 and _kinds(report) == {"tie_stored_once": ["head.weight"]}
+    assert "emb.weight" in report["findings"][0]["detail"]
+
+
+def test_a_tie_stored_twice_with_two_values(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = {k: v.clone() for k, v in _net().state_dict().items()}
+    torch.save(state, project / "equal.pt")
+    assert _check(project / "equal.pt", capsys=capsys)[0] == 0  # two equal copies load fine
+    state["head.weight"] += 1
+    torch.save(state, project / "twice.pt")
+    code, report = _check(project / "twice.pt", capsys=capsys)
+    assert code == 1 and _kinds(report) == {"tie_stored_twice": ["emb.weight", "head.weight"]}
+
+
+def test_shapes_block_and_dtypes_are_noted(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = _net().state_dict()
+    state["body.weight"] = torch.zeros(4, 5)
+    state["body.bias"] = state["body.bias"].to(torch.float64)
+    torch.save(state, project / "shapes.pt")
+    code, report = _check(project / "shapes.pt", capsys=capsys)
+    kinds = {f["kind"]: f for f in report["findings"]}
+    assert code == 1 and kinds["shape"]["keys"] == ["body.weight"] and "[4, 5]" in kinds["shape"]["detail"]
+    assert kinds["dtype"]["keys"] == ["body.bias"] and not kinds["dtype"]["blocks_strict"]
+
+
+def test_a_training_checkpoint_is_unwrapped(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"epoch": 3, "state_dict": _net().state_dict(), "lr": 0.1}, project / "train.pt")
+    code, report = _check(project / "train.pt", capsys=capsys)
+    assert (code, report["inside"]) == (0, "state_dict")
+
+
+def test_a_sharded_hugging_face_folder(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = project / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    state = {k: v.clone() for k, v in _net().state_dict().items() if k != "head.weight"}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:3], "model-00002-of-00002.safetensors": keys[3:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(folder / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, report = _check(folder, capsys=capsys)
+    assert "2 shard(s)" in report["kind"] and _kinds(report) == {"tie_stored_once": ["head.weight"]}
+    index["weight_map"]["emb.weight"] = "model-00003-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, report = _check(folder, capsys=capsys)
+    assert code == 1 and any("00003" in f["detail"] for f in report["findings"] if f["kind"] == "index")
+
+
+def test_a_shard_outside_the_folder_is_refused(project: Path) -> None:
+    folder = project / "hf"
+    folder.mkdir()
+    save_file({"x": torch.zeros(1)}, str(project / "outside.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
+    with pytest.raises(StoredError, match="outside the folder"):
+        read_stored(folder)
+
+
+def test_unreadable_inputs_are_usage_errors(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scripted = torch.jit.script(nn.Linear(2, 2))
+    torch.jit.save(scripted, str(project / "script.pt"))
+    assert main(["check", str(project / "script.pt"), "--model", "keymodels:build"]) == 2
+    (project / "notes.txt").write_text("hello")
+    assert main(["check", str(project / "notes.txt"), "--model", "keymodels:build"]) == 2
+    assert main(["check", str(project / "none.pt"), "--model", "keymodels:build"]) == 2
+    assert main(["check", str(project / "notes.txt"), "--model", "keymodels:nothing"]) == 2
+    assert main(["check", "--inputs", "keymodels:build"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("ckpt-compat: ") or "error" in line for line in err), err
+    assert any("keymodels has no attribute 'nothing'" in line for line in err)
+    assert any("give --model too" in line for line in err)

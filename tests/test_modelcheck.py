@@ -1,0 +1,97 @@
+"""check --model: a user's model through every format, judged ok / limitation / known issue /
+incompatible, through the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckpt_compat.cli import main
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class KeywordNet(nn.Module):
+    """A forward with a positional and a keyword argument, a tuple output, a tie, a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids, mask=None):
+        x = self.proj(self.emb(ids)).mean(1)
+        x = self.norm(x)
+        return self.head(x) * mask, x
+
+
+class Unsaved(KeywordNet):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.rand(10) + 0.5
+
+    def forward(self, ids, mask=None):
+        out, x = super().forward(ids, mask)
+        return out * self.scale, x
+
+
+def inputs():
+    return {"ids": torch.arange(12).reshape(2, 6) % 10, "mask": torch.ones(2, 10)}
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "checkmodels.py").write_text(MODELS)
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("checkmodels", None)
+    return tmp_path
+
+
+def test_a_clean_model_is_compatible_in_every_format(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", "--model", "checkmodels:KeywordNet", "--inputs", "checkmodels:inputs", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"]
+    by_format: dict[str, set[str]] = {}
+    for cell in report["cells"]:
+        by_format.setdefault(cell["format"], set()).add(cell["verdict"])
+        assert cell["verdict"] != "incompatible"
+    # Keyword inputs reach every tracing format: each has cells that ran and passed.
+    for name in ("torch_export", "onnx", "torchscript_trace", "torch_zip", "dcp"):
+        if name in by_format:
+            assert "ok" in by_format[name], (name, by_format[name])
+    # The tie is refused by safetensors.save_file by design: a limitation, with safetensors' reason.
+    refusal = [c for c in report["cells"] if c["format"] == "safetensors_file"]
+    assert refusal and all(c["verdict"] == "limitation" for c in refusal)
+    # The results file is the report schema: `report` and `gate` read it like any other.
+    written = json.loads((project / "ckpt-compat-report" / "report.json").read_text())
+    assert written["run"]["model"] == "checkmodels:KeywordNet"
+    assert len(written["cells"]) == len(report["cells"]) and written["summary"]["passed"]
+
+
+def test_an_unsaved_tensor_is_an_incompatibility_with_its_culprit(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["check", "--model", "checkmodels:Unsaved", "--inputs", "checkmodels:inputs", "--formats", "torch_zip"]
+    assert main([*args, "--format", "markdown"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("# checkmodels:Unsaved: INCOMPATIBLE")
+    assert "## Incompatibilities (fail the check)" in out
+    assert "attributes['scale']: not_saved: a plain tensor attribute" in out
+
+
+def test_usage_errors_are_one_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--model", "checkmodels:Missing"]) == 2
+    assert main(["check", "--model", "checkmodels:KeywordNet", "--spec", "x.json"]) == 2
+    assert main(["check", "--model", "checkmodels:KeywordNet", "--formats", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3, err
+    assert "checkmodels has no attribute 'Missing'" in err[0]
