@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         "a zero-argument function returning it; without it the forward and the tracing formats are not checked",
     )
     check.add_argument(
+        "--corpus",
+        type=Path,
+        metavar="DIR",
+        help="with --model: also write the model in every format, with a manifest, to DIR (replaced "
+        "atomically), for 'verify' and 'gate' under other torch versions",
+    )
+    check.add_argument(
         "--format",
         dest="output_format",
         choices=("text", "json", "markdown"),
@@ -252,6 +259,12 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-on-unsafe",
         action="store_true",
         help="also fail on unsafe loads that a known issue explains (by default they are listed, in red)",
+    )
+    gate.add_argument(
+        "--limitations-pass",
+        action="store_true",
+        help="pass a format's by-design refusal (unsupported) without a known issue for it: for corpora of your "
+        "own models (check --model --corpus), as check --model itself judges",
     )
 
     commands.add_parser("formats", help="list the formats and whether they are available here")
@@ -488,6 +501,8 @@ def _check(args: argparse.Namespace) -> int:
     given = [a for a in (args.checkpoint, args.file, args.spec) if a is not None]
     if args.inputs is not None and args.model is None:
         raise UsageError("--inputs: names the example input of --model MODULE:FACTORY; give --model too")
+    if args.corpus is not None and (args.model is None or given):
+        raise UsageError("--corpus: writes the files of --model MODULE:FACTORY; give --model alone with it")
     if args.model is not None and not given:
         return _check_model(args)
     if len(given) != 1:
@@ -578,6 +593,8 @@ def _check_model(args: argparse.Namespace) -> int:
         print(json.dumps(checked.to_json(), indent=2))
     else:
         print(checked.render(markdown=args.output_format == "markdown"), end="")
+    if args.corpus is not None:
+        _model_corpus(model, formats, args)
     from ckpt_compat.report import Report
 
     # The cells as a results file in the report schema, which `report` and `gate` read: a
@@ -596,6 +613,21 @@ def _check_model(args: argparse.Namespace) -> int:
         limitations_pass=True,
     ).write(out)
     return EXIT_OK if checked.passed else EXIT_FAILED
+
+
+def _model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) -> None:
+    from ckpt_compat.corpus import MANIFEST, ManifestError, produce
+
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in model.id)
+    try:
+        manifest = produce(args.corpus, formats, specs={name: model}, objects=False)
+    except ManifestError as exc:
+        raise UsageError(f"--corpus {exc}") from None
+    written = sum(e.file is not None for e in manifest.entries)
+    print(
+        f"wrote {written} file(s) of {model.id} under torch {manifest.torch}; manifest: {args.corpus / MANIFEST}",
+        file=sys.stderr,
+    )
 
 
 def _match_model(path: Path, args: argparse.Namespace) -> int:
@@ -760,7 +792,10 @@ def _security(args: argparse.Namespace) -> int:
 def _manifest_specs(manifest: Any) -> list[ModelSpec]:
     from ckpt_compat.specs import ModelSpec
 
-    return [ModelSpec.from_json(raw) for raw in manifest.specs.values()]
+    from ckpt_compat.usermodel import is_user_model
+
+    # A user's model is named by its MODULE:FACTORY in the cells; it has no spec to list.
+    return [ModelSpec.from_json(raw) for raw in manifest.specs.values() if not is_user_model(raw)]
 
 
 def _load_results(paths: list[Path]) -> list[CellResult]:
@@ -779,7 +814,12 @@ def _verdict(args: argparse.Namespace) -> Verdict:
     from ckpt_compat.expectations import BUILTIN, gate
 
     # Built-in entries also cover same-release `run` cells; staleness is judged on the files given here.
-    return gate(results, expectations, stale_if=lambda e: e.source != str(BUILTIN))
+    return gate(
+        results,
+        expectations,
+        stale_if=lambda e: e.source != str(BUILTIN),
+        limitations_pass=getattr(args, "limitations_pass", False),
+    )
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, all_formats
 from ckpt_compat.objects import object_records
 from ckpt_compat.results import Endpoint, Outcome
-from ckpt_compat.roundtrip import save_cell
-from ckpt_compat.specs import ModelSpec, build
+from ckpt_compat.roundtrip import Subject, save_cell
+from ckpt_compat.specs import ModelSpec
 from ckpt_compat.trust import OutsideCorpus, inside
 
 MANIFEST = "manifest.json"
@@ -151,7 +151,7 @@ def produce(
     formats: Iterable[Format],
     *,
     device: str = "cpu",
-    specs: dict[str, ModelSpec] | None = None,
+    specs: Mapping[str, Subject] | None = None,
     progress: Callable[[str], None] = lambda _: None,
     sample_heavy: bool = False,
     objects: bool = True,
@@ -174,7 +174,7 @@ def _produce(
     out: Path,
     formats: list[Format],
     device: str,
-    specs: dict[str, ModelSpec] | None,
+    specs: Mapping[str, Subject] | None,
     progress: Callable[[str], None],
     sample_heavy: bool,
     objects: bool,
@@ -182,10 +182,10 @@ def _produce(
     producer = Endpoint(torch.__version__, device)
     entries: list[Entry] = []
     records: dict[str, dict[str, dict[str, Any]]] = {}
-    specs = corpus_specs() if specs is None else specs
-    for name, spec in specs.items():
+    subjects: Mapping[str, Subject] = corpus_specs() if specs is None else specs
+    for name, spec in subjects.items():
         try:
-            model = build(spec, device=device)
+            model = spec.model(device)
         except Exception as exc:  # a dtype or layer this torch lacks, or an op it cannot run
             reason = f"torch {torch.__version__} cannot build this spec: {ErrorInfo.of(exc)}"
             entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
@@ -222,7 +222,7 @@ def _produce(
             name: {"available": (why := f.why_not_usable()) is None, "reason": why or ""}
             for name, f in all_formats().items()
         },
-        specs={name: spec.to_json() for name, spec in specs.items()},
+        specs={name: spec.to_json() for name, spec in subjects.items()},
         entries=entries,
         tensors=records,
     )

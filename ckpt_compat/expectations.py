@@ -275,10 +275,17 @@ class Verdict:
 
     judgements: Sequence[Judgement]
     stale: Sequence[Expectation]
+    # A format's by-design refusal (`unsupported`) passes unexplained: for users' own models,
+    # whose refusals no known-issue list can name in advance (gate --limitations-pass).
+    limitations_pass: bool = False
 
     @property
     def unexplained(self) -> list[Judgement]:
-        return [j for j in self.judgements if not j.explained]
+        return [
+            j
+            for j in self.judgements
+            if not j.explained and not (self.limitations_pass and j.result.outcome is Outcome.UNSUPPORTED)
+        ]
 
     @property
     def unsafe(self) -> list[Judgement]:
@@ -293,9 +300,14 @@ class Verdict:
 
 
 def gate(
-    results: Iterable[CellResult], expectations: Expectations, *, stale_if: Callable[[Expectation], bool]
+    results: Iterable[CellResult],
+    expectations: Expectations,
+    *,
+    stale_if: Callable[[Expectation], bool],
+    limitations_pass: bool = False,
 ) -> Verdict:
     """Judge ``results``; entries for which ``stale_if`` holds and that explain nothing are stale."""
     judgements = judge(results, expectations)
     used = {i for j in judgements for i in j.causes}
-    return Verdict(judgements, [e for e in expectations.entries if e.id not in used and stale_if(e)])
+    stale = [e for e in expectations.entries if e.id not in used and stale_if(e)]
+    return Verdict(judgements, stale, limitations_pass)

@@ -51,6 +51,10 @@ class Subject(Protocol):
         """The example input on the CPU: a tree of per-block inputs, or a `loading.Call`."""
         ...
 
+    def to_json(self) -> dict[str, Any]:
+        """What a corpus manifest records to rebuild it."""
+        ...
+
 
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Buffers a state dict leaves out; a whole-model pickle must still carry them."""

@@ -25,6 +25,9 @@ from ckpt_compat.loading import Call
 from ckpt_compat.specs import flipped
 
 
+USER_MODEL_FORMAT = "ckpt-compat/user-model/1"
+
+
 class UserModelError(ValueError):
     """A factory, module or inputs that cannot be used; the message names the argument and value."""
 
@@ -39,18 +42,31 @@ class UserModel:
     arguments, a `loading.Call`, or a zero-argument callable returning one of those; None: the
     forward and the formats that trace (torch.export, ONNX, TorchScript trace) are not checked."""
 
-    def __init__(self, source: ModelSource, inputs: Any = None, *, name: str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        inputs: Any = None,
+        *,
+        name: str | None = None,
+        seed: int = 0,
+        inputs_name: str | None = None,
+    ) -> None:
         if not isinstance(source, nn.Module) and not callable(source):
             raise UserModelError(f"model={source!r}: expected an nn.Module or a zero-argument factory returning one")
         self.source = source
         self.name = name or _name_of(source)
         self.seed = seed
+        self.inputs_name = inputs_name  # the MODULE:NAME of the inputs, for a corpus manifest
         raw = inputs() if callable(inputs) and not isinstance(inputs, (nn.Module, torch.Tensor)) else inputs
         self.call = None if raw is None else Call.of(raw)
 
     @property
     def id(self) -> str:
         return self.name
+
+    def to_json(self) -> dict[str, Any]:
+        """What a corpus manifest records to rebuild the model elsewhere (see `from_json`)."""
+        return {"format": USER_MODEL_FORMAT, "model": self.name, "inputs": self.inputs_name, "seed": self.seed}
 
     def inputs(self) -> Any:
         # An empty tree: no block runs, and tracing formats say their model takes no input.
@@ -169,8 +185,21 @@ def from_references(model: str, inputs: str | None = None) -> UserModel:
         raise UserModelError(f"--model {model!r}: {type(source).__name__} is neither an nn.Module nor a factory")
     example = None if inputs is None else import_object(inputs, "--inputs")
     try:
-        return UserModel(source, example, name=model)
+        return UserModel(source, example, name=model, inputs_name=inputs)
     except UserModelError:
         raise
     except Exception as exc:
         raise UserModelError(f"--inputs {inputs!r}: calling it raised {type(exc).__name__}: {exc}") from exc
+
+
+def is_user_model(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("format") == USER_MODEL_FORMAT
+
+
+def from_json(data: dict[str, Any]) -> UserModel:
+    """The `UserModel` a manifest names. This imports and calls code the manifest names: only for
+    a corpus that is trusted (written here, or vouched for with --trust)."""
+    model, inputs = data.get("model"), data.get("inputs")
+    if not isinstance(model, str) or not (inputs is None or isinstance(inputs, str)):
+        raise UserModelError(f"a user-model entry names its model as MODULE:NAME, got {data!r}")
+    return from_references(model, inputs)

@@ -48,8 +48,9 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
 
     from ckpt_compat.formats import all_formats
     from ckpt_compat.matrix import UNAVAILABLE
-    from ckpt_compat.roundtrip import Expected, SavedFile, check_file
+    from ckpt_compat.roundtrip import Expected, SavedFile, Subject, check_file
     from ckpt_compat.specs import ModelSpec
+    from ckpt_compat.usermodel import is_user_model
 
     manifest = _manifest(corpus)
     entry = manifest.entries[index]
@@ -64,13 +65,54 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
         return [CellResult(cell, Outcome.UNSUPPORTED, error=ErrorInfo(UNAVAILABLE, reason or ""))]
     if entry.kind != "model":
         return _check_object(corpus, manifest, entry, trusted=trusted)
-    spec = ModelSpec.from_json(manifest.specs[entry.spec])
+    data = manifest.specs[entry.spec]
+    spec: Subject = ModelSpec.from_json(data) if not is_user_model(data) else _user_model(data, trusted)
     try:
+        if isinstance(spec, _Unbuilt):
+            raise spec.reason
         expected, not_built = Expected.build(spec), ""
     except Exception as exc:  # a dtype, layer or op this torch lacks: check against the manifest only
         expected, not_built = None, str(ErrorInfo.of(exc))
     saved = SavedFile(spec, fmt, corpus / entry.file, producer, expected, manifest.records(entry), trusted, not_built)
     return check_file(saved, consumers, spellings=("str",))
+
+
+class _Unbuilt:
+    """A user model that is not rebuilt here: its id, and why (raised where a build would be)."""
+
+    def __init__(self, data: dict[str, Any], reason: Exception) -> None:
+        self.id = str(data.get("model"))
+        self.reason = reason
+
+    def model(self, device: str = "cpu", *, perturb: bool = False) -> Any:
+        from ckpt_compat.formats import Unsupported
+
+        raise Unsupported(f"the model to load into is not rebuilt here: {self.reason}")
+
+    def inputs(self) -> Any:
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+
+def _user_model(data: dict[str, Any], trusted: bool) -> Any:
+    """The user's model a manifest names, imported only from a trusted corpus: its factory is code
+    the manifest names. Otherwise the files are checked against the producer's digests only."""
+    from ckpt_compat.usermodel import UserModelError, from_json
+
+    if not trusted:
+        return _Unbuilt(
+            data,
+            PermissionError(
+                f"{data.get('model')} is imported and called only for a trusted corpus (pass --trust for your own "
+                "files); checked against the producer's digests"
+            ),
+        )
+    try:
+        return from_json(data)
+    except UserModelError as exc:
+        return _Unbuilt(data, exc)
 
 
 def _check_object(corpus: Path, manifest: Any, entry: Any, *, trusted: bool) -> list[CellResult]:

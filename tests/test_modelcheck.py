@@ -95,3 +95,32 @@ def test_usage_errors_are_one_line(project: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3, err
     assert "checkmodels has no attribute 'Missing'" in err[0]
+
+
+def test_a_model_corpus_is_verified_and_gated_like_the_fixtures(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ["--model", "checkmodels:KeywordNet", "--inputs", "checkmodels:inputs"]
+    formats = ["--formats", "torch_zip,safetensors_model,torch_module"]
+    assert main(["check", *model, *formats, "--corpus", "corpus", "-q"]) == 0
+    manifest = json.loads((project / "corpus" / "manifest.json").read_text())
+    assert manifest["specs"]["checkmodels-KeywordNet"]["model"] == "checkmodels:KeywordNet"
+    capsys.readouterr()
+
+    def verified(*extra: str) -> list[dict]:  # type: ignore[type-arg]
+        assert main(["verify", "corpus", "--no-fixtures", "--out", "results.json", "-q", *extra]) in (0, 1)
+        return json.loads((project / "results.json").read_text())["cells"]  # type: ignore[no-any-return]
+
+    # Not trusted: the factory a manifest names is not imported; the files are checked against
+    # the producer's digests, and formats that need a model to load into say why they cannot.
+    untrusted = verified()
+    assert {tuple(c["checks"]) for c in untrusted if c["outcome"] == "ok"} == {("load", "manifest")}
+    assert any("imported and called only for a trusted corpus" in c["detail"] for c in untrusted)
+    trusted = verified("--trust")
+    assert any("forward" in c["checks"] and c["outcome"] == "ok" for c in trusted)
+    capsys.readouterr()
+    # The refusal of weights_only=True to unpickle the user's class is a limitation, not a failure,
+    # when asked; without the flag no known issue names it.
+    assert main(["gate", "results.json"]) == 1
+    assert main(["gate", "results.json", "--limitations-pass"]) == 0
+    assert main(["check", "--corpus", "x", "notes.pt"]) == 2
