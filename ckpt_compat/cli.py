@@ -791,7 +791,6 @@ def _security(args: argparse.Namespace) -> int:
 
 def _manifest_specs(manifest: Any) -> list[ModelSpec]:
     from ckpt_compat.specs import ModelSpec
-
     from ckpt_compat.usermodel import is_user_model
 
     # A user's model is named by its MODULE:FACTORY in the cells; it has no spec to list.

@@ -24,7 +24,6 @@ from torch import nn
 from ckpt_compat.loading import Call
 from ckpt_compat.specs import flipped
 
-
 USER_MODEL_FORMAT = "ckpt-compat/user-model/1"
 
 
