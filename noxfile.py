@@ -3,7 +3,7 @@
 nox -s tests lint                 # what CI runs, on the default torch
 nox -s compat                     # the full cross-version matrix (produce, verify, report, gate)
 nox -s "produce(2.6)"             # one step for one torch version
-nox -s produce -- fixtures/corpora   # regenerate the committed fixtures (see fixtures/README.md)
+nox -s produce -- ckpt_compat/fixtures/corpora   # regenerate the committed fixtures (see their README)
 nox -s "bench(2.13)" "bench(2.8)" "bench(2.4)" bench_report   # format benchmarks across versions
 """
 
@@ -135,12 +135,12 @@ def security(session: nox.Session, torch: str) -> None:
 
 @nox.session(python=DEFAULT_PYTHON)
 def report(session: nox.Session) -> None:
-    """Merge every results file into the matrix, then gate it on fixtures/expectations.toml."""
+    """Merge every results file into the matrix, then gate it on ckpt_compat/fixtures/expectations.toml."""
     install(session, DEFAULT_TORCH)
     results = sorted(str(p) for p in (COMPAT / "results").glob("*.json"))
     if not results:
         session.error("no results in compat/results: run `nox -s compat` (or the verify sessions) first")
-    expectations = ("--expectations", "fixtures/expectations.toml")
+    expectations = ("--expectations", "ckpt_compat/fixtures/expectations.toml")
     session.run("ckpt-compat", "report", *results, "--out", str(COMPAT / "matrix"), *expectations)
     session.run("ckpt-compat", "gate", *results, *expectations)
 

@@ -21,9 +21,9 @@ class OutsideCorpus(ValueError):
 
 
 def package_fixtures() -> Path | None:
-    """The committed corpora beside the installed package (a source checkout or an editable
-    install), or None when the package was installed without them."""
-    root = Path(ckpt_compat.__file__).resolve().parent.parent / "fixtures" / "corpora"
+    """The committed corpora inside the installed package (``ckpt_compat/fixtures/corpora``),
+    found from the package's own location, or None when it was installed without them."""
+    root = Path(ckpt_compat.__file__).resolve().parent / "fixtures" / "corpora"
     return root if root.is_dir() else None
 
 

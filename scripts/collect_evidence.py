@@ -5,7 +5,7 @@ holds each entry to (it must explain its evidence, and no corrupted neighbour of
     python scripts/collect_evidence.py --fresh ...   # drop the evidence of entries not found again
 
 Reads results files (schema 2) from `nox -s compat` and `ckpt-compat run`, judges them with the
-built-in and fixtures/expectations.toml known issues, and writes tests/evidence.json. A cell whose
+built-in and ckpt_compat/fixtures/expectations.toml known issues, and writes tests/evidence.json. A cell whose
 every part that one known issue explains is preferred; cross-version cells before same-release
 ones for entries that only hold across releases. An entry these files show no cell for keeps the
 evidence tests/evidence.json already holds for it (a run of an older harness, or of a security
@@ -29,7 +29,7 @@ OUT = ROOT / "tests" / "evidence.json"
 def main(args: list[str]) -> int:
     fresh = "--fresh" in args
     paths = [a for a in args if a != "--fresh"]
-    expectations = Expectations.load([BUILTIN, ROOT / "fixtures" / "expectations.toml"])
+    expectations = Expectations.load([BUILTIN, ROOT / "ckpt_compat" / "fixtures" / "expectations.toml"])
     chosen: dict[str, tuple[int, dict[str, object]]] = {}
     if not fresh and OUT.is_file():  # kept, ranked below anything these files show
         for cell in json.loads(OUT.read_text(encoding="utf-8"))["cells"]:

@@ -139,7 +139,7 @@ def test_cross_version_commands_bad_input(tmp_path: Path) -> None:
     assert_usage_error(cli("report", str(tmp_path / "missing.json"), "--out", str(tmp_path)), "cannot read it")
 
 
-FIXTURE_EXPECTATIONS = str(Path(__file__).parents[1] / "fixtures" / "expectations.toml")
+FIXTURE_EXPECTATIONS = str(Path(__file__).parents[1] / "ckpt_compat" / "fixtures" / "expectations.toml")
 
 
 def _evidence(known: str) -> dict[str, object]:

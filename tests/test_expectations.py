@@ -153,7 +153,7 @@ def test_judge_answers_for_every_cell_in_order(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- every known issue, on evidence
 
-FIXTURE_EXPECTATIONS = Path(__file__).parents[1] / "fixtures" / "expectations.toml"
+FIXTURE_EXPECTATIONS = Path(__file__).parents[1] / "ckpt_compat" / "fixtures" / "expectations.toml"
 EVERY = Expectations.load([BUILTIN, FIXTURE_EXPECTATIONS])
 EVIDENCE = Path(__file__).with_name("evidence.json")
 # Releases a neighbour may be moved to: the matrix's eight and the ones between them.

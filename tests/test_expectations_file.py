@@ -42,6 +42,9 @@ def test_bad_files_name_the_file_and_entry(tmp_path: Path, text: str, message: s
     assert str(path) in str(info.value)
 
 
-def test_duplicate_ids_are_refused() -> None:
+def test_duplicate_ids_are_refused_and_one_file_named_twice_counts_once(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.toml"
+    copy.write_text(BUILTIN.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(ExpectationsError, match="defined twice"):
-        Expectations.load([BUILTIN, BUILTIN])
+        Expectations.load([BUILTIN, copy])
+    assert Expectations.load([BUILTIN, BUILTIN]).entries == Expectations.load([BUILTIN]).entries

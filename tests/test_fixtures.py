@@ -15,7 +15,7 @@ from ckpt_compat.results import CellResult
 from ckpt_compat.verify import verify
 from ckpt_compat.versions import release
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "ckpt_compat" / "fixtures"
 CORPORA = find_corpora([FIXTURES / "corpora"])
 
 

@@ -21,7 +21,7 @@ from ckpt_compat import payloads
 from ckpt_compat.identify import NotAFile
 from ckpt_compat.inspection import inspect_checkpoint
 
-TIED = Path(__file__).resolve().parent.parent / "fixtures" / "corpora" / "torch-2.13" / "tied"
+TIED = Path(__file__).resolve().parent.parent / "ckpt_compat" / "fixtures" / "corpora" / "torch-2.13" / "tied"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
 FILES = {
     "torch_zip": "torch_zip.pt",
