@@ -390,10 +390,10 @@ def _writable_dir(out: Path) -> Path:
 
 
 def _expectations(paths: list[Path]) -> Expectations:
-    from ckpt_compat.expectations import SHIPPED, Expectations, ExpectationsError
+    from ckpt_compat.expectations import Expectations, ExpectationsError, shipped
 
     try:
-        return Expectations.load([*SHIPPED, *paths])
+        return Expectations.load([*shipped(), *paths])
     except ExpectationsError as exc:
         raise UsageError(f"--expectations: {exc}") from None
 

@@ -44,8 +44,24 @@ from ckpt_compat.results import ERROR_OUTCOMES, CellResult, Outcome, outcome_of
 BUILTIN = Path(__file__).with_name("expectations.toml")
 # What changes across releases, from the evidence of the committed corpora (shipped with them).
 CROSS_VERSION = Path(__file__).with_name("fixtures") / "expectations.toml"
-# Every known-issue list ckpt-compat ships, loaded by every command.
-SHIPPED = (BUILTIN, CROSS_VERSION)
+PLUGIN_GROUP = "ckpt_compat.expectations"
+
+
+def shipped() -> tuple[Path, ...]:
+    """Every known-issue list ckpt-compat ships, and those plugins ship through the
+    ``ckpt_compat.expectations`` entry point (a zero-argument callable returning a TOML path):
+    loaded by every command."""
+    import importlib.metadata
+
+    plugins = []
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        path = ep.load()()
+        if not isinstance(path, Path) or not path.is_file():
+            raise ExpectationsError(f"entry point {ep.name!r} = {ep.value!r} gave {path!r}, not a TOML file")
+        plugins.append(path)
+    return (BUILTIN, CROSS_VERSION, *plugins)
+
+
 DIRECTIONS = ("any", "same", "older-to-newer", "newer-to-older", "across")
 
 
@@ -247,12 +263,14 @@ class Expectations:
     by_id: Mapping[str, Expectation] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def load(cls, paths: Iterable[Path] = SHIPPED) -> Expectations:
+    def load(cls, paths: Iterable[Path] | None = None) -> Expectations:
         from ckpt_compat.expectations_file import parse
 
         entries: list[Expectation] = []
         seen: set[Path] = set()
-        for path in paths:  # the same file named twice (a shipped list passed again) counts once
+        for path in (
+            shipped() if paths is None else paths
+        ):  # the same file named twice (a shipped list passed again) counts once
             if Path(path).resolve() in seen:
                 continue
             seen.add(Path(path).resolve())

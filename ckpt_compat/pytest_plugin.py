@@ -70,7 +70,7 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         import torch
 
         from ckpt_compat import __version__
-        from ckpt_compat.expectations import SHIPPED, Expectations
+        from ckpt_compat.expectations import Expectations, shipped
         from ckpt_compat.formats import UnknownFormat, Unsupported, available_formats, parse_format_list
         from ckpt_compat.modelcheck import check_model
         from ckpt_compat.usermodel import UserModel
@@ -83,7 +83,7 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         subject = UserModel(model, inputs)
         workdir = tmp_path / f"checkpoint-roundtrip-{len(list(tmp_path.iterdir()))}"
         workdir.mkdir()
-        checked = check_model(subject, chosen, Expectations.load([*SHIPPED, *map(Path, expectations)]), workdir)
+        checked = check_model(subject, chosen, Expectations.load([*shipped(), *map(Path, expectations)]), workdir)
         devices = ",".join(sorted({j.result.cell.consumer.device for j in checked.judgements}))
         # Suite properties reach JUnit XML in every junit_family (xunit2, the default, has no
         # per-test properties); the per-test counts show with junit_family=xunit1 or legacy.
