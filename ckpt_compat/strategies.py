@@ -1,13 +1,22 @@
-"""Public hypothesis strategies for architectures and their state.
+"""Public hypothesis strategies: architectures, modules, their state, dtypes, and corruptions
+of a saved file. Arguments are checked when a strategy is created (hypothesis' InvalidArgument,
+naming the argument and its value), not when it is first drawn from.
 
 Everything drawn is valid for the running torch: dtypes come from `dtypes.available_dtypes()`,
 layer kwargs that a torch version lacks are not drawn, parametrizations only where they exist.
 Strategies shrink towards small float32 models, so a failure is reported on the simplest spec.
 
->>> from ckpt_compat.strategies import model_specs
+>>> import torch
 >>> from hypothesis import given
->>> @given(model_specs())
-... def test_roundtrip(spec): ...
+>>> from ckpt_compat.strategies import modules, state_dicts
+>>> @given(state_dicts())
+... def test_my_loader_keeps_every_tensor(state):
+...     torch.save(state, "/tmp/sd.pt")
+...     assert torch.load("/tmp/sd.pt").keys() == state.keys()
+>>> @given(modules(max_depth=1))
+... def test_my_exporter(module): ...
+
+`corruptions(data)` draws damaged copies of a saved file, for testing a loader's error paths.
 """
 
 from __future__ import annotations
@@ -18,12 +27,24 @@ from typing import Any
 
 import torch
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from torch import nn
 
 from ckpt_compat import dtypes as _dtypes
-from ckpt_compat.specs import LAYERS, PARAMETRIZATIONS, ModelSpec, build
+from ckpt_compat import mutations
+from ckpt_compat.specs import FILL_MODES, LAYERS, PARAMETRIZATIONS, ModelSpec, build
 
-__all__ = ["dtypes", "layer_specs", "model_specs", "sequential_specs", "state_dicts", "tensor_bags", "tied_pairs"]
+__all__ = [
+    "corruptions",
+    "dtypes",
+    "layer_specs",
+    "model_specs",
+    "modules",
+    "sequential_specs",
+    "state_dicts",
+    "tensor_bags",
+    "tied_pairs",
+]
 
 Node = dict[str, Any]
 small = st.integers(1, 4)
@@ -34,7 +55,10 @@ def _accepts(cls: type[nn.Module], kwarg: str) -> bool:
 
 
 def dtypes(*, module: bool = False) -> st.SearchStrategy[str]:
-    """Names of dtypes the running torch supports; ``module=True`` for layers that run forward."""
+    """Names of dtypes the running torch supports (``"float32"``, ``"float8_e4m3fn"``, ...);
+    ``module=True``: only those layers can be built in and run forward with."""
+    if not isinstance(module, bool):
+        raise InvalidArgument(f"dtypes(module={module!r}): expected True or False")
     names = _dtypes.available_dtypes()
     if module:
         names = [n for n in _dtypes.MODULE_DTYPES if n in names]
@@ -156,9 +180,20 @@ LAYER_ARGS: dict[str, Callable[[], st.SearchStrategy[dict[str, Any]]]] = {
 assert set(LAYER_ARGS) == set(LAYERS), "every layer the builder knows needs a strategy"
 
 
+def layer_specs(kinds: list[str] | None = None, dtype: str | None = None) -> st.SearchStrategy[Node]:
+    """One layer node, e.g. ``{"kind": "Linear", "args": {...}, "dtype": "float32"}``; ``kinds``
+    limits the layer types (names of `specs.LAYERS`), ``dtype`` fixes the dtype."""
+    if kinds is not None:
+        unknown = sorted(set(kinds) - set(LAYERS)) if isinstance(kinds, (list, tuple)) else [kinds]
+        if unknown or not kinds:
+            raise InvalidArgument(f"layer_specs(kinds={kinds!r}): expected a non-empty list of {sorted(LAYERS)}")
+    if dtype is not None and dtype not in _dtypes.MODULE_DTYPES:
+        raise InvalidArgument(f"layer_specs(dtype={dtype!r}): expected one of {list(_dtypes.MODULE_DTYPES)}")
+    return _layer_specs(kinds, dtype)
+
+
 @st.composite
-def layer_specs(draw: st.DrawFn, kinds: list[str] | None = None, dtype: str | None = None) -> Node:
-    """One layer node, e.g. ``{"kind": "Linear", "args": {...}, "dtype": "float32"}``."""
+def _layer_specs(draw: st.DrawFn, kinds: list[str] | None, dtype: str | None) -> Node:
     kind = draw(st.sampled_from(kinds or list(LAYERS)))
     return {"kind": kind, "args": draw(LAYER_ARGS[kind]()), "dtype": dtype or draw(dtypes(module=True))}
 
@@ -270,9 +305,19 @@ def _walk(node: Node, path: str) -> list[tuple[str, Node]]:
     return found
 
 
+def model_specs(max_depth: int = 2, fill: str | None = None) -> st.SearchStrategy[ModelSpec]:
+    """A whole architecture: 1-4 top-level blocks nested up to ``max_depth`` (1-4), ties,
+    parametrizations, a seed and a fill mode (``fill``: one of `specs.FILL_MODES`, default drawn).
+    `specs.build` turns one into the module; its JSON (`ModelSpec.dumps`) reproduces it anywhere."""
+    if not isinstance(max_depth, int) or isinstance(max_depth, bool) or not 1 <= max_depth <= 4:
+        raise InvalidArgument(f"model_specs(max_depth={max_depth!r}): expected an int from 1 to 4")
+    if fill is not None and fill not in FILL_MODES:
+        raise InvalidArgument(f"model_specs(fill={fill!r}): expected one of {list(FILL_MODES)}")
+    return _model_specs(max_depth, fill)
+
+
 @st.composite
-def model_specs(draw: st.DrawFn, max_depth: int = 2, fill: str | None = None) -> ModelSpec:
-    """A whole architecture: 1-4 top-level blocks, ties, parametrizations, a seed and fill mode."""
+def _model_specs(draw: st.DrawFn, max_depth: int, fill: str | None) -> ModelSpec:
     children = draw(st.lists(_nodes(max_depth - 1), min_size=1, max_size=4))
     root: Node = {"kind": "dict", "children": {f"b{i}": c for i, c in enumerate(children)}}
     ties = []
@@ -302,6 +347,38 @@ def model_specs(draw: st.DrawFn, max_depth: int = 2, fill: str | None = None) ->
     )
 
 
+def _spec_strategy(name: str, specs: Any) -> st.SearchStrategy[ModelSpec]:
+    if specs is None:
+        return model_specs()
+    if not isinstance(specs, st.SearchStrategy):
+        raise InvalidArgument(f"{name}(specs={specs!r}): expected a strategy of ModelSpec, e.g. model_specs()")
+    return specs
+
+
+def modules(specs: st.SearchStrategy[ModelSpec] | None = None, *, device: str = "cpu") -> st.SearchStrategy[nn.Module]:
+    """Built models in eval mode (`specs.build` of ``specs``, default `model_specs()`), on ``device``."""
+    chosen = _spec_strategy("modules", specs)
+    if device not in ("cpu", "meta") and not (device == "cuda" and torch.cuda.is_available()):
+        raise InvalidArgument(f"modules(device={device!r}): expected 'cpu', 'meta', or 'cuda' where one is present")
+    return chosen.map(lambda spec: build(spec, device=device))
+
+
 def state_dicts(specs: st.SearchStrategy[ModelSpec] | None = None) -> st.SearchStrategy[dict[str, torch.Tensor]]:
     """State dicts of built models: the thing most checkpoints hold."""
-    return (specs or model_specs()).map(lambda spec: dict(build(spec).state_dict()))
+    return _spec_strategy("state_dicts", specs).map(lambda spec: dict(build(spec).state_dict()))
+
+
+def corruptions(data: bytes, *, kinds: tuple[str, ...] = mutations.KINDS) -> st.SearchStrategy[bytes]:
+    """Damaged copies of a saved file's bytes: truncations, bit flips, spliced ranges, mutated
+    pickles inside a zip archive, a mutated safetensors header (``kinds``: a subset of those).
+
+    >>> from hypothesis import given
+    >>> raw = open("model.safetensors", "rb").read()  # doctest: +SKIP
+    >>> @given(corruptions(raw))  # doctest: +SKIP
+    ... def test_my_loader_fails_cleanly(damaged): ...
+    """
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise InvalidArgument(f"corruptions(data={type(data).__name__}): expected the non-empty bytes of a file")
+    if not kinds or set(kinds) - set(mutations.KINDS):
+        raise InvalidArgument(f"corruptions(kinds={kinds!r}): expected a non-empty subset of {mutations.KINDS}")
+    return mutations.mutated(bytes(data), tuple(kinds))

@@ -9,12 +9,8 @@ smallest mutation. Examples per test: ``CKPT_COMPAT_FUZZ_EXAMPLES`` (default 200
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
-import struct
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from ckpt_compat.formats import available_formats
 from ckpt_compat.identify import NotAFile
 from ckpt_compat.inspection import inspect_checkpoint
 from ckpt_compat.results import Outcome
+from ckpt_compat.strategies import corruptions
 from ckpt_compat.verify import Task, Worker
 
 EXAMPLES = int(os.environ.get("CKPT_COMPAT_FUZZ_EXAMPLES", "200"))
@@ -50,56 +47,12 @@ def _files(corpus: Path) -> list[tuple[int, Path]]:
     ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn, data: bytes) -> bytes:
-    """One structured mutation of ``data``."""
-    kind = draw(st.sampled_from(["truncate", "flip", "splice", "pickle", "header"]))
-    if kind == "truncate":
-        return data[: draw(st.integers(0, len(data) - 1))]
-    if kind == "flip":
-        at = draw(st.integers(0, len(data) - 1))
-        return data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1 :]
-    if kind == "splice":
-        at = draw(st.integers(0, len(data) - 1))
-        chunk = draw(st.binary(min_size=1, max_size=64))
-        return data[:at] + chunk + data[at + len(chunk) :]
-    if kind == "pickle" and data[:2] == b"PK":
-        return _mutate_pickle(draw, data)
-    if kind == "header" and data[8:9] == b"{":
-        return _mutate_header(draw, data)
-    return data[: len(data) // 2]
-
-
-def _mutate_pickle(draw: st.DrawFn, data: bytes) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            member = src.read(info)
-            if info.filename.endswith(".pkl") and member:
-                at = draw(st.integers(0, len(member) - 1))
-                member = member[:at] + draw(st.binary(max_size=8)) + member[at + 1 :]
-            dst.writestr(info, member)
-    return out.getvalue()
-
-
-def _mutate_header(draw: st.DrawFn, data: bytes) -> bytes:
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    key = draw(st.sampled_from(sorted(header)))
-    field = draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
-    value = draw(st.one_of(st.integers(-(2**63), 2**64), st.text(max_size=4), st.lists(st.integers(-5, 2**40))))
-    if isinstance(header[key], dict):
-        header[key][field] = value
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + data[8 + length :]
-
-
 @FUZZ
 @given(st.data())
 def test_the_inspector_classifies_every_mutation(corpus: Path, tmp_path: Path, data: st.DataObject) -> None:
     _, source = data.draw(st.sampled_from(_files(corpus)))
     target = tmp_path / source.name
-    target.write_bytes(data.draw(mutated(source.read_bytes())))
+    target.write_bytes(data.draw(corruptions(source.read_bytes())))
     try:
         verdict = inspect_checkpoint(target).verdict
     except (NotAFile, OSError):
@@ -130,7 +83,7 @@ def test_untrusted_loads_of_mutations_are_classified(
         shutil.rmtree(work)
     shutil.copytree(corpus, work)
     index, source = data.draw(st.sampled_from(_files(work)))
-    source.write_bytes(data.draw(mutated(source.read_bytes())))
+    source.write_bytes(data.draw(corruptions(source.read_bytes())))
     answer = worker.run(Task(str(work), index, False, ("cpu",)))
     if isinstance(answer, tuple):
         outcome, error = answer

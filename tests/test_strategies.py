@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import io
+from typing import Any
+
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from torch import nn
 
 from ckpt_compat import dtypes as dtype_catalogue
+from ckpt_compat import strategies
 from ckpt_compat.loading import NoForward, forward_outputs
 from ckpt_compat.specs import ModelSpec, build, example_inputs
 from ckpt_compat.strategies import (
@@ -63,3 +70,40 @@ def test_float32_and_float64_blocks_really_run_forward(node: dict) -> None:
     spec = ModelSpec.from_json({"root": {"kind": "dict", "children": {"x": node}}})
     outputs = forward_outputs(build(spec), example_inputs(spec))
     assert outputs and not [v for v in outputs.values() if isinstance(v, NoForward)], outputs
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: strategies.model_specs(max_depth=0), r"model_specs\(max_depth=0\): expected an int from 1 to 4"),
+        (lambda: strategies.model_specs(fill="zeros"), r"model_specs\(fill='zeros'\): expected one of"),
+        (lambda: strategies.layer_specs(kinds=["Nope"]), r"layer_specs\(kinds=\['Nope'\]\)"),
+        (lambda: strategies.layer_specs(dtype="int8"), r"layer_specs\(dtype='int8'\)"),
+        (lambda: strategies.state_dicts(specs=3), r"state_dicts\(specs=3\): expected a strategy"),  # type: ignore[arg-type]
+        (lambda: strategies.modules(device="tpu"), r"modules\(device='tpu'\)"),
+        (lambda: strategies.corruptions(b""), r"corruptions\(data=bytes\): expected the non-empty bytes"),
+        (lambda: strategies.corruptions(b"x", kinds=("melt",)), r"corruptions\(kinds=\('melt',\)\)"),
+        (lambda: strategies.dtypes(module="yes"), r"dtypes\(module='yes'\)"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_arguments_fail_when_the_strategy_is_created(make: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        make()  # not drawn from: the error comes at creation, naming the argument and its value
+
+
+@given(strategies.modules(strategies.model_specs(max_depth=1)))
+def test_modules_are_built_models_in_eval_mode(module: nn.Module) -> None:
+    assert isinstance(module, nn.Module) and not module.training
+    assert module.state_dict()  # every drawn model holds state
+
+
+@settings(max_examples=25)
+@given(st.data())
+def test_corruptions_change_the_file_and_keep_its_kind_of_damage(data: st.DataObject) -> None:
+    raw = io.BytesIO()
+    torch.save({"w": torch.arange(6.0)}, raw)
+    original = raw.getvalue()
+    damaged = data.draw(strategies.corruptions(original, kinds=("truncate",)))
+    assert len(damaged) < len(original) and original.startswith(damaged)
+    flipped = data.draw(strategies.corruptions(original, kinds=("flip",)))
+    assert len(flipped) == len(original) and sum(a != b for a, b in zip(flipped, original, strict=True)) == 1
