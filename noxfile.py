@@ -209,3 +209,10 @@ if __name__ == "__main__":
             }
         )
     )
+
+
+@nox.session(python=False)
+def recipe(session: nox.Session) -> None:
+    """The README's downstream CI recipe, run as written on a copy of tests/downstream: it must
+    gate the clean toy model and fail, naming the culprit, on a broken one."""
+    session.run("python", "scripts/run_recipe.py")

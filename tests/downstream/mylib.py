@@ -60,5 +60,10 @@ class ReferenceTiedLM(nn.Module):
         return nn.functional.linear(self.emb(ids), self.tied[0], self.bias)
 
 
-def example_ids() -> torch.Tensor:
+def build() -> TinyLM:
+    """The factory ckpt-compat calls (check --model mylib:build, checkpoint_roundtrip)."""
+    return TinyLM()
+
+
+def example_inputs() -> torch.Tensor:
     return torch.arange(12).reshape(2, 6) % 32
