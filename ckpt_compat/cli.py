@@ -619,7 +619,9 @@ def _check_model(args: argparse.Namespace) -> int:
 def _model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) -> None:
     from ckpt_compat.corpus import MANIFEST, ManifestError, produce
 
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in model.id)
+    from ckpt_compat.roundtrip import file_stem
+
+    name = file_stem(model.id)
     try:
         manifest = produce(args.corpus, formats, specs={name: model}, objects=False)
     except ManifestError as exc:

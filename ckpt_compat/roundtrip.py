@@ -175,7 +175,7 @@ def check_spec(
         model = spec.model(device)
         expected = Expected.build(spec, device)
         for fmt in formats:
-            path = workdir / f"{spec.id}.{device}.{fmt.name}{fmt.suffix}"
+            path = workdir / f"{file_stem(spec.id)}.{device}.{fmt.name}{fmt.suffix}"
             failed = save_cell(spec, fmt, model, path, producer)
             if failed is not None:
                 results.append(failed)
@@ -185,6 +185,11 @@ def check_spec(
             finally:
                 remove(path)
     return results
+
+
+def file_stem(subject_id: str) -> str:
+    """A subject's id as one file name: a user's ``path/to/models.py:build`` holds a separator."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in subject_id)
 
 
 def remove(path: Path) -> None:

@@ -124,3 +124,11 @@ def test_a_model_corpus_is_verified_and_gated_like_the_fixtures(
     assert main(["gate", "results.json"]) == 1
     assert main(["gate", "results.json", "--limitations-pass"]) == 0
     assert main(["check", "--corpus", "x", "notes.pt"]) == 2
+
+
+def test_a_model_named_by_its_file_path(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A path holds separators: the files written for it must still be plain names in the workdir.
+    model = ["--model", f"{project / 'checkmodels.py'}:KeywordNet", "--inputs", f"{project / 'checkmodels.py'}:inputs"]
+    assert main(["check", *model, "--formats", "torch_zip,safetensors_model", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {c["verdict"] for c in report["cells"]} <= {"ok", "limitation"} and report["passed"]
