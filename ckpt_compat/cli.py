@@ -618,7 +618,6 @@ def _check_model(args: argparse.Namespace) -> int:
 
 def _model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) -> None:
     from ckpt_compat.corpus import MANIFEST, ManifestError, produce
-
     from ckpt_compat.roundtrip import file_stem
 
     name = file_stem(model.id)
