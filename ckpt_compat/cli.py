@@ -18,18 +18,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ckpt_compat.cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+)
+from ckpt_compat.cli_common import expectations as _expectations
+from ckpt_compat.cli_common import select_formats as _select_formats
+from ckpt_compat.cli_common import writable_dir as _writable_dir
+
 if TYPE_CHECKING:
-    from ckpt_compat.expectations import Expectations, Verdict
+    from ckpt_compat.expectations import Verdict
     from ckpt_compat.formats import Format
     from ckpt_compat.report import Report
     from ckpt_compat.results import CellResult
     from ckpt_compat.specs import ModelSpec
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -351,17 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- steps
 
 
-def _select_formats(text: str | None) -> list[Format]:
-    from ckpt_compat.formats import UnknownFormat, Unsupported, available_formats, parse_format_list
-
-    if text is None:
-        return available_formats()
-    try:
-        return parse_format_list(text)
-    except (UnknownFormat, Unsupported) as exc:
-        raise UsageError(f"--formats: {exc}") from None
-
-
 def _every_format_but(args: argparse.Namespace) -> list[Format]:
     from ckpt_compat.formats import all_formats
 
@@ -376,26 +370,6 @@ def _every_format_but(args: argparse.Namespace) -> list[Format]:
         return _select_formats(",".join(names))
     except UsageError as exc:
         raise UsageError(f"--all-formats-except {args.all_formats_except!r}: {exc}") from None
-
-
-def _writable_dir(out: Path) -> Path:
-    """Create ``out`` and prove it is writable before spending minutes on a run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory") from None
-    return out
-
-
-def _expectations(paths: list[Path]) -> Expectations:
-    from ckpt_compat.expectations import Expectations, ExpectationsError, shipped
-
-    try:
-        return Expectations.load([*shipped(), *paths])
-    except ExpectationsError as exc:
-        raise UsageError(f"--expectations: {exc}") from None
 
 
 def _read_spec(path: Path) -> ModelSpec:
@@ -505,7 +479,9 @@ def _check(args: argparse.Namespace) -> int:
     if args.corpus is not None and (args.model is None or given):
         raise UsageError("--corpus: writes the files of --model MODULE:FACTORY; give --model alone with it")
     if args.model is not None and not given:
-        return _check_model(args)
+        from ckpt_compat.cli_model import run_check_model
+
+        return run_check_model(args)
     if len(given) != 1:
         raise UsageError(
             "check takes one of CHECKPOINT, --file CHECKPOINT, --spec FILE or --model MODULE:FACTORY "
@@ -514,7 +490,9 @@ def _check(args: argparse.Namespace) -> int:
     if args.model is not None and args.spec is not None:
         raise UsageError("--model: give it alone (a round trip) or with CHECKPOINT (a key comparison), not with --spec")
     if args.model is not None:
-        return _match_model(args.checkpoint or args.file, args)
+        from ckpt_compat.cli_model import run_match_model
+
+        return run_match_model(args.checkpoint or args.file, args)
     if args.spec is None:
         return _inspect(args.checkpoint or args.file, args.max_size)
     spec = _read_spec(args.spec)
@@ -560,101 +538,6 @@ def _check(args: argparse.Namespace) -> int:
         failure_detail=failure,
     )
     return _finish(report, out)
-
-
-def _user_model(args: argparse.Namespace) -> Any:
-    from ckpt_compat.usermodel import UserModelError, from_references
-
-    try:
-        return from_references(args.model, args.inputs)
-    except UserModelError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _check_model(args: argparse.Namespace) -> int:
-    from ckpt_compat.isolation import scratch_dir
-    from ckpt_compat.modelcheck import check_model
-    from ckpt_compat.usermodel import UserModelError
-
-    model = _user_model(args)
-    formats = _select_formats(args.formats)
-    expectations = _expectations(args.expectations)
-    out = _writable_dir(args.out)
-    if model.call is None and not args.quiet:
-        print(
-            f"--model {args.model}: no --inputs, so the forward and the tracing formats are not checked",
-            file=sys.stderr,
-        )
-    with scratch_dir() as workdir:
-        try:
-            checked = check_model(model, formats, expectations, Path(workdir))
-        except UserModelError as exc:
-            raise UsageError(str(exc)) from None
-    if args.output_format == "json":
-        print(json.dumps(checked.to_json(), indent=2))
-    else:
-        print(checked.render(markdown=args.output_format == "markdown"), end="")
-    if args.corpus is not None:
-        _model_corpus(model, formats, args)
-    from ckpt_compat.report import Report
-
-    # The cells as a results file in the report schema, which `report` and `gate` read: a
-    # user's model is gated across torch versions like the corpora are.
-    Report(
-        [j.result for j in checked.judgements],
-        {},
-        expectations,
-        run={
-            "command": "check",
-            "model": model.id,
-            "limitations_pass": True,
-            "seconds": round(checked.seconds, 2),
-            "out": str(out),
-        },
-        limitations_pass=True,
-    ).write(out)
-    return EXIT_OK if checked.passed else EXIT_FAILED
-
-
-def _model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) -> None:
-    from ckpt_compat.corpus import MANIFEST, ManifestError, produce
-    from ckpt_compat.roundtrip import file_stem
-
-    name = file_stem(model.id)
-    try:
-        manifest = produce(args.corpus, formats, specs={name: model}, objects=False)
-    except ManifestError as exc:
-        raise UsageError(f"--corpus {exc}") from None
-    written = sum(e.file is not None for e in manifest.entries)
-    print(
-        f"wrote {written} file(s) of {model.id} under torch {manifest.torch}; manifest: {args.corpus / MANIFEST}",
-        file=sys.stderr,
-    )
-
-
-def _match_model(path: Path, args: argparse.Namespace) -> int:
-    from ckpt_compat.identify import MAX_SIZE, NotAFile
-    from ckpt_compat.keymatch import match
-    from ckpt_compat.stored import StoredError, read_stored
-    from ckpt_compat.usermodel import UserModelError
-
-    model = _user_model(args)
-    try:
-        stored = read_stored(path, args.max_size or MAX_SIZE)
-    except (StoredError, NotAFile) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        built = model.model("meta")
-    except UserModelError as exc:
-        raise UsageError(str(exc)) from None
-    found = match(stored, built, model.id)
-    if args.output_format == "json":
-        print(json.dumps(found.to_json(), indent=2))
-    else:
-        print(found.render(markdown=args.output_format == "markdown"), end="")
-    return EXIT_OK if found.loads_strictly else EXIT_FAILED
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckpt_compat.roundtrip import non_persistent_buffers
 from ckpt_compat.stored import Stored, TensorInfo
+from ckpt_compat.unsaved import non_persistent_buffers
 
 KNOWN_PREFIXES = {
     "_orig_mod.": "saved from a torch.compile'd model: save model._orig_mod.state_dict(), or strip the prefix "

@@ -123,7 +123,7 @@ def _name_of(source: Any) -> str:
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    from ckpt_compat.roundtrip import non_persistent_buffers, plain_tensors
+    from ckpt_compat.unsaved import non_persistent_buffers, plain_tensors
 
     return {**model.state_dict(), **non_persistent_buffers(model), **plain_tensors(model)}
 

@@ -7,6 +7,7 @@ import torch
 
 from ckpt_compat.compare import compare_state_dicts
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import (
     UnknownFormat,
     Unsupported,
@@ -16,6 +17,7 @@ from ckpt_compat.formats import (
     get_format,
     parse_format_list,
 )
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build, example_inputs
 from tests.samples import bag, load
 
@@ -32,7 +34,13 @@ def test_every_available_format_round_trips_a_plain_model(name: str, tmp_path: P
     fmt, spec = get_format(name), load("plain")
     model = build(spec)
     path = tmp_path / f"m{fmt.suffix}"
-    fmt.save(model, path, example_inputs(spec))
+    try:
+        fmt.save(model, path, example_inputs(spec))
+    except Unsupported as exc:  # a by-design refusal (MLflow's pt2 of a per-block input tree) ...
+        here = Endpoint(torch.__version__, "cpu")
+        refused = CellResult.failed(Cell(spec.id, name, here, here, {}), Outcome.UNSUPPORTED, exc, prefix="save: ")
+        assert Expectations.load().judge_one(refused).explained  # ... that a shipped known issue names
+        return
     loaded = fmt.load(path, fmt.load_variants()[0], CPU, lambda: build(spec, perturb=True), trusted=True)
     kept = {k: v for k, v in model.state_dict().items() if k not in (loaded.absent or {})}  # ONNX folds some
     assert kept and compare_state_dicts(kept, loaded.state_dict, strides=fmt.preserves_strides) == []

@@ -8,9 +8,9 @@ from hypothesis import given
 
 from ckpt_compat import dtypes
 from ckpt_compat.compare import compare_state_dicts, digest, tensor_bytes
-from ckpt_compat.roundtrip import non_persistent_buffers
 from ckpt_compat.specs import ModelSpec, SpecError, build, example_inputs, random_tensor
 from ckpt_compat.strategies import model_specs
+from ckpt_compat.unsaved import non_persistent_buffers
 from tests.samples import load
 
 

@@ -71,7 +71,7 @@ class MLflowPickle(Format):
 
     def load_variants(self) -> list[dict[str, Any]]:
         # MLflow refuses pickle by default; the load users get after opting in runs the pickle.
-        return [{"allow_code_execution": False}, {"allow_code_execution": True}]
+        return [{"allow_code_execution": True}, {"allow_code_execution": False}]
 
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         import mlflow.pytorch
