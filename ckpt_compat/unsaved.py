@@ -71,35 +71,27 @@ def detached_references(expected: Any, model: nn.Module, how: str) -> list[Diffe
     ]
 
 
+_NOT_SAVED = {
+    "buffers": "a non-persistent buffer (register_buffer(..., persistent=False)) that differs in a freshly built "
+    "model: no state dict carries it, and the outputs depend on it; make it persistent or compute it the same "
+    "way in every build",
+    "attributes": "a plain tensor attribute (not a Parameter or buffer) that differs in a freshly built model: no "
+    "state dict carries it, and the outputs depend on it; register it with register_buffer",
+}
+
+
 def outside_the_state(expected: Any, module: nn.Module) -> list[Difference]:
     """Why a forward differs after a complete load: tensors no state dict carries (plain tensor
     attributes, non-persistent buffers) whose values in the loaded model are not the saved model's."""
     found: list[Difference] = []
-    hidden = non_persistent_buffers(module)
-    for name, want in expected.hidden.items():
-        got = hidden.get(name)
-        if got is not None and not _same(want, got):
-            found.append(
-                Difference(
-                    "not_saved",
-                    ("buffers", name),
-                    "a non-persistent buffer (register_buffer(..., persistent=False)) that differs in a freshly "
-                    "built model: no state dict carries it, and the outputs depend on it; make it persistent "
-                    "or compute it the same way in every build",
-                )
-            )
-    plain = plain_tensors(module)
-    for name, want in expected.plain.items():
-        got = plain.get(name)
-        if got is not None and not _same(want, got):
-            found.append(
-                Difference(
-                    "not_saved",
-                    ("attributes", name),
-                    "a plain tensor attribute (not a Parameter or buffer) that differs in a freshly built model: "
-                    "no state dict carries it, and the outputs depend on it; register it with register_buffer",
-                )
-            )
+    for root, saved, loaded in (
+        ("buffers", expected.hidden, non_persistent_buffers(module)),
+        ("attributes", expected.plain, plain_tensors(module)),
+    ):
+        for name, want in saved.items():
+            got = loaded.get(name)
+            if got is not None and not _same(want, got):
+                found.append(Difference("not_saved", (root, name), _NOT_SAVED[root]))
     return found
 
 

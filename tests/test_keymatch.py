@@ -192,3 +192,14 @@ def test_unreadable_inputs_are_usage_errors(project: Path, capsys: pytest.Captur
     assert all(line.startswith("ckpt-compat: ") or "error" in line for line in err), err
     assert any("keymodels has no attribute 'nothing'" in line for line in err)
     assert any("give --model too" in line for line in err)
+
+
+def test_a_hugging_face_folder_of_pytorch_model_bin(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = project / "hfbin"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    torch.save({f"bert.{k}": v for k, v in _net().state_dict().items()}, folder / "pytorch_model.bin")
+    code, report = _check(folder, capsys=capsys)
+    assert report["kind"] == "Hugging Face folder (pytorch_model.bin)"
+    assert code == 1 and [f["kind"] for f in report["findings"]] == ["prefix"]
+    assert "'bert.'" in report["findings"][0]["fix"]
