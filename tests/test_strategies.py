@@ -91,10 +91,11 @@ def test_bad_arguments_fail_when_the_strategy_is_created(make: Any, message: str
         make()  # not drawn from: the error comes at creation, naming the argument and its value
 
 
-@given(strategies.modules(strategies.model_specs(max_depth=1)))
-def test_modules_are_built_models_in_eval_mode(module: nn.Module) -> None:
-    assert isinstance(module, nn.Module) and not module.training
-    assert module.state_dict()  # every drawn model holds state
+@given(strategies.modules(strategies.model_specs(max_depth=1)), strategies.modules(device="meta"))
+def test_modules_are_built_models_in_eval_mode_on_their_device(module: nn.Module, meta: nn.Module) -> None:
+    assert isinstance(module, nn.Module) and not module.training and not meta.training
+    assert all(t.device.type == "cpu" for t in module.state_dict().values())
+    assert all(t.is_meta for t in meta.state_dict().values())  # shapes and dtypes only
 
 
 @settings(max_examples=25)

@@ -15,6 +15,7 @@ point. Two serializations, as MLflow offers them:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ckpt_compat import versions
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted, first_line
 
@@ -37,9 +39,13 @@ def known_issues() -> Path:
 
 def _why_unavailable() -> str | None:
     try:
-        import mlflow.pytorch  # noqa: F401
+        import mlflow
+        import mlflow.pytorch
     except ImportError:
         return 'MLflow is not installed: pip install "ckpt-compat[mlflow]"'
+    # serialization_format ("pickle" / "pt2") replaced export_model in MLflow 3 (mlflow#20795).
+    if "serialization_format" not in inspect.signature(mlflow.pytorch.save_model).parameters:
+        return f"MLflow {mlflow.__version__} has no save_model(serialization_format=): upgrade MLflow"
     return None
 
 
@@ -140,8 +146,8 @@ class MLflowPT2(MLflowPickle):
 
     def why_unavailable(self) -> str | None:
         reason = _why_unavailable()
-        if reason is None and not hasattr(getattr(torch, "export", None), "save"):
-            reason = f"torch {torch.__version__} has no torch.export (MLflow's pt2 needs torch >= 2.4)"
+        if reason is None and versions.key(torch.__version__) < (2, 4):  # MLflow's own floor for pt2
+            reason = f"torch {torch.__version__}: MLflow's pt2 serialization needs torch >= 2.4"
         return reason
 
     def load_variants(self) -> list[dict[str, Any]]:
