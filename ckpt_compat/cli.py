@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _every_format_but(args: argparse.Namespace) -> list[Format]:
-    from ckpt_compat.formats import all_formats
+    from ckpt_compat.formats import BUILTIN, all_formats
 
     excluded = {n.strip() for n in args.all_formats_except.split(",") if n.strip()}
     unknown = sorted(excluded - set(all_formats()))
@@ -365,7 +365,10 @@ def _every_format_but(args: argparse.Namespace) -> list[Format]:
         raise UsageError(
             f"--all-formats-except: unknown format(s) {', '.join(unknown)}; known: {', '.join(all_formats())}"
         )
-    names = [n for n in all_formats() if n not in excluded]
+    # Every built-in format must be writable (a broken pin fails); a plugin's format (an optional
+    # extra, as MLflow is) joins only where it is usable.
+    builtin = {cls.name for cls in BUILTIN}
+    names = [n for n, f in all_formats().items() if n not in excluded and (n in builtin or f.why_not_usable() is None)]
     try:
         return _select_formats(",".join(names))
     except UsageError as exc:

@@ -235,3 +235,21 @@ def test_every_bad_value_exits_2_with_one_line(args: list[str], tmp_path: Path) 
     done = cli(*(a.format(tmp=tmp_path) for a in args))
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "internal error" not in done.stderr, done.stderr
+
+
+def test_all_formats_except_requires_every_builtin_but_only_usable_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from ckpt_compat import cli
+    from ckpt_compat.formats import BUILTIN, all_formats
+
+    plugin = next((f for n, f in all_formats().items() if n not in {c.name for c in BUILTIN}), None)
+    if plugin is None:
+        pytest.skip("no plugin format registered here")
+    monkeypatch.setattr(type(plugin), "why_unavailable", lambda self: "its extra is not installed")
+    chosen = cli._every_format_but(argparse.Namespace(all_formats_except="onnx"))
+    assert plugin.name not in {f.name for f in chosen}  # an optional plugin left out, not an error
+    builtin = next(c() for c in BUILTIN if c.name == "torch_zip")
+    monkeypatch.setattr(type(builtin), "why_unavailable", lambda self: "a broken pin")
+    with pytest.raises(cli.UsageError, match=r"torch_zip.*a broken pin"):
+        cli._every_format_but(argparse.Namespace(all_formats_except="onnx"))
