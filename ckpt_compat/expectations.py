@@ -29,6 +29,7 @@ explained only when each part is. The built-in file ships inside the package.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -267,13 +268,17 @@ class Expectations:
         from ckpt_compat.expectations_file import parse
 
         entries: list[Expectation] = []
-        seen: set[Path] = set()
-        for path in (
-            shipped() if paths is None else paths
-        ):  # the same file named twice (a shipped list passed again) counts once
-            if Path(path).resolve() in seen:
+        seen: set[bytes] = set()
+        for path in shipped() if paths is None else paths:
+            # The same list named twice counts once: a shipped file passed again, or a checkout's
+            # copy of it next to the installed package's.
+            try:
+                digest = hashlib.sha256(Path(path).read_bytes()).digest()
+            except OSError:
+                digest = str(Path(path).resolve()).encode()  # parse() reports the unreadable file
+            if digest in seen:
                 continue
-            seen.add(Path(path).resolve())
+            seen.add(digest)
             entries += parse(Path(path))
         ids = [e.id for e in entries]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -43,8 +43,11 @@ def test_bad_files_name_the_file_and_entry(tmp_path: Path, text: str, message: s
 
 
 def test_duplicate_ids_are_refused_and_one_file_named_twice_counts_once(tmp_path: Path) -> None:
-    copy = tmp_path / "copy.toml"
-    copy.write_text(BUILTIN.read_text(encoding="utf-8"), encoding="utf-8")
+    edited = tmp_path / "edited.toml"
+    edited.write_text(BUILTIN.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
     with pytest.raises(ExpectationsError, match="defined twice"):
-        Expectations.load([BUILTIN, copy])
-    assert Expectations.load([BUILTIN, BUILTIN]).entries == Expectations.load([BUILTIN]).entries
+        Expectations.load([BUILTIN, edited])
+    copy = tmp_path / "copy.toml"  # a checkout's copy of the installed package's list
+    copy.write_text(BUILTIN.read_text(encoding="utf-8"), encoding="utf-8")
+    once = Expectations.load([BUILTIN]).entries
+    assert Expectations.load([BUILTIN, BUILTIN]).entries == once == Expectations.load([BUILTIN, copy]).entries
