@@ -11,6 +11,7 @@ import os
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +72,15 @@ def zip_kind(names: list[str]) -> str:
     return "zip"
 
 
+# What Python's zipfile raises on a damaged archive: a bad directory, a cut file, a bad deflate
+# stream, or a "version needed to extract" it does not implement (a flipped bit says 6.4).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError)
+
+
 def _zip_kind(path: Path) -> Identified:
     try:
         names = zipfile.ZipFile(path).namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except ZIP_ERRORS:
         return Identified(
             "broken_zip", "a truncated or corrupt zip archive (torch.save and TorchScript files are zip archives)"
         )

@@ -17,12 +17,11 @@ import stat
 import struct
 import warnings
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_compat.identify import MAX_SIZE, Identified, identify_kind, refuse_special
+from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, identify_kind, refuse_special
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
 # Bits per element of each safetensors dtype (safetensors 0.6+; F4 and F6 are packed).
@@ -114,7 +113,7 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
     try:
         archive = zipfile.ZipFile(path)
         damaged = archive.testzip()  # reads every member: the central directory and every CRC
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
+    except ZIP_ERRORS as exc:
         result.problems.append(f"the zip archive is truncated or corrupt ({exc})")
         return result
     if damaged is not None:  # nothing more of it can be read as it was written

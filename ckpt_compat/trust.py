@@ -10,10 +10,10 @@ meet what the weights_only unpickler allows.
 from __future__ import annotations
 
 import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 import ckpt_compat
+from ckpt_compat.identify import ZIP_ERRORS
 
 
 class OutsideCorpus(ValueError):
@@ -51,7 +51,7 @@ def pickled_refusals(path: Path) -> list[str]:
 
     try:
         scans = scan_archive(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as exc:
+    except ZIP_ERRORS as exc:
         return [f"the archive cannot be read ({exc})"]
     allowed = allowed_globals() or set()
     refused: list[str] = []
@@ -71,6 +71,6 @@ def is_torchscript_archive(path: Path) -> bool:
 
     try:
         names = zipfile.ZipFile(path).namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except ZIP_ERRORS:
         return False
     return zip_kind(names) == "torchscript"

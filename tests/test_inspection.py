@@ -129,6 +129,19 @@ def test_a_storage_record_of_the_wrong_length_is_broken(tmp_path: Path) -> None:
     assert any("holds" in p and "bytes" in p for p in inspection.problems), inspection.lines()
 
 
+def test_a_zip_version_python_cannot_read_is_broken(tmp_path: Path) -> None:
+    # Found by the fuzzer: one flipped bit in a central-directory entry's "version needed to
+    # extract" makes zipfile raise NotImplementedError("zip file version 6.4") on opening.
+    from ckpt_compat.identify import identify_kind
+
+    data = bytearray(_copy("torch_zip", tmp_path).read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 6 : entry + 8] = struct.pack("<H", 64)
+    (tmp_path / "v64.pt").write_bytes(bytes(data))
+    assert identify_kind(tmp_path / "v64.pt").kind == "broken_zip"
+    assert inspect_checkpoint(tmp_path / "v64.pt").verdict == "broken"
+
+
 @pytest.mark.parametrize("name", [n for n, p in payloads.PAYLOADS.items() if p.executes])
 def test_hostile_payloads_are_unsafe_and_nothing_runs(name: str, tmp_path: Path) -> None:
     payload = payloads.PAYLOADS[name]
