@@ -281,7 +281,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
     if not isinstance(meta, dict) or set(meta) != {"dtype", "shape", "data_offsets"}:
         return f"{key}: a tensor entry needs exactly dtype, shape and data_offsets", None
-    bits = _SAFETENSORS_BITS.get(meta["dtype"])
+    # Any JSON can stand in a damaged header: a dtype that is a list or an object is unknown too.
+    bits = _SAFETENSORS_BITS.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
     shape, offsets = meta["shape"], meta["data_offsets"]
     if bits is None:
         return f"{key}: unknown dtype {meta['dtype']!r}", None

@@ -105,6 +105,7 @@ def _first(header: dict[str, object]) -> dict[str, object]:
     [
         (lambda h: _first(h).update(data_offsets=[0, 10**12]), "needs"),
         (lambda h: _first(h).update(dtype="Q9"), "unknown dtype"),
+        (lambda h: _first(h).update(dtype=["F32"]), "unknown dtype"),  # found by the fuzzer: unhashable
         (lambda h: _first(h).update(shape=[-1]), "non-negative"),
         (lambda h: _first(h).update(data_offsets=[4, 4 + 4 * 16]), "gap or an overlap"),
         (lambda h: h.update(extra={"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}), "gap or an overlap"),
