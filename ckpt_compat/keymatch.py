@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckpt_compat.stored import Stored, TensorInfo
+from ckpt_compat.stored import Stored, TensorInfo, tensor_info
 from ckpt_compat.unsaved import non_persistent_buffers
 
 KNOWN_PREFIXES = {
@@ -106,10 +106,6 @@ class KeyMatch:
         return "\n".join(lines) + "\n"
 
 
-def _info(t: torch.Tensor) -> TensorInfo:
-    return TensorInfo(str(t.dtype).removeprefix("torch."), tuple(int(n) for n in t.shape))
-
-
 def tie_groups(model: nn.Module) -> list[tuple[str, ...]]:
     """State-dict keys that are one Parameter or buffer (ties), in state-dict order."""
     groups: dict[int, list[str]] = {}
@@ -120,7 +116,7 @@ def tie_groups(model: nn.Module) -> list[tuple[str, ...]]:
 
 def match(stored: Stored, model: nn.Module, model_name: str) -> KeyMatch:
     """Compare ``stored`` with ``model`` (built on any device; meta is enough)."""
-    expected = {k: _info(v) for k, v in model.state_dict().items()}
+    expected = {k: tensor_info(v) for k, v in model.state_dict().items()}
     result = KeyMatch(stored, model_name, type(model).__name__, expected)
     findings = result.findings
     findings += [

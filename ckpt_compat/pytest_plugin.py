@@ -73,7 +73,7 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         from ckpt_compat import __version__
         from ckpt_compat.expectations import Expectations, shipped
         from ckpt_compat.formats import UnknownFormat, Unsupported, available_formats, parse_format_list
-        from ckpt_compat.modelcheck import check_model
+        from ckpt_compat.modelcheck import Verdict, check_model
         from ckpt_compat.usermodel import UserModel
 
         names = formats or marked
@@ -106,15 +106,9 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         if not checked.passed:
             pytest.fail(
                 f"checkpoint round trip of {subject.id} on torch {torch.__version__}: "
-                f"{len(checked.by_verdict(_incompatible()))} incompatible cell(s)\n{checked.failure_message()}",
+                f"{len(checked.by_verdict(Verdict.INCOMPATIBLE))} incompatible cell(s)\n{checked.failure_message()}",
                 pytrace=False,
             )
         return checked
 
     return check
-
-
-def _incompatible() -> Any:
-    from ckpt_compat.modelcheck import Verdict
-
-    return Verdict.INCOMPATIBLE

@@ -49,7 +49,7 @@ class Stored:
     problems: list[str] = field(default_factory=list)  # a sharded index that disagrees with its shards
 
 
-def _info(t: torch.Tensor) -> TensorInfo:
+def tensor_info(t: torch.Tensor) -> TensorInfo:
     return TensorInfo(str(t.dtype).removeprefix("torch."), tuple(int(n) for n in t.shape))
 
 
@@ -121,7 +121,7 @@ def _torch_save(path: Path) -> Stored:
     return Stored(
         path,
         "torch.save file",
-        {k: _info(v) for k, v in tensors.items()},
+        {k: tensor_info(v) for k, v in tensors.items()},
         tensors.__getitem__,
         inside,
         versioned=getattr(state, "_metadata", None) is not None,
