@@ -103,6 +103,21 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
+    def parallel(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--jobs",
+            type=_positive,
+            default=None,
+            metavar="N",
+            help="worker processes side by side (default: the usable cores); the results are the same for any N",
+        )
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="a progress line per finished step, also when not on a terminal",
+        )
+
     run = commands.add_parser("run", help="property-check every format, device and load option on this torch")
     run.add_argument(
         "--examples",
@@ -112,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         help="hypothesis examples (model specs) to draw (default: 200, about a minute on 2 cores)",
     )
     run.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0, reproducible)")
+    parallel(run)
     run.add_argument(
         "--shrink-seconds",
         type=_seconds,
@@ -190,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write heavy formats (TorchScript, torch.export, DCP) for a fixed sample of specs only",
     )
+    parallel(produce)
     produce.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     verify = commands.add_parser("verify", help="load every corpus under the running torch; write one results file")
@@ -226,13 +243,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOML",
         help="extra known-issue file(s), for the summary line",
     )
-    verify.add_argument(
-        "--jobs",
-        type=_positive,
-        default=None,
-        metavar="N",
-        help="worker processes loading files side by side (default: the usable cores); the results are the same",
-    )
+    parallel(verify)
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     security = commands.add_parser(
@@ -414,46 +425,45 @@ def _finish(report: Report, out: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ckpt_compat.isolation import Pool
+    from ckpt_compat.propcheck import TASK_TIMEOUT
+    from ckpt_compat.workers import ARGV
+
+    started = time.perf_counter()
+    with Pool(ARGV, jobs=args.jobs, timeout=TASK_TIMEOUT).start() as pool:  # they import torch meanwhile
+        return _run_in(pool, args, started)
+
+
+def _run_in(pool: Any, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats)
     out = _writable_dir(args.out)
     expectations = _expectations(args.expectations)
 
     import torch
 
-    from ckpt_compat.distributed import RESHARD_SPEC, check_reshard
-    from ckpt_compat.isolation import scratch_dir
-    from ckpt_compat.multiobject import check_multi_object
-    from ckpt_compat.propcheck import run_property
+    from ckpt_compat.distributed import RESHARD_SPEC
+    from ckpt_compat.progress import Progress
+    from ckpt_compat.propcheck import OBJECT_CHECKS, run_property
     from ckpt_compat.report import Report
-    from ckpt_compat.training import TRAINING_SPEC, check_training
+    from ckpt_compat.training import TRAINING_SPEC
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    progress(
+    progress = Progress(quiet=args.quiet, verbose=args.verbose)
+    progress.say(
         f"ckpt-compat run: torch {torch.__version__}, formats {', '.join(f.name for f in formats)}, "
-        f"{args.examples} examples, seed {args.seed}"
+        f"{args.examples} examples, seed {args.seed}, {pool.jobs} worker(s); training checkpoints, "
+        "multi-object files and DCP resharding alongside"
     )
-    started = time.perf_counter()
-    with scratch_dir() as workdir:
-        result = run_property(
-            formats,
-            Path(workdir),
-            examples=args.examples,
-            seed_value=args.seed,
-            expectations=expectations,
-            progress=progress,
-            shrink_seconds=args.shrink_seconds,
-        )
-    progress("training checkpoints: train, save, resume in a fresh process, compare with an uninterrupted run")
-    with scratch_dir() as workdir:
-        result.results += check_training(formats, Path(workdir))
-        result.results += check_multi_object(formats, Path(workdir))
+    result = run_property(
+        formats,
+        examples=args.examples,
+        seed_value=args.seed,
+        expectations=expectations,
+        pool=pool,
+        progress=progress,
+        shrink_seconds=args.shrink_seconds,
+        objects=OBJECT_CHECKS,
+    )
     if any(f.name == "dcp" for f in formats):
-        progress("DCP across world sizes: save with 2 processes (gloo), load with 1 and with 4")
-        with scratch_dir() as workdir:
-            result.results += check_reshard(Path(workdir))
         result.specs[RESHARD_SPEC.id] = RESHARD_SPEC
     result.specs[f"training-{TRAINING_SPEC.id}"] = TRAINING_SPEC
     report = Report(
@@ -467,6 +477,8 @@ def _run(args: argparse.Namespace) -> int:
             "examples_run": result.examples_run,
             "shrink_steps": result.shrink_steps,
             "seconds": round(time.perf_counter() - started, 2),
+            "phases": progress.phases,
+            "jobs": pool.jobs,
             "out": str(out),
         },
         failure=result.failure,
@@ -551,6 +563,9 @@ def _progress(quiet: bool) -> Callable[[str], None]:
     return progress
 
 
+PRODUCE_TIMEOUT = 900.0  # seconds to write one spec in every format
+
+
 def _produce(args: argparse.Namespace) -> int:
     formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
     out = _writable_dir(args.out)
@@ -560,11 +575,17 @@ def _produce(args: argparse.Namespace) -> int:
 
     if args.device not in producer_devices():
         raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
+    from ckpt_compat.isolation import Pool
+    from ckpt_compat.progress import Progress
+    from ckpt_compat.workers import ARGV
+
     started = time.perf_counter()
+    progress = Progress(quiet=args.quiet, verbose=args.verbose)
     try:
-        manifest = produce(
-            out, formats, device=args.device, progress=_progress(args.quiet), sample_heavy=args.sample_heavy
-        )
+        with Pool(ARGV, jobs=args.jobs, timeout=PRODUCE_TIMEOUT).start() as pool:
+            manifest = produce(
+                out, formats, device=args.device, progress=progress.step, sample_heavy=args.sample_heavy, pool=pool
+            )
     except ManifestError as exc:
         raise UsageError(f"--out {exc}") from None
     written = sum(e.file is not None for e in manifest.entries)

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from ckpt_compat import __version__
-from ckpt_compat.atomic import atomic_dir, write_text
+from ckpt_compat.atomic import WriteFailed, atomic_dir, storage_failure, write_text
 from ckpt_compat.compare import record
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, all_formats
+from ckpt_compat.isolation import Pool
 from ckpt_compat.objects import object_records
 from ckpt_compat.results import Endpoint, Outcome
 from ckpt_compat.roundtrip import Subject, save_cell
@@ -155,19 +156,21 @@ def produce(
     progress: Callable[[str], None] = lambda _: None,
     sample_heavy: bool = False,
     objects: bool = True,
+    pool: Pool | None = None,
 ) -> Manifest:
     """Write a corpus for the running torch into ``out``: built in a temporary directory beside
     it and swapped in whole, so the previous corpus survives any kill until the new one is done.
 
     ``sample_heavy``: heavy formats (compiled, exported, DCP: large files) only for `HEAVY_SAMPLE`,
     to keep committed fixtures small. ``objects``: also training checkpoints, a multi-object file
-    and a multi-save stream, in every format that holds arbitrary objects.
+    and a multi-save stream, in every format that holds arbitrary objects. ``pool``: write the
+    specs side by side in its workers (formats by name); none: here, one after another.
     """
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ManifestError(f"{out}: not empty and not a corpus; refusing to replace it (choose an empty --out)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as work:
-        return _produce(work, list(formats), device, specs, progress, sample_heavy, objects)
+        return _produce(work, list(formats), device, specs, progress, sample_heavy, objects, pool)
 
 
 def _produce(
@@ -178,35 +181,52 @@ def _produce(
     progress: Callable[[str], None],
     sample_heavy: bool,
     objects: bool,
+    pool: Pool | None,
 ) -> Manifest:
-    producer = Endpoint(torch.__version__, device)
+    subjects: Mapping[str, Subject] = corpus_specs() if specs is None else specs
+    tasks = [
+        {
+            "task": "produce.spec",
+            "out": str(out),
+            "name": name,
+            "spec": spec.to_json(),
+            "formats": [f.name for f in formats if not (sample_heavy and f.heavy and name not in HEAVY_SAMPLE)],
+            "device": device,
+        }
+        for name, spec in subjects.items()
+    ]
+    if objects:
+        held = [f.name for f in formats if f.holds_training_state]
+        tasks.append({"task": "produce.objects", "out": str(out), "formats": held, "device": device})
+    by_name = {f.name: f for f in formats}
+
+    def here(task: dict[str, Any]) -> Any:
+        chosen = [by_name[n] for n in task["formats"]]
+        if task["task"] == "produce.objects":
+            return _objects_answer(out, chosen)
+        return _spec_answer(out, task["name"], subjects[task["name"]], chosen, device)
+
+    def done(index: int, answer: Any) -> None:
+        progress(_answer_line(tasks[index], answer))
+
+    if pool is None:
+        answers = [here(t) for t in tasks]
+        for i, a in enumerate(answers):
+            done(i, a)
+    else:  # the longest first: the whole objects, then the specs in heavy formats
+        first = [len(tasks) - 1] if objects else []
+        first += [i for i, t in enumerate(tasks) if any(by_name[n].heavy for n in t.get("formats", ()))]
+        answers = pool.map(tasks, first=first, done=done)
     entries: list[Entry] = []
     records: dict[str, dict[str, dict[str, Any]]] = {}
-    subjects: Mapping[str, Subject] = corpus_specs() if specs is None else specs
-    for name, spec in subjects.items():
-        try:
-            model = spec.model(device)
-        except Exception as exc:  # a dtype or layer this torch lacks, or an op it cannot run
-            reason = f"torch {torch.__version__} cannot build this spec: {ErrorInfo.of(exc)}"
-            entries += [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
-            progress(f"{name}: skipped ({exc})")
-            continue
-        records[name] = {k: record(v) for k, v in model.state_dict().items()}
-        (out / name).mkdir(exist_ok=True)
-        for fmt in formats:
-            if sample_heavy and fmt.heavy and name not in HEAVY_SAMPLE:
-                continue
-            relative = f"{name}/{fmt.name}{fmt.suffix}"
-            failed = save_cell(spec, fmt, model, out / relative, producer)
-            if failed is None:
-                entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value))
-            else:
-                entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
-        progress(f"{name}: {sum(e.spec == name and e.file is not None for e in entries)} file(s)")
-    if objects:
-        more, more_records = _produce_objects(out, [f for f in formats if f.holds_training_state], progress)
-        entries += more
-        records.update(more_records)
+    for task, answer in zip(tasks, answers, strict=True):
+        if isinstance(answer, dict) and "write_failed" in answer:  # the disk, as if written here
+            raise WriteFailed(out, answer["write_failed"])
+        failure = _produce_failure(task, answer)
+        if failure:  # a worker that died or a writer that raised: nothing of it is in the corpus
+            raise ManifestError(f"{out}: {failure}")
+        entries += [Entry(**e) for e in answer["entries"]]
+        records.update(answer["records"])
     manifest = Manifest(
         torch=torch.__version__,
         device=device,
@@ -230,12 +250,79 @@ def _produce(
     return manifest
 
 
+def _produce_failure(task: dict[str, Any], answer: Any) -> str:
+    from ckpt_compat.isolation import Failure
+
+    what = task.get("name", "training checkpoints, bundle and stream")
+    if isinstance(answer, Failure):
+        return f"writing {what}: the worker {answer.kind}: {answer.message}"
+    if "write_failed" in answer:
+        return f"writing {what}: {answer['write_failed']}"
+    if "error" in answer:
+        return f"writing {what} raised {ErrorInfo.from_json(answer['error'])}"
+    return ""
+
+
+def _answer_line(task: dict[str, Any], answer: Any) -> str:
+    if _produce_failure(task, answer):
+        return _produce_failure(task, answer)
+    if task["task"] == "produce.objects":
+        return f"objects: {len(answer['entries'])} file(s) (training checkpoints, a bundle, a stream)"
+    written = sum(e["file"] is not None for e in answer["entries"])
+    skipped = answer.get("skipped")
+    return f"{task['name']}: skipped ({skipped})" if skipped else f"{task['name']}: {written} file(s)"
+
+
+def _spec_answer(out: Path, name: str, spec: Subject, formats: list[Format], device: str) -> dict[str, Any]:
+    """One spec written in ``formats`` under ``out/name``: its entries and tensor records as JSON."""
+    producer = Endpoint(torch.__version__, device)
+    try:
+        model = spec.model(device)
+    except Exception as exc:  # a dtype or layer this torch lacks, or an op it cannot run
+        reason = f"torch {torch.__version__} cannot build this spec: {ErrorInfo.of(exc)}"
+        entries = [Entry(name, spec.id, f.name, None, Outcome.UNSUPPORTED.value, reason) for f in formats]
+        return {"entries": [e.__dict__ for e in entries], "records": {}, "skipped": str(exc)}
+    entries = []
+    (out / name).mkdir(exist_ok=True)
+    for fmt in formats:
+        relative = f"{name}/{fmt.name}{fmt.suffix}"
+        failed = save_cell(spec, fmt, model, out / relative, producer)
+        if failed is None:
+            entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value))
+        else:
+            entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
+    records = {name: {k: record(v) for k, v in model.state_dict().items()}}
+    return {"entries": [e.__dict__ for e in entries], "records": records}
+
+
+def _objects_answer(out: Path, formats: list[Format]) -> dict[str, Any]:
+    entries, records = _produce_objects(out, formats)
+    return {"entries": [e.__dict__ for e in entries], "records": records}
+
+
+def produce_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The ``produce.spec`` and ``produce.objects`` tasks of `workers`."""
+    from ckpt_compat.formats import get_format
+    from ckpt_compat.usermodel import from_json, is_user_model
+
+    formats = [get_format(n) for n in task["formats"]]
+    try:
+        if task["task"] == "produce.objects":
+            return _objects_answer(Path(task["out"]), formats)
+        data = task["spec"]
+        spec: Subject = from_json(data) if is_user_model(data) else ModelSpec.from_json(data)
+        return _spec_answer(Path(task["out"]), task["name"], spec, formats, task["device"])
+    except Exception as exc:
+        why = storage_failure(exc)
+        if why:
+            return {"write_failed": why}
+        raise
+
+
 TRAINING_STEPS = 3
 
 
-def _produce_objects(
-    out: Path, formats: list[Format], progress: Callable[[str], None]
-) -> tuple[list[Entry], dict[str, dict[str, dict[str, Any]]]]:
+def _produce_objects(out: Path, formats: list[Format]) -> tuple[list[Entry], dict[str, dict[str, dict[str, Any]]]]:
     """Training checkpoints (one per optimizer), a bundle and a stream, with their object records."""
     from ckpt_compat import multiobject, training
 
@@ -274,7 +361,6 @@ def _produce_objects(
         relative = f"stream/{fmt.name}{fmt.suffix}"
         multiobject.write_stream(fmt, out / relative, stream)
         entries.append(Entry("stream", "stream", fmt.name, relative, "ok", kind="stream"))
-    progress(f"objects: {len(entries)} file(s) (training checkpoints, a bundle, a stream)")
     return entries, records
 
 

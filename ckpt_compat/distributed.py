@@ -9,6 +9,7 @@ reference, and the world-size-1 load with the whole reference.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
 import warnings
@@ -101,12 +102,15 @@ def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
 
 
 def _world(world: int, task: dict[str, Any], workdir: Path) -> None:
-    import torch.multiprocessing as mp
-
     fd, store = tempfile.mkstemp(dir=workdir, prefix="store-")
     os.close(fd)
     os.unlink(store)  # the file store wants a path that does not exist yet
-    mp.spawn(_rank, args=(world, {**task, "store": store}), nprocs=world, join=True)  # type: ignore[attr-defined,no-untyped-call]
+    # A fork server that has imported torch and this module once forks every rank of every world:
+    # six fresh interpreters would each pay the torch import.
+    multiprocessing.set_forkserver_preload([__name__])
+    from torch.multiprocessing.spawn import start_processes
+
+    start_processes(_rank, args=(world, {**task, "store": store}), nprocs=world, join=True, start_method="forkserver")  # type: ignore[no-untyped-call]
 
 
 def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int, ...] = (1, 4)) -> list[CellResult]:

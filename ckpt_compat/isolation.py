@@ -14,10 +14,13 @@ kills the registered process groups and removes the registered paths.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import json
 import os
+import queue
+import random
 import resource
 import select
 import shutil
@@ -26,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -176,7 +179,7 @@ class Failure:
 class Child:
     """One contained interpreter that serves JSON-lines requests: one line in, one line out.
 
-    ``argv`` is a module and its arguments (``["ckpt_compat.verify", "--worker"]``), run as
+    ``argv`` is a module and its arguments (``["ckpt_compat.workers"]``), run as
     ``python -m`` after the child has contained itself; the module must call `serve`.
     Restarted on the next request after it crashed or timed out.
     """
@@ -242,6 +245,11 @@ class Child:
         kept = [line for line in self.stderr.read().splitlines() if line.strip()]
         return " | ".join(kept[-lines:])
 
+    def start(self) -> None:
+        """Start the process now rather than on the first request (it imports while the parent works)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+
     def request(self, message: Any) -> Any | Failure:
         """Send ``message`` (JSON); the child's JSON answer, or a `Failure`."""
         proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
@@ -264,6 +272,98 @@ class Child:
                 return Failure("out_of_memory", f"the process ran out of memory (limit {_gib(self.memory)}): {tail}")
             return Failure("crash", f"the process died ({exit_reason(code)}): {tail}")
         return json.loads(line)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+class Pool:
+    """``jobs`` contained workers (`Child`, default: one per usable core) serving one module side
+    by side. Answers come back in task order whatever the number of workers, so a run's results do
+    not depend on it; a worker that crashes or hangs costs the task it was on (its `Failure`) and is
+    restarted for the next one."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        jobs: int | None = None,
+        timeout: float,
+        memory: int | None = MEMORY_LIMIT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        cores = usable_cores()
+        self.jobs = max(1, jobs or cores)
+        # Workers side by side each get their share of the cores: OpenMP threads that outnumber
+        # the cores spin and slow every worker down.
+        threads = str(max(1, cores // self.jobs))
+        share = {} if self.jobs == 1 else dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS"), threads)
+        # One hash seed for every worker of the pool: messages that print a set (safetensors names
+        # the tied tensors) then read the same whichever worker wrote them.
+        inherited = os.environ.get("PYTHONHASHSEED", "random")
+        share["PYTHONHASHSEED"] = inherited if inherited.isdigit() else str(random.randrange(1, 2**32))
+        self.children = [
+            Child(argv, timeout=timeout, memory=memory, env={**share, **(env or {})}) for _ in range(self.jobs)
+        ]
+        self._idle: queue.Queue[Child] = queue.Queue()
+        for child in self.children:  # each starts its process on its first task
+            self._idle.put(child)
+        # The threads that wait on the workers live as long as the pool: a worker (re)started from
+        # one of them dies with it (PR_SET_PDEATHSIG fires when the parent *thread* exits).
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.jobs)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Pool:
+        """Start every worker now, so they import while this process prepares the work."""
+        for child in self.children:
+            child.start()
+        return self
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for child in self.children:
+            child.stop()
+
+    def request(self, message: Any) -> Any | Failure:
+        """One task on the next idle worker."""
+        child = self._idle.get()
+        try:
+            return child.request(message)
+        finally:
+            self._idle.put(child)
+
+    def map(
+        self,
+        messages: Sequence[Any],
+        *,
+        first: Sequence[int] = (),
+        done: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        """Every task's answer (or `Failure`), in task order. ``first``: indices to start before the
+        rest (the longest tasks first keep the workers busy to the end); ``done(index, answer)`` is
+        called in this thread as each task finishes, in the order they finish."""
+        chosen = set(first)
+        order = [*first, *(i for i in range(len(messages)) if i not in chosen)]
+        answers: list[Any] = [None] * len(messages)
+        try:
+            running = {self._executor.submit(self.request, messages[i]): i for i in order}
+            for future in concurrent.futures.as_completed(running):
+                index = running[future]
+                answers[index] = future.result()
+                if done is not None:
+                    done(index, answers[index])
+        except BaseException:  # Ctrl-C or a failing callback: kill the workers, start nothing more
+            self.stop()
+            raise
+        return answers
 
 
 def _gib(limit: int | None) -> str:

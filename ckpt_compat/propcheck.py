@@ -1,28 +1,39 @@
 """The property behind ``ckpt-compat run``: for every drawn spec, no cell has an unexpected outcome.
 
-Hypothesis draws specs; every cell of every spec drawn before the first failure goes into the
-report. On a failure hypothesis shrinks it, within a budget (shrinking calls the whole round
-trip each time), and the smallest failing spec is reported with its cells.
+Hypothesis draws the specs first (drawing needs no torch work, and what it draws does not depend
+on the outcomes while every example passes); the specs, the training checkpoints, the
+multi-object files and DCP resharding are then checked side by side in the workers of an
+`isolation.Pool` (or in this process when no pool is given: formats a library caller made up are
+not registered by name). A crash or hang costs the cells of its own task. Every cell of every spec
+up to the first failing one goes into the report. A failure is shrunk by replaying the same
+draws (the checked ones answered from memory) and checking each smaller candidate, within a
+budget (each check is a whole round trip); the smallest failing spec is reported with its cells.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.expectations import Expectations, judge
 from ckpt_compat.formats import Format
-from ckpt_compat.results import CellResult
-from ckpt_compat.roundtrip import check_spec
+from ckpt_compat.isolation import Failure, Pool
+from ckpt_compat.progress import Progress
+from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec
 from ckpt_compat.strategies import model_specs
 
-Progress = Callable[[str], None]
+TASK_TIMEOUT = 900.0  # seconds for one spec in every format (a heavy one takes a few)
+# The whole-object checks of a run, besides the drawn specs: each is one task.
+OBJECT_CHECKS = ("reshard", "training", "multi_object")
+SCRATCH = "<scratch>"  # stands for a task's temporary directory in messages, so reports repeat
 
 
 class _Failed(AssertionError):
@@ -55,77 +66,299 @@ def failure_of(results: Sequence[CellResult], expectations: Expectations) -> str
     ) + (f"; ... {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
+@dataclass(frozen=True)
+class Task:
+    """One unit of a run's work: a drawn spec in some formats, or one whole-object check."""
+
+    formats: tuple[Format, ...]
+    spec: ModelSpec | None = None
+    check: str = ""  # one of OBJECT_CHECKS when ``spec`` is None
+
+    @property
+    def label(self) -> str:
+        return f"spec {self.spec.id}" if self.spec is not None else self.check
+
+    def message(self) -> dict[str, Any]:
+        """The task for a worker (`workers`), formats by name."""
+        names = [f.name for f in self.formats]
+        if self.spec is not None:
+            return {"task": "run.spec", "spec": self.spec.to_json(), "formats": names}
+        return {"task": "run.objects", "check": self.check, "formats": names}
+
+    def lost(self, failure: Failure) -> list[CellResult]:
+        """When its worker crashed or hung: one cell per format saying so, for this task only."""
+        import torch
+
+        here = Endpoint(torch.__version__, "cpu")
+        spec_id = self.spec.id if self.spec is not None else _object_spec_id(self.check)
+        options = {} if self.spec is not None else {"check": self.check}
+        outcome = Outcome.TIMEOUT if failure.kind == "timeout" else Outcome.CRASH
+        error = ErrorInfo(failure.error_type, f"{self.label}: the worker checking it {failure.message}")
+        return [CellResult(Cell(spec_id, f.name, here, here, options), outcome, error=error) for f in self.formats]
+
+
+def _object_spec_id(check: str) -> str:
+    from ckpt_compat.distributed import RESHARD_SPEC
+    from ckpt_compat.training import SPEC_ID
+
+    return {"reshard": RESHARD_SPEC.id, "training": SPEC_ID, "multi_object": "bundle"}[check]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one task gave: its cells, or why the checker gave none (``harness_error``)."""
+
+    results: list[CellResult]
+    harness_error: str = ""
+    seconds: float = 0.0
+
+
+def _perform(task: Task, workdir: Path) -> list[CellResult]:
+    """Do one task here: the same code a worker runs."""
+    from ckpt_compat.roundtrip import check_spec
+
+    if task.spec is not None:
+        return check_spec(task.spec, task.formats, workdir)
+    if task.check == "training":
+        from ckpt_compat.training import check_training
+
+        return check_training(task.formats, workdir)
+    if task.check == "multi_object":
+        from ckpt_compat.multiobject import check_multi_object
+
+        return check_multi_object(task.formats, workdir)
+    if task.check == "reshard":
+        from ckpt_compat.distributed import check_reshard
+
+        return check_reshard(workdir)
+    raise ValueError(f"check: {task.check!r} is not one of {OBJECT_CHECKS}")
+
+
+def _without_scratch(cells: list[dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
+    """The cells with the task's temporary directory named `SCRATCH`: where a file lay for a moment
+    is not a result, and a report must not change with it."""
+    text = json.dumps(cells)
+    return list(json.loads(text.replace(json.dumps(str(workdir))[1:-1], SCRATCH)))
+
+
+def _checked(task: Task) -> Checked:
+    from ckpt_compat.isolation import scratch_dir
+
+    started = time.perf_counter()
+    try:
+        with scratch_dir() as scratch:
+            cells = _without_scratch([r.to_json() for r in _perform(task, scratch)], scratch)
+    except Exception as exc:  # a harness bug: reported on the smallest spec, like any failure
+        return Checked([], f"harness error: {ErrorInfo.of(exc)}", time.perf_counter() - started)
+    return Checked([CellResult.from_json(c) for c in cells], seconds=time.perf_counter() - started)
+
+
+def run_task(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``run.spec`` and ``run.objects`` tasks of `workers`."""
+    from ckpt_compat.formats import get_format
+
+    formats = tuple(get_format(name) for name in message["formats"])
+    if message["task"] == "run.spec":
+        task = Task(formats, ModelSpec.from_json(message["spec"]))
+    else:
+        task = Task(formats, check=message["check"])
+    checked = _checked(task)
+    return {
+        "cells": [r.to_json() for r in checked.results],
+        "harness_error": checked.harness_error,
+        "seconds": checked.seconds,
+    }
+
+
+class Checker:
+    """Runs a run's tasks: in the workers of ``pool``, or in this process when it is None."""
+
+    def __init__(self, pool: Pool | None) -> None:
+        self.pool = pool
+
+    def one(self, task: Task) -> Checked:
+        if self.pool is None:
+            return _checked(task)
+        return self._answer(task, self.pool.request(task.message()))
+
+    def many(
+        self, tasks: Sequence[Task], *, first: Sequence[int], done: Callable[[int, Checked], None]
+    ) -> list[Checked]:
+        if self.pool is None:
+            out = []
+            for index, task in enumerate(tasks):
+                out.append(self.one(task))
+                done(index, out[-1])
+            return out
+        messages = [t.message() for t in tasks]
+        answers: list[Checked] = [Checked([])] * len(tasks)
+
+        def finished(index: int, answer: Any) -> None:
+            answers[index] = self._answer(tasks[index], answer)
+            done(index, answers[index])
+
+        self.pool.map(messages, first=first, done=finished)
+        return answers
+
+    @staticmethod
+    def _answer(task: Task, answer: Any) -> Checked:
+        if isinstance(answer, Failure):
+            return Checked(task.lost(answer))
+        if "error" in answer:  # the task's own handling failed: a harness bug too
+            return Checked([], f"harness error: {ErrorInfo.from_json(answer['error'])}")
+        cells = [CellResult.from_json(c) for c in answer["cells"]]
+        return Checked(cells, str(answer["harness_error"]), float(answer["seconds"]))
+
+
+def draw_specs(examples: int, seed_value: int) -> list[ModelSpec]:
+    """The specs hypothesis draws for ``examples`` passing examples under ``seed_value``, in order,
+    each once: what the property sees while no example fails."""
+    drawn: dict[str, ModelSpec] = {}
+
+    @_settings(examples, seed_value, [Phase.explicit, Phase.generate])
+    @given(model_specs())
+    def collect(spec: ModelSpec) -> None:
+        drawn.setdefault(spec.id, spec)
+
+    collect()
+    return list(drawn.values())
+
+
+def _settings(examples: int, seed_value: int, phases: list[Phase]) -> Callable[[Any], Any]:
+    def apply(test: Any) -> Any:
+        return seed(seed_value)(
+            settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=False,
+                phases=phases,
+                report_multiple_bugs=False,
+                suppress_health_check=list(HealthCheck),
+                verbosity=Verbosity.quiet,
+                print_blob=False,
+            )(test)
+        )
+
+    return apply
+
+
 def run_property(
     formats: Sequence[Format],
-    workdir: Path,
     *,
     examples: int,
     seed_value: int,
     expectations: Expectations,
-    progress: Progress = lambda _: None,
+    pool: Pool | None = None,
+    progress: Progress | None = None,
     shrink_seconds: float = 30.0,
     heavy_examples: int = 8,
+    objects: Sequence[str] = (),
 ) -> PropertyRun:
     """``heavy_examples``: how many of the examples also go through the heavy formats
-    (TorchScript, torch.export, ...); a failure is shrunk with every format."""
+    (TorchScript, torch.export, ...); a failure is shrunk with every format. ``objects``: the
+    whole-object checks (`OBJECT_CHECKS`) to run alongside, their cells appended."""
     run = PropertyRun()
+    checker = Checker(pool)
+    progress = progress or Progress(quiet=True)
+    with progress.phase("draw"):
+        specs = draw_specs(examples, seed_value)
+
+    light = tuple(f for f in formats if not f.heavy)
+    every = max(1, examples // max(1, heavy_examples))
+    tasks = [Task(tuple(formats) if i % every == 0 else light, spec) for i, spec in enumerate(specs)]
+    tasks += [Task(_object_formats(check, formats), check=check) for check in objects]
+    tasks = [t for t in tasks if t.formats]
+    # The longest first (whole-object checks, then specs in the heavy formats), so no worker is
+    # left with a long task at the end.
+    first = [i for i, t in enumerate(tasks) if t.spec is None] + [
+        i for i, t in enumerate(tasks) if t.spec is not None and len(t.formats) > len(light)
+    ]
+    count = [0]
+
+    def done(index: int, checked: Checked) -> None:
+        count[0] += 1
+        task = tasks[index]
+        ok = sum(r.outcome is Outcome.OK for r in checked.results)
+        bad = checked.harness_error or failure_of(checked.results, expectations)
+        (progress.say if bad else progress.step)(
+            f"[{count[0]:>4}/{len(tasks)}] {task.label}: {len(checked.results):>3} cells, {ok:>3} ok, "
+            f"{len(checked.results) - ok:>3} other{'  FAILED' if bad else ''} ({checked.seconds:.2f}s)"
+        )
+
+    with progress.phase("check", f"checking {len(specs)} specs and {len(objects)} whole-object checks"):
+        answers = checker.many(tasks, first=first, done=done)
     failing: dict[str, _Failing] = {}
-    minimal: list[str] = []  # the id of the smallest failing spec so far, once there is one
+    for task, checked in zip(tasks, answers, strict=True):
+        if task.spec is None:
+            run.results += checked.results
+            continue
+        if failing:  # only the specs up to the first failing one count, as in a serial run
+            continue
+        detail = checked.harness_error or failure_of(checked.results, expectations)
+        run.examples_run += 1
+        run.results += checked.results
+        run.specs[task.spec.id] = task.spec
+        if detail:
+            failing[task.spec.id] = _Failing(task.spec, checked.results, detail)
+    if failing:
+        [first_failing] = failing.values()
+        progress.say(f"failure on spec {first_failing.spec.id}: {first_failing.detail[:300]}")
+        with progress.phase("shrink", f"shrinking it (at most {shrink_seconds:.0f}s)..."):
+            smallest = _shrink(
+                examples, seed_value, first_failing, tasks, answers, checker, formats, expectations, shrink_seconds, run
+            )
+        run.failure, run.failure_detail = smallest.spec, smallest.detail
+        if smallest.spec.id not in run.specs:
+            run.specs[smallest.spec.id] = smallest.spec
+            run.results += smallest.results
+    return run
+
+
+def _object_formats(check: str, formats: Sequence[Format]) -> tuple[Format, ...]:
+    if check == "reshard":
+        return tuple(f for f in formats if f.name == "dcp")
+    return tuple(formats)
+
+
+def _shrink(
+    examples: int,
+    seed_value: int,
+    first: _Failing,
+    tasks: Sequence[Task],
+    answers: Sequence[Checked],
+    checker: Checker,
+    formats: Sequence[Format],
+    expectations: Expectations,
+    shrink_seconds: float,
+    run: PropertyRun,
+) -> _Failing:
+    """Replay the draws with the checked specs answered from memory; hypothesis then shrinks the
+    first failing one, each smaller candidate checked with every format."""
+    known = {t.spec.id: a for t, a in zip(tasks, answers, strict=True) if t.spec is not None}
+    failing: dict[str, _Failing] = {first.spec.id: first}
+    minimal: list[str] = []
     shrink_started = [0.0]
 
-    light = [f for f in formats if not f.heavy]
-    every = max(1, examples // max(1, heavy_examples))
-
-    def check(spec: ModelSpec, chosen: Sequence[Format] = formats) -> _Failing:
-        try:
-            results = check_spec(spec, chosen, workdir)
-        except Exception as exc:  # a harness bug: report it on the smallest spec, like any failure
-            return _Failing(spec, [], f"harness error: {ErrorInfo.of(exc)}")
-        return _Failing(spec, results, failure_of(results, expectations))
-
-    @seed(seed_value)
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        derandomize=False,
-        phases=[Phase.explicit, Phase.generate, Phase.shrink],
-        report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck),
-        verbosity=Verbosity.quiet,
-        print_blob=False,
-    )
+    @_settings(examples, seed_value, [Phase.explicit, Phase.generate, Phase.shrink])
     @given(model_specs())
     def prop(spec: ModelSpec) -> None:
-        if not minimal:
-            started = time.perf_counter()
-            found = check(spec, formats if run.examples_run % every == 0 else light)
-            run.examples_run += 1
-            run.results += found.results
-            run.specs[spec.id] = spec
-            ok = sum(r.outcome.value == "ok" for r in found.results)
-            progress(
-                f"[{run.examples_run:>4}/{examples}] spec {spec.id}: {len(found.results):>3} cells, "
-                f"{ok:>3} ok, {len(found.results) - ok:>3} other{'  FAILED' if found.detail else ''} "
-                f"({time.perf_counter() - started:.2f}s)"
-            )
-            if found.detail:
-                failing[spec.id] = found
-                minimal.append(spec.id)
-                shrink_started[0] = time.perf_counter()
-                progress(f"failure on spec {spec.id}: {found.detail[:300]}")
-                progress(f"shrinking it (at most {shrink_seconds:.0f}s)...")
-                _fail(found.detail)
+        # Past the budget only the current minimal example is rerun, so hypothesis settles on it
+        # at once instead of calling the whole round trip hundreds more times.
+        if minimal and time.perf_counter() - shrink_started[0] > shrink_seconds and spec.id != minimal[-1]:
             return
-        # Shrinking. Past the budget only the current minimal example is rerun, so hypothesis
-        # settles on it at once instead of calling the whole round trip hundreds more times.
-        if time.perf_counter() - shrink_started[0] > shrink_seconds and spec.id != minimal[-1]:
-            return
-        found = failing.get(spec.id) or check(spec)
+        if not minimal and spec.id in known and spec.id not in failing:
+            return  # checked above, and it passed
+        found = failing.get(spec.id)
+        if found is None:
+            checked = checker.one(Task(tuple(formats), spec))
+            found = _Failing(spec, checked.results, checked.harness_error or failure_of(checked.results, expectations))
         if found.detail:
             if spec.id not in failing:
                 run.shrink_steps += 1
                 failing[spec.id] = found
+            if not minimal:
+                shrink_started[0] = time.perf_counter()
             minimal.append(spec.id)
             _fail(found.detail)
 
@@ -134,12 +367,7 @@ def run_property(
     except Exception:
         if not minimal:
             raise
-        smallest = failing[minimal[-1]]
-        run.failure, run.failure_detail = smallest.spec, smallest.detail
-        if smallest.spec.id not in run.specs:
-            run.specs[smallest.spec.id] = smallest.spec
-            run.results += smallest.results
-    return run
+    return failing[minimal[-1]] if minimal else first
 
 
 @dataclass(frozen=True)

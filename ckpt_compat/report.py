@@ -166,18 +166,30 @@ class Report:
 
     def write_results(self, path: Path) -> None:
         """The JSON alone, to a file: what `verify` writes and `report` / `gate` read."""
-        write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+        write_text(path, dumps(self.to_json()))
 
     def write(self, out: Path) -> list[Path]:
         """Write report.json, report.md (and failing-spec.json) atomically; return the paths."""
         out.mkdir(parents=True, exist_ok=True)
         written = [out / "report.json", out / "report.md"]
-        write_text(written[0], json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n")
+        write_text(written[0], dumps(self.to_json()))
         write_text(written[1], self.to_markdown())
         if self.failure is not None:
             written.append(out / FAILING_SPEC)
             write_text(written[-1], self.failure.dumps() + "\n")
         return written
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """A report as JSON, a line per top-level key and per cell: readable and diffable, and written
+    by the C encoder (``indent=`` falls back to pure Python: seconds for a run's 17,000 cells)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, list) and v:
+            return "[\n  " + ",\n  ".join(json.dumps(x) for x in v) + "\n ]"
+        return json.dumps(v)
+
+    return "{\n " + ",\n ".join(f"{json.dumps(k)}: {value(v)}" for k, v in data.items()) + "\n}\n"
 
 
 def _md(text: str) -> str:

@@ -22,6 +22,8 @@ plus spec-level ``ties`` (one Parameter in two places) and ``parametrizations``.
 
 from __future__ import annotations
 
+import collections
+import copy
 import hashlib
 import json
 import math
@@ -431,6 +433,31 @@ def build(spec: ModelSpec, *, device: str | torch.device = "cpu", perturb: bool 
     since no checkpoint carries them.
     """
     device = torch.device(device)
+    on_meta = device.type == "meta"
+    if on_meta:
+        return _meta_copy(spec)
+    return _build(spec, device, perturb)
+
+
+# Meta builds by spec id: modules initialise meta tensors through torch's Python reference
+# kernels (spectral_norm's power method, normal_), so a meta build costs several CPU builds, and
+# a round trip asks for one per format.
+_META: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
+
+
+def _meta_copy(spec: ModelSpec) -> nn.Module:
+    """A copy of the spec's meta build: an untouched meta module is the same after deepcopy."""
+    template = _META.pop(spec.id, None) or _build(spec, torch.device("meta"), False)
+    _META[spec.id] = template
+    while len(_META) > 4:
+        _META.popitem(last=False)
+    try:
+        return copy.deepcopy(template)
+    except Exception:  # a module deepcopy cannot copy (old weight_norm hooks hold a non-leaf tensor)
+        return _build(spec, torch.device("meta"), False)
+
+
+def _build(spec: ModelSpec, device: torch.device, perturb: bool) -> nn.Module:
     on_meta = device.type == "meta"
     model = _build_node(spec.root, "spec.root", "meta" if on_meta else "cpu")
     for i, tie in enumerate(spec.ties):

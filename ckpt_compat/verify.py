@@ -7,19 +7,14 @@ is the only process that unpickles them. Loaders that can run code see a foreign
 is trusted (the installed package's own fixtures, or ``--trust``) or when a static scan clears it
 (`trust`); otherwise the cell is ``unsupported`` with the reason.
 
-The worker answers one JSON line per task: ``{"cells": [...]}``, or ``{"error": ...}`` when the
-checker itself failed on that entry (a ``crash`` cell for it; the worker goes on).
+The worker (`workers`, task ``verify.entry``) answers ``{"cells": [...]}`` per entry, or
+``{"error": ...}`` when the checker itself failed on that entry (a ``crash`` cell for it; the
+worker goes on).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import functools
-import json
-import os
-import queue
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +33,9 @@ class Task:
     trusted: bool
     consumers: tuple[str, ...]
 
-    def to_json(self) -> str:
-        return json.dumps({**self.__dict__, "consumers": list(self.consumers)})
+    def message(self) -> dict[str, Any]:
+        """The ``verify.entry`` task message for `workers`."""
+        return {"task": "verify.entry", **self.__dict__, "consumers": list(self.consumers)}
 
 
 def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]) -> list[CellResult]:
@@ -165,32 +161,20 @@ def _manifest(corpus: Path) -> Any:
     return Manifest.read(corpus)
 
 
-def _handle(task: dict[str, Any]) -> dict[str, Any]:
-    try:
-        cells = check_entry(
-            Path(task["corpus"]), task["entry"], trusted=task["trusted"], consumers=list(task["consumers"])
-        )
-    except Exception as exc:  # the checker itself failed on this entry: its cells, not the worker
-        return {"error": ErrorInfo.of(exc).to_json()}
+def entry_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The ``verify.entry`` task of `workers`: one manifest entry's cells."""
+    cells = check_entry(Path(task["corpus"]), task["entry"], trusted=task["trusted"], consumers=list(task["consumers"]))
     return {"cells": [c.to_json() for c in cells]}
 
 
-def worker_main() -> None:
-    from ckpt_compat.isolation import serve
-
-    serve(_handle)
-
-
 class Worker:
-    """The worker process (`isolation.Child`), restarted after it crashes or hangs."""
+    """One worker process (`isolation.Child` serving `workers`), restarted after it crashes or hangs."""
 
-    def __init__(self, timeout: float, memory: int | None = None, *, threads: int | None = None) -> None:
+    def __init__(self, timeout: float, memory: int | None = None) -> None:
         from ckpt_compat.isolation import MEMORY_LIMIT, Child
+        from ckpt_compat.workers import ARGV
 
-        # Workers side by side each get their share of the cores: OpenMP threads that outnumber
-        # them spin and slow every worker down.
-        env = {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        self.child = Child(["ckpt_compat.verify", "--worker"], timeout=timeout, memory=memory or MEMORY_LIMIT, env=env)
+        self.child = Child(ARGV, timeout=timeout, memory=memory or MEMORY_LIMIT)
 
     @property
     def timeout(self) -> float:
@@ -209,16 +193,20 @@ class Worker:
     def run(self, task: Task) -> list[dict[str, Any]] | tuple[Outcome, ErrorInfo]:
         """The task's cells as JSON, or (crash|timeout, detail) when the worker died, hung or the
         checker raised."""
-        from ckpt_compat.isolation import Failure
+        return entry_answer(self.child.request(task.message()))
 
-        answer = self.child.request(json.loads(task.to_json()))
-        if isinstance(answer, Failure):
-            return failure_outcome(answer)
-        if "error" in answer:
-            failed = ErrorInfo.from_json(answer["error"])
-            return Outcome.CRASH, ErrorInfo("CheckerError", f"the checker failed: {failed}")
-        cells: list[dict[str, Any]] = answer["cells"]
-        return cells
+
+def entry_answer(answer: Any) -> list[dict[str, Any]] | tuple[Outcome, ErrorInfo]:
+    """A worker's answer to a ``verify.entry`` task: its cells as JSON, or why there are none."""
+    from ckpt_compat.isolation import Failure
+
+    if isinstance(answer, Failure):
+        return failure_outcome(answer)
+    if "error" in answer:
+        failed = ErrorInfo.from_json(answer["error"])
+        return Outcome.CRASH, ErrorInfo("CheckerError", f"the checker failed: {failed}")
+    cells: list[dict[str, Any]] = answer["cells"]
+    return cells
 
 
 def failure_outcome(failure: Any) -> tuple[Outcome, ErrorInfo]:
@@ -226,12 +214,6 @@ def failure_outcome(failure: Any) -> tuple[Outcome, ErrorInfo]:
     return Outcome.TIMEOUT if failure.kind == "timeout" else Outcome.CRASH, ErrorInfo(
         failure.error_type, failure.message
     )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, not the machine's count)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def verify(
@@ -247,31 +229,21 @@ def verify(
     entries of a corpus are spread over ``jobs`` workers (default: the usable cores). The results
     come in corpus and entry order whatever the number of workers."""
     from ckpt_compat.corpus import Manifest
+    from ckpt_compat.isolation import MEMORY_LIMIT, Pool
+    from ckpt_compat.workers import ARGV
 
-    cores = usable_cores()
-    count = max(1, jobs or cores)
-    threads = None if count == 1 else max(1, cores // count)
-    idle: queue.Queue[Worker] = queue.Queue()
-    with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor(count) as pool:
-        for _ in range(count):  # each starts its process on its first task
-            idle.put(stack.enter_context(Worker(timeout, threads=threads)))
-
-        def check(task: Task, entry: Any, manifest: Any) -> list[CellResult]:
-            worker = idle.get()
-            try:
-                return _cells(worker.run(task), Path(task.corpus), entry, manifest)
-            finally:
-                idle.put(worker)
-
-        results: list[CellResult] = []
+    results: list[CellResult] = []
+    with Pool(ARGV, jobs=jobs, timeout=timeout, memory=MEMORY_LIMIT) as pool:
         for corpus in corpora:
             manifest = Manifest.read(corpus)
-            tasks = [
-                (Task(str(corpus), index, trusted(corpus), tuple(consumers)), entry, manifest)
-                for index, entry in enumerate(manifest.entries)
-                if entry.file is not None
+            entries = [(i, e) for i, e in enumerate(manifest.entries) if e.file is not None]
+            tasks = [Task(str(corpus), i, trusted(corpus), tuple(consumers)).message() for i, _ in entries]
+            answers = pool.map(tasks)
+            found = [
+                r
+                for (_, e), a in zip(entries, answers, strict=True)
+                for r in _cells(entry_answer(a), corpus, e, manifest)
             ]
-            found = [r for cells in pool.map(lambda t: check(*t), tasks) for r in cells]
             ok = sum(r.outcome is Outcome.OK for r in found)
             progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(found)} cells, {ok} ok")
             results += found
@@ -290,10 +262,3 @@ def _cells(
         message = f"{corpus / entry.file}: {error.message}"
         return [CellResult(cell, outcome, error=ErrorInfo(error.type, message))]
     return [CellResult.from_json(c) for c in answer]
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        worker_main()
-    else:
-        sys.exit("usage: python -m ckpt_compat.verify --worker (used by `ckpt-compat verify`)")

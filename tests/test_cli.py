@@ -24,7 +24,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def cli(*args: str, cwd: Path | None = None, script: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path | None = None, script: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "ckpt_compat.cli", *args]
     root = Path(__file__).parents[1]
     return subprocess.run(
@@ -33,7 +35,7 @@ def cli(*args: str, cwd: Path | None = None, script: str | None = None) -> subpr
         text=True,
         cwd=cwd or root,
         timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        env={**__import__("os").environ, "PYTHONPATH": str(root), **(env or {})},
     )
 
 
@@ -79,12 +81,13 @@ def test_missing_spec_file_and_bad_examples(tmp_path: Path) -> None:
 
 
 def test_run_writes_the_report_and_exits_0(tmp_path: Path) -> None:
-    result = cli("run", "--examples", "6", "--out", str(tmp_path / "r"))
+    result = cli("run", "--examples", "6", "--out", str(tmp_path / "r"), "--verbose")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[   6/6] spec" in result.stderr  # progress
+    assert "[   9/9] " in result.stderr and " training: " in result.stderr  # progress: 6 specs, 3 object checks
     assert "| torch_zip[weights_only] |" in result.stdout
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["summary"]["passed"] is True and data["run"]["examples_run"] == 6
+    assert set(data["run"]["phases"]) == {"draw", "check"} and data["run"]["jobs"] >= 1
     ok_variants = {
         (c["format"], json.dumps({k: v for k, v in c["options"].items() if k != "map_location"}, sort_keys=True))
         for c in data["cells"]
@@ -92,6 +95,22 @@ def test_run_writes_the_report_and_exits_0(tmp_path: Path) -> None:
     }
     assert len(ok_variants) >= 6, ok_variants
     assert (tmp_path / "r" / "report.md").exists()
+
+
+def test_two_jobs_write_the_report_one_job_writes(tmp_path: Path) -> None:
+    reports = []
+    for jobs in ("1", "2"):
+        args = ("run", "--examples", "10", "--seed", "5", "--jobs", jobs, "--out", str(tmp_path / jobs))
+        result = cli(*args, "--formats", "torch_zip,torch_module,safetensors_file", env={"PYTHONHASHSEED": "11"})
+        assert result.returncode == 0, result.stdout + result.stderr
+        # A log, not a terminal: no line per step unless --verbose.
+        assert not any(line.startswith("[") for line in result.stderr.splitlines()), result.stderr
+        report = json.loads((tmp_path / jobs / "report.json").read_text())
+        assert report["run"].pop("jobs") == int(jobs)
+        for timing in ("seconds", "phases", "out"):
+            report["run"].pop(timing)
+        reports.append(report)
+    assert len(reports[0]["cells"]) > 500 and reports[1] == reports[0]
 
 
 def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:

@@ -143,3 +143,20 @@ def test_a_difference_survives_json() -> None:
         Difference.from_json({**d.to_json(), "kind": "vibes"})
     with pytest.raises(ValueError, match="key path"):
         Difference.from_json({**d.to_json(), "path": ["x", 1.5]})
+
+
+def test_a_tolerance_is_never_finer_than_the_dtype_resolves() -> None:
+    from ckpt_compat.compare import compare_close
+
+    expected = torch.tensor([0.1234, 1.0, -3.5], dtype=torch.float16)
+    one_ulp = expected.clone()
+    one_ulp.view(torch.int16)[0] += 1  # ONNX Runtime rounding one step the other way
+    assert compare_close(expected, one_ulp, ("program",), (1e-4, 1e-5)) == []
+    off = expected.clone()
+    off[1] = 1.01  # ten ulps: a real difference still fails
+    [found] = compare_close(expected, off, ("program",), (1e-4, 1e-5))
+    assert found.elements == 1 and found.max_ulp is not None and found.max_ulp >= 10
+    exact = torch.tensor([0.1234], dtype=torch.float32)
+    nudged = exact.clone()
+    nudged.view(torch.int32)[0] += 1000  # float32 keeps the tolerance asked for
+    assert compare_close(exact, nudged, ("program",), (1e-6, 0.0))

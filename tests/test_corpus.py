@@ -75,3 +75,22 @@ def test_the_temporary_directory_of_a_killed_produce_is_no_corpus(tmp_path: Path
     skipped: list[Path] = []
     assert find_corpora([tmp_path], skipped=skipped) == [done.resolve()]
     assert skipped == [left.resolve()]
+
+
+def test_workers_side_by_side_write_the_corpus_this_process_writes(tmp_path: Path) -> None:
+    from ckpt_compat.isolation import Pool
+    from ckpt_compat.workers import ARGV
+
+    specs = {k: v for k, v in corpus_specs().items() if k in ("tied", "layouts", "nested", "dtype-complex128")}
+    formats = [get_format(n) for n in ("torch_zip", "torch_legacy", "torchscript_trace")]
+    here = produce(tmp_path / "here", formats, specs=specs)
+    with Pool(ARGV, jobs=2, timeout=300) as pool:
+        lines: list[str] = []
+        pooled = produce(tmp_path / "pooled", formats, specs=specs, pool=pool, progress=lines.append)
+    assert pooled.to_json() == here.to_json()
+    assert sorted(line for line in lines if not line.startswith("objects: ")) == sorted(
+        f"{name}: 3 file(s)" for name in specs
+    )
+    assert sum(line.startswith("objects: ") for line in lines) == 1
+    for entry in (e for e in here.entries if e.file and e.kind == "model" and e.format == "torch_zip"):
+        assert (tmp_path / "pooled" / entry.file).read_bytes() == (tmp_path / "here" / entry.file).read_bytes()

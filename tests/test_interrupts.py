@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +15,16 @@ from ckpt_compat.corpus import MANIFEST
 from tests.processes import alive, cmdline, descendants
 
 CLI = [sys.executable, "-m", "ckpt_compat.cli"]
+
+
+def _private_temp(tmp_path: Path) -> Path:
+    """A temp dir of the test's own: what appears in it is this command's, whatever else runs."""
+    (tmp_path / "tmp").mkdir()
+    return tmp_path / "tmp"
+
+
+def _with_temp(temp: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(temp)}
 
 
 def _leftovers(directory: Path) -> list[Path]:
@@ -66,11 +75,13 @@ def test_a_sigkilled_produce_leaves_the_old_corpus_and_no_temp_dir(old_corpus: P
 
 
 def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, tmp_path: Path) -> None:
-    temp = Path(tempfile.gettempdir())
+    temp = _private_temp(tmp_path)
     before = set(temp.glob("ckpt-compat-*"))
     out = tmp_path / "results.json"
     command = [*CLI, "verify", str(old_corpus), "--no-fixtures", "-q", "--out", str(out)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_with_temp(temp)
+    )
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline:
@@ -104,10 +115,12 @@ def test_leftovers_of_a_dead_writer_are_swept_and_a_live_ones_kept(tmp_path: Pat
 
 
 def test_a_sigkilled_run_leaves_no_process_and_no_temp_dir(tmp_path: Path) -> None:
-    temp = Path(tempfile.gettempdir())
+    temp = _private_temp(tmp_path)
     before = set(temp.glob("ckpt-compat-*"))
     command = [*CLI, "run", "--examples", "30", "--formats", "torch_zip,torchscript_script", "--out", str(tmp_path)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_with_temp(temp)
+    )
     deadline = time.monotonic() + 120
     while not set(temp.glob("ckpt-compat-*")) - before and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -78,3 +78,17 @@ def test_scratch_dirs_are_removed_on_exceptions() -> None:
     except KeyError:
         pass
     assert not path.exists()
+
+
+def test_a_pool_answers_in_task_order_and_a_dead_worker_costs_only_its_task() -> None:
+    from ckpt_compat.isolation import Pool
+
+    tasks = [{"do": "echo"}, {"do": "die"}, *({"do": "allocate", "bytes": n} for n in range(1, 9))]
+    finished: list[int] = []
+    with Pool(SLEEPER, jobs=2, timeout=60, memory=2**30) as pool:
+        answers = pool.map(tasks, first=[1], done=lambda i, _: finished.append(i))
+        assert pool.jobs == 2 and len({c.env["PYTHONHASHSEED"] for c in pool.children}) == 1
+    assert answers[0]["pid"] != os.getpid()
+    assert isinstance(answers[1], Failure) and answers[1].kind == "crash" and "exit code 7" in answers[1].message
+    assert answers[2:] == list(range(1, 9))  # the restarted worker and the other one did the rest, in order
+    assert sorted(finished) == list(range(len(tasks))) and finished[0] in (0, 1)

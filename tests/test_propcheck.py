@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, seed, settings
+
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import get_format
-from ckpt_compat.propcheck import run_property
+from ckpt_compat.isolation import Pool
+from ckpt_compat.progress import Progress
+from ckpt_compat.propcheck import PropertyRun, draw_specs, run_property
 from ckpt_compat.results import Outcome
 from ckpt_compat.roundtrip import check_spec
+from ckpt_compat.specs import ModelSpec
+from ckpt_compat.strategies import model_specs
+from ckpt_compat.workers import ARGV
 from tests.faults import Faulty
 
 
@@ -23,29 +31,64 @@ def _corrupt_float64(state: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_failure_is_shrunk_to_a_small_spec_that_still_fails(tmp_path: Path) -> None:
     fmt = Faulty("torch_zip", after_load=_corrupt_float64)
-    lines: list[str] = []
+    log = io.StringIO()
     run = run_property(
         [fmt],
-        tmp_path,
         examples=60,
         seed_value=0,
         expectations=Expectations(),
-        progress=lines.append,
+        progress=Progress(verbose=True, stream=log),
         shrink_seconds=20,
     )
+    lines = log.getvalue().splitlines()
     assert run.failure is not None
     assert "state_dict[" in run.failure_detail and "bytes" in run.failure_detail
     # The minimal spec reproduces on its own, and is no bigger than the first failing example.
     again = check_spec(run.failure, [fmt], tmp_path)
     assert any(r.outcome is Outcome.MISMATCH for r in again)
-    first_failing = next(s for s in run.specs.values() if s.id in lines[-3])
+    first_failing = next(s for s in run.specs.values() if f"failure on spec {s.id}" in log.getvalue())
     assert len(run.failure.dumps()) <= len(first_failing.dumps())
     assert any(line.startswith("shrinking") for line in lines)
     assert run.failure.id in run.specs
 
 
 def test_a_clean_run_records_every_example(tmp_path: Path) -> None:
-    run = run_property([get_format("torch_zip")], tmp_path, examples=8, seed_value=1, expectations=Expectations.load())
+    run = run_property([get_format("torch_zip")], examples=8, seed_value=1, expectations=Expectations.load())
     assert run.failure is None and run.examples_run == 8
     assert {r.cell.spec_id for r in run.results} == set(run.specs)
     assert all(r.outcome is Outcome.OK for r in run.results)
+
+
+def test_a_killed_worker_costs_the_cells_of_its_own_spec_only() -> None:
+    formats = [get_format("torch_zip"), get_format("torch_legacy")]
+    victim = draw_specs(6, 3)[2]
+
+    def run(pool: Pool) -> PropertyRun:
+        with pool:
+            return run_property(
+                formats, examples=6, seed_value=3, expectations=Expectations.load(), pool=pool, shrink_seconds=0
+            )
+
+    clean = run(Pool(ARGV, jobs=2, timeout=300))
+    killed = run(Pool(["tests.dying_worker"], jobs=2, timeout=300, env={"CKPT_COMPAT_TEST_DIE_ON": victim.id}))
+    lost = [r for r in killed.results if r.cell.spec_id == victim.id]
+    assert [r.cell.format for r in lost] == ["torch_zip", "torch_legacy"]  # one crash cell per format
+    assert all(r.outcome is Outcome.CRASH and "signal SIGKILL" in r.detail for r in lost)
+    assert killed.failure == victim and "crash" in killed.failure_detail  # unexplained, so the run fails
+    before = [r.to_json() for r in clean.results if r.cell.spec_id != victim.id and r.cell.spec_id in killed.specs]
+    after = [r.to_json() for r in killed.results if r.cell.spec_id != victim.id]
+    assert before and after == before  # every other spec checked as in the clean run
+
+
+def test_the_draws_are_the_specs_a_serial_property_sees() -> None:
+    seen: list[str] = []
+
+    @seed(7)
+    @settings(max_examples=20, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(model_specs())
+    def serial(spec: ModelSpec) -> None:
+        if spec.id not in seen:
+            seen.append(spec.id)
+
+    serial()
+    assert [s.id for s in draw_specs(20, 7)] == seen

@@ -56,3 +56,38 @@ def test_tensor_only_formats_say_they_cannot_hold_training_state(tmp_path: Path)
     [cell] = check_training([get_format("safetensors_file")], tmp_path)
     assert cell.outcome is Outcome.UNSUPPORTED and cell.error is not None
     assert "cannot hold a training checkpoint" in cell.error.message
+
+
+def test_another_machines_run_is_held_to_a_few_ulp_only_where_this_one_trains_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from ckpt_compat import training
+    from ckpt_compat.objects import object_records
+    from ckpt_compat.results import Cell, Endpoint
+
+    fmt = get_format("torch_zip")
+    checkpoint, written = training.write_checkpoints(tmp_path / "c", [fmt], "sgd_momentum", 3)
+    records = object_records(checkpoint)
+    producers_run = torch.load(written["reference"], weights_only=True)
+    key = next(k for k, v in producers_run.items() if v.dtype == torch.float32 and v.numel())
+    producers_run[key].view(torch.int32).view(-1)[0] += 2  # the producer's CPU rounded twice the other way
+    here = Endpoint(torch.__version__, "cpu")
+    cell = Cell(
+        training.SPEC_ID, fmt.name, here, here, {"weights_only": False, "check": "resume", "optimizer": "sgd_momentum"}
+    )
+
+    def check() -> object:
+        return training.check_saved(cell, fmt, written[fmt.name], records, producers_run, 3, trusted=True)
+
+    same_machine = check()  # this machine repeats the producer's first steps: held to every bit
+    assert same_machine.outcome is Outcome.MISMATCH and f"resume['{key}']" in same_machine.detail
+    trains_otherwise = dict(training._trained_here("sgd_momentum", 3))
+    some = next(k for k in trains_otherwise if '"model"' in k and "digest" in trains_otherwise[k])
+    trains_otherwise[some] = {**trains_otherwise[some], "digest": "0" * 32}
+    monkeypatch.setattr(training, "_trained_here", lambda *_: trains_otherwise)
+    other_machine = check()
+    assert other_machine.outcome is Outcome.OK and "at most 2 ulp in 1 tensor(s)" in other_machine.detail
+    producers_run[key].view(torch.int32).view(-1)[1] += 1000  # beyond a machine's rounding: still a mismatch
+    assert check().outcome is Outcome.MISMATCH

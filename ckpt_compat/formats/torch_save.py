@@ -179,10 +179,28 @@ class TorchModule(Format):
 def _every_refusal(path: Any, first: str) -> list[str]:
     """Every global the weights_only unpickler would refuse in the file, not only the first one it
     met (a whole resnet18 needs twelve classes allowed), from a static scan of its pickles."""
-    from ckpt_compat.picklescan import UNRESOLVED, scan_archive, weights_only_refusals
+    from ckpt_compat.picklescan import UNRESOLVED
 
     try:
-        refused = weights_only_refusals(list(scan_archive(path).values())) if isinstance(path, Path) else None
-    except Exception:  # a legacy (non-zip) file or a damaged one: the unpickler's own answer stands
+        refused = _refusals(*_identity(path)) if isinstance(path, Path) else None
+    except OSError:
         refused = None
     return [g for g in refused if g != UNRESOLVED] or [first] if refused else [first]
+
+
+def _identity(path: Path) -> tuple[str, int, int, int, int]:
+    """A file as it is now: a rewritten file is another key."""
+    st = path.stat()
+    return str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=32)
+def _refusals(path: str, *identity: int) -> tuple[str, ...] | None:
+    """One scan per file however many loads it refuses (a run loads each file a dozen ways)."""
+    from ckpt_compat.picklescan import scan_archive, weights_only_refusals
+
+    try:
+        refused = weights_only_refusals(list(scan_archive(path).values()))
+    except Exception:  # a legacy (non-zip) file or a damaged one: the unpickler's own answer stands
+        return None
+    return None if refused is None else tuple(refused)
