@@ -67,7 +67,7 @@ def install(session: nox.Session, torch: str, *extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """The README's test command, on the default torch."""
     install(session, DEFAULT_TORCH, "test")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)

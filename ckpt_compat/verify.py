@@ -226,28 +226,37 @@ def verify(
     jobs: int | None = None,
 ) -> list[CellResult]:
     """Every cell for every entry of every corpus, each file loaded in a contained worker; the
-    entries of a corpus are spread over ``jobs`` workers (default: the usable cores). The results
-    come in corpus and entry order whatever the number of workers."""
+    entries of every corpus are spread over ``jobs`` workers (default: the usable cores). The
+    results come in corpus and entry order whatever the number of workers."""
     from ckpt_compat.corpus import Manifest
     from ckpt_compat.isolation import MEMORY_LIMIT, Pool
     from ckpt_compat.workers import ARGV
 
-    results: list[CellResult] = []
+    manifests = {corpus: Manifest.read(corpus) for corpus in corpora}
+    entries = [
+        (corpus, index, entry)
+        for corpus, manifest in manifests.items()
+        for index, entry in enumerate(manifest.entries)
+        if entry.file is not None
+    ]
+    left = {corpus: sum(c == corpus for c, _, _ in entries) for corpus in manifests}
+    found: list[list[CellResult]] = [[] for _ in entries]
+
+    def done(position: int, answer: Any) -> None:  # a corpus's line once its last entry is in
+        corpus, _, entry = entries[position]
+        found[position] = _cells(entry_answer(answer), corpus, entry, manifests[corpus])
+        left[corpus] -= 1
+        if not left[corpus]:
+            cells = [r for (c, _, _), rs in zip(entries, found, strict=True) if c == corpus for r in rs]
+            ok = sum(r.outcome is Outcome.OK for r in cells)
+            manifest = manifests[corpus]
+            progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(cells)} cells, {ok} ok")
+
+    # One queue over every corpus: no worker waits at a corpus's end for another's slowest file.
+    tasks = [Task(str(c), i, trusted(c), tuple(consumers)).message() for c, i, _ in entries]
     with Pool(ARGV, jobs=jobs, timeout=timeout, memory=MEMORY_LIMIT) as pool:
-        for corpus in corpora:
-            manifest = Manifest.read(corpus)
-            entries = [(i, e) for i, e in enumerate(manifest.entries) if e.file is not None]
-            tasks = [Task(str(corpus), i, trusted(corpus), tuple(consumers)).message() for i, _ in entries]
-            answers = pool.map(tasks)
-            found = [
-                r
-                for (_, e), a in zip(entries, answers, strict=True)
-                for r in _cells(entry_answer(a), corpus, e, manifest)
-            ]
-            ok = sum(r.outcome is Outcome.OK for r in found)
-            progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(found)} cells, {ok} ok")
-            results += found
-    return results
+        pool.map(tasks, done=done)
+    return [r for rs in found for r in rs]
 
 
 def _cells(
