@@ -352,11 +352,25 @@ class Pool:
         called in this thread as each task finishes, in the order they finish."""
         chosen = set(first)
         order = [*first, *(i for i in range(len(messages)) if i not in chosen)]
-        answers: list[Any] = [None] * len(messages)
+        futures = [concurrent.futures.Future[Any]()] * len(messages)
+        for i in order:
+            futures[i] = self.submit(messages[i])
+        return self.gather(futures, done=done)
+
+    def submit(self, message: Any) -> concurrent.futures.Future[Any]:
+        """Queue one task for the next idle worker; its answer (or `Failure`) comes in the future."""
+        return self._executor.submit(self.request, message)
+
+    def gather(
+        self, futures: Sequence[concurrent.futures.Future[Any]], *, done: Callable[[int, Any], None] | None = None
+    ) -> list[Any]:
+        """The answers of `submit`ted tasks in the given order; ``done(index, answer)`` as each one
+        finishes, in this thread."""
+        answers: list[Any] = [None] * len(futures)
         try:
-            running = {self._executor.submit(self.request, messages[i]): i for i in order}
-            for future in concurrent.futures.as_completed(running):
-                index = running[future]
+            positions = {future: i for i, future in enumerate(futures)}
+            for future in concurrent.futures.as_completed(positions):
+                index = positions[future]
                 answers[index] = future.result()
                 if done is not None:
                     done(index, answers[index])

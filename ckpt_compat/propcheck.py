@@ -12,6 +12,7 @@ budget (each check is a whole round trip); the smallest failing spec is reported
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -142,11 +143,12 @@ def _without_scratch(cells: list[dict[str, Any]], workdir: Path) -> list[dict[st
 
 
 def _checked(task: Task) -> Checked:
+    from ckpt_compat.atomic import scratch_writes
     from ckpt_compat.isolation import scratch_dir
 
     started = time.perf_counter()
     try:
-        with scratch_dir() as scratch:
+        with scratch_dir() as scratch, scratch_writes():
             cells = _without_scratch([r.to_json() for r in _perform(task, scratch)], scratch)
     except Exception as exc:  # a harness bug: reported on the smallest spec, like any failure
         return Checked([], f"harness error: {ErrorInfo.of(exc)}", time.perf_counter() - started)
@@ -181,23 +183,32 @@ class Checker:
             return _checked(task)
         return self._answer(task, self.pool.request(task.message()))
 
-    def many(
-        self, tasks: Sequence[Task], *, first: Sequence[int], done: Callable[[int, Checked], None]
+    def submit(self, task: Task) -> concurrent.futures.Future[Any]:
+        """Start ``task`` (here: do it now); `gather` collects it."""
+        if self.pool is not None:
+            return self.pool.submit(task.message())
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_result(_checked(task))
+        return future
+
+    def gather(
+        self,
+        tasks: Sequence[Task],
+        futures: Sequence[concurrent.futures.Future[Any]],
+        done: Callable[[int, Checked], None],
     ) -> list[Checked]:
-        if self.pool is None:
-            out = []
-            for index, task in enumerate(tasks):
-                out.append(self.one(task))
-                done(index, out[-1])
-            return out
-        messages = [t.message() for t in tasks]
+        """The tasks' results in task order; ``done`` as each one finishes."""
         answers: list[Checked] = [Checked([])] * len(tasks)
 
         def finished(index: int, answer: Any) -> None:
-            answers[index] = self._answer(tasks[index], answer)
+            answers[index] = answer if self.pool is None else self._answer(tasks[index], answer)
             done(index, answers[index])
 
-        self.pool.map(messages, first=first, done=finished)
+        if self.pool is None:
+            for index, future in enumerate(futures):
+                finished(index, future.result())
+        else:
+            self.pool.gather(futures, done=finished)
         return answers
 
     @staticmethod
@@ -261,41 +272,47 @@ def run_property(
     run = PropertyRun()
     checker = Checker(pool)
     progress = progress or Progress(quiet=True)
+    light = tuple(f for f in formats if not f.heavy)
+    # The whole-object checks are the longest tasks and need no draw: the workers start on them
+    # while hypothesis draws the specs.
+    tasks = [t for t in (Task(_object_formats(check, formats), check=check) for check in objects) if t.formats]
+    futures = [checker.submit(t) for t in tasks]
     with progress.phase("draw"):
         specs = draw_specs(examples, seed_value)
-
-    light = tuple(f for f in formats if not f.heavy)
     every = max(1, examples // max(1, heavy_examples))
-    tasks = [Task(tuple(formats) if i % every == 0 else light, spec) for i, spec in enumerate(specs)]
-    tasks += [Task(_object_formats(check, formats), check=check) for check in objects]
-    tasks = [t for t in tasks if t.formats]
-    # The longest first (whole-object checks, then specs in the heavy formats), so no worker is
-    # left with a long task at the end.
-    first = [i for i, t in enumerate(tasks) if t.spec is None] + [
-        i for i, t in enumerate(tasks) if t.spec is not None and len(t.formats) > len(light)
-    ]
+    drawn = [Task(tuple(formats) if i % every == 0 else light, spec) for i, spec in enumerate(specs)]
+    drawn = [t for t in drawn if t.formats]
+    # Then the specs in the heavy formats, so no worker is left with a long task at the end.
+    for task in sorted(drawn, key=lambda t: len(t.formats) <= len(light)):
+        futures.append(checker.submit(task))
+        tasks.append(task)
     count = [0]
+    verdicts: dict[int, str] = {}
 
     def done(index: int, checked: Checked) -> None:
         count[0] += 1
         task = tasks[index]
         ok = sum(r.outcome is Outcome.OK for r in checked.results)
-        bad = checked.harness_error or failure_of(checked.results, expectations)
+        verdicts[index] = bad = checked.harness_error or failure_of(checked.results, expectations)
         (progress.say if bad else progress.step)(
             f"[{count[0]:>4}/{len(tasks)}] {task.label}: {len(checked.results):>3} cells, {ok:>3} ok, "
             f"{len(checked.results) - ok:>3} other{'  FAILED' if bad else ''} ({checked.seconds:.2f}s)"
         )
 
     with progress.phase("check", f"checking {len(specs)} specs and {len(objects)} whole-object checks"):
-        answers = checker.many(tasks, first=first, done=done)
+        answers = checker.gather(tasks, futures, done)
+    # Back in draw order, the whole objects last: only the specs up to the first failing one
+    # count, as in a serial run.
+    position = {id(t): i for i, t in enumerate(drawn)}
+    order = sorted(range(len(tasks)), key=lambda i: position.get(id(tasks[i]), len(drawn) + i))
     failing: dict[str, _Failing] = {}
-    for task, checked in zip(tasks, answers, strict=True):
+    for index in order:
+        task, checked, detail = tasks[index], answers[index], verdicts[index]
         if task.spec is None:
             run.results += checked.results
             continue
-        if failing:  # only the specs up to the first failing one count, as in a serial run
+        if failing:
             continue
-        detail = checked.harness_error or failure_of(checked.results, expectations)
         run.examples_run += 1
         run.results += checked.results
         run.specs[task.spec.id] = task.spec
