@@ -32,6 +32,7 @@ from ckpt_compat.cli_common import writable_dir as _writable_dir
 if TYPE_CHECKING:
     from ckpt_compat.expectations import Verdict
     from ckpt_compat.formats import Format
+    from ckpt_compat.isolation import Pool
     from ckpt_compat.report import Report
     from ckpt_compat.results import CellResult
     from ckpt_compat.specs import ModelSpec
@@ -434,7 +435,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_in(pool, args, started)
 
 
-def _run_in(pool: Any, args: argparse.Namespace, started: float) -> int:
+def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats)
     out = _writable_dir(args.out)
     expectations = _expectations(args.expectations)
