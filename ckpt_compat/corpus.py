@@ -227,6 +227,8 @@ def _produce(
             raise ManifestError(f"{out}: {failure}")
         entries += [Entry(**e) for e in answer["entries"]]
         records.update(answer["records"])
+    from ckpt_compat.training import cpu_kernels
+
     manifest = Manifest(
         torch=torch.__version__,
         device=device,
@@ -234,6 +236,7 @@ def _produce(
             "ckpt_compat": __version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "cpu": cpu_kernels(),
             "numpy": np.__version__,
             "safetensors": _package_version("safetensors"),
             "onnx": _package_version("onnx"),

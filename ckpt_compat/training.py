@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import platform
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -379,6 +380,13 @@ def _trained_here(optimizer: str, steps: int) -> dict[str, dict[str, Any]]:
         return object_records(trained(optimizer, steps).checkpoint())
 
 
+def cpu_kernels() -> str:
+    """The CPU kernels this torch dispatches to here ("AVX512", "AVX2", ... where torch says): two
+    machines with other kernels round training's reductions differently. Corpora record it."""
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return f"{platform.machine()} {capability() if capability is not None else 'unknown'}"
+
+
 def repeats_producer(records: Mapping[str, Any], optimizer: str, steps: int) -> bool:
     """Whether this machine and torch, training from the fixed seed, reach the producer's checkpoint
     bit for bit: only then can a resumed run be held to the producer's continuation bit for bit."""
@@ -392,10 +400,9 @@ def _other_kernels(differences: list[Difference]) -> tuple[list[Difference], str
     within = [d for d in differences if d.kind == "bytes" and d.max_ulp is not None and d.max_ulp <= MACHINE_ULPS]
     if not within:
         return differences, ""
-    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
     note = (
         f"the resumed run differs from the producer's by at most {max(d.max_ulp or 0 for d in within):g} ulp in "
-        f"{len(within)} tensor(s): this machine (CPU kernels: {capability}) does not repeat the producer's training "
+        f"{len(within)} tensor(s): this machine (CPU kernels: {cpu_kernels()}) does not repeat the producer's training "
         "bit for bit (the same steps from the same seed here already differ from its checkpoint)"
     )
     return [d for d in differences if d not in within], note

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def test_bad_manifests_name_the_file(tmp_path: Path, content: str, message: str)
 def test_manifest_records_versions(tmp_path: Path) -> None:
     produce(tmp_path, available_formats()[:1], specs={"tied": corpus_specs()["tied"]})
     data = json.loads((tmp_path / MANIFEST).read_text())
-    assert {"ckpt_compat", "python", "platform", "numpy", "safetensors"} <= set(data["versions"])
+    assert {"ckpt_compat", "python", "platform", "numpy", "safetensors", "cpu"} <= set(data["versions"])
+    assert data["versions"]["cpu"].split()[0] == platform.machine()  # and the kernels torch picks here
     assert data["device"] == "cpu" and data["formats"]["torch_zip"]["available"] is True
 
 
