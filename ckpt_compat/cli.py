@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -556,14 +556,6 @@ def _check(args: argparse.Namespace) -> int:
     return _finish(report, out)
 
 
-def _progress(quiet: bool) -> Callable[[str], None]:
-    def progress(line: str) -> None:
-        if not quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    return progress
-
-
 PRODUCE_TIMEOUT = 900.0  # seconds to write one spec in every format
 
 
@@ -637,7 +629,9 @@ def _verify(args: argparse.Namespace) -> int:
     def trusted(corpus: Path) -> bool:  # never from a path relative to where the user stands
         return bool(args.trust) or is_package_fixture(corpus)
 
-    progress = _progress(args.quiet)
+    from ckpt_compat.progress import Progress
+
+    progress = Progress(quiet=args.quiet).say  # a line per corpus: worth keeping in a log too
     progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")
     started = time.perf_counter()
     try:

@@ -267,8 +267,9 @@ def _produce_failure(task: dict[str, Any], answer: Any) -> str:
 
 
 def _answer_line(task: dict[str, Any], answer: Any) -> str:
-    if _produce_failure(task, answer):
-        return _produce_failure(task, answer)
+    failure = _produce_failure(task, answer)
+    if failure:
+        return failure
     if task["task"] == "produce.objects":
         return f"objects: {len(answer['entries'])} file(s) (training checkpoints, a bundle, a stream)"
     written = sum(e["file"] is not None for e in answer["entries"])

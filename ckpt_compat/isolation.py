@@ -351,11 +351,8 @@ class Pool:
         rest (the longest tasks first keep the workers busy to the end); ``done(index, answer)`` is
         called in this thread as each task finishes, in the order they finish."""
         chosen = set(first)
-        order = [*first, *(i for i in range(len(messages)) if i not in chosen)]
-        futures = [concurrent.futures.Future[Any]()] * len(messages)
-        for i in order:
-            futures[i] = self.submit(messages[i])
-        return self.gather(futures, done=done)
+        started = {i: self.submit(messages[i]) for i in [*first, *(i for i in range(len(messages)) if i not in chosen)]}
+        return self.gather([started[i] for i in range(len(messages))], done=done)
 
     def submit(self, message: Any) -> concurrent.futures.Future[Any]:
         """Queue one task for the next idle worker; its answer (or `Failure`) comes in the future."""

@@ -142,17 +142,26 @@ def _without_scratch(cells: list[dict[str, Any]], workdir: Path) -> list[dict[st
     return list(json.loads(text.replace(json.dumps(str(workdir))[1:-1], SCRATCH)))
 
 
-def _checked(task: Task) -> Checked:
+def _checked_json(task: Task) -> dict[str, Any]:
+    """Do one task here: its cells as JSON (what a worker answers), the harness error, the seconds."""
     from ckpt_compat.atomic import scratch_writes
     from ckpt_compat.isolation import scratch_dir
 
     started = time.perf_counter()
+    cells: list[dict[str, Any]] = []
+    error = ""
     try:
         with scratch_dir() as scratch, scratch_writes():
             cells = _without_scratch([r.to_json() for r in _perform(task, scratch)], scratch)
     except Exception as exc:  # a harness bug: reported on the smallest spec, like any failure
-        return Checked([], f"harness error: {ErrorInfo.of(exc)}", time.perf_counter() - started)
-    return Checked([CellResult.from_json(c) for c in cells], seconds=time.perf_counter() - started)
+        error = f"harness error: {ErrorInfo.of(exc)}"
+    return {"cells": cells, "harness_error": error, "seconds": time.perf_counter() - started}
+
+
+def _checked(task: Task) -> Checked:
+    answer = _checked_json(task)
+    cells = [CellResult.from_json(c) for c in answer["cells"]]
+    return Checked(cells, answer["harness_error"], answer["seconds"])
 
 
 def run_task(message: dict[str, Any]) -> dict[str, Any]:
@@ -161,15 +170,8 @@ def run_task(message: dict[str, Any]) -> dict[str, Any]:
 
     formats = tuple(get_format(name) for name in message["formats"])
     if message["task"] == "run.spec":
-        task = Task(formats, ModelSpec.from_json(message["spec"]))
-    else:
-        task = Task(formats, check=message["check"])
-    checked = _checked(task)
-    return {
-        "cells": [r.to_json() for r in checked.results],
-        "harness_error": checked.harness_error,
-        "seconds": checked.seconds,
-    }
+        return _checked_json(Task(formats, ModelSpec.from_json(message["spec"])))
+    return _checked_json(Task(formats, check=message["check"]))
 
 
 class Checker:
