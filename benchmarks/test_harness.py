@@ -19,7 +19,7 @@ def test_harness_throughput(benchmark, limits: bench.Limits) -> None:  # type: i
     figures = benchmark.pedantic(lambda: bench.hash_throughput(data), rounds=1, iterations=1)
     benchmark.extra_info.update(
         {
-            "schema": "ckpt-compat/bench/1",
+            "schema": bench.SCHEMA,
             "kind": "harness",
             "bytes": data.numel() * data.element_size(),
             "gbps_by_step": figures,
@@ -47,7 +47,7 @@ def test_fresh_process_matters(benchmark, workload_file: FileFactory) -> None:  
     size = path.stat().st_size
     benchmark.extra_info.update(
         {
-            "schema": "ckpt-compat/bench/1",
+            "schema": bench.SCHEMA,
             "kind": "fresh_check",
             "format": "torch_zip",
             "op": "load",

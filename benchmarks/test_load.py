@@ -2,7 +2,7 @@
 
 pytest-benchmark's own timer includes the child's interpreter start; the figures to read are in
 ``extra_info`` (``ckpt_compat.bench.result_info``): the child-measured rounds, median and IQR, GB/s,
-the ratio to the limit measured in the same session, and the child's peak RSS over the operation.
+each round's ratio to the limit taken in the same pass, and the child's peak RSS over the operation.
 Run: ``python -m pytest benchmarks --benchmark-json out.json`` (``CKPT_COMPAT_BENCH_MIB=256`` for
 the published sizes), then ``ckpt-compat bench-report out.json``.
 """
@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.conftest import HEADLINE, LOAD_ROUNDS, PROGRAMS, SIZE_MIB, FileFactory, skip_unless_available
+from benchmarks.conftest import (
+    HEADLINE,
+    LOAD_ROUNDS,
+    PROGRAMS,
+    SIZE_MIB,
+    FileFactory,
+    limit_round,
+    live_limit_round,
+    skip_unless_available,
+)
 from ckpt_compat import bench
 
-LOADS = [op for op in bench.OPS.values() if not op.saves]
+LOADS = [op for op in bench.OPS.values() if not op.saves and not op.is_limit]
 # More rounds where a median of LOAD_ROUNDS would not repeat: a few milliseconds jitter by a
 # millisecond or two, and some loads spread wide here (a cold eager torch.load takes 125 to
 # 870 ms on this VM). A result gets MORE_ROUNDS once its first rounds prove it fast or noisy.
 FAST_SECONDS, NOISY_IQR = 0.05, 0.10
-MORE_ROUNDS = int(os.environ.get("CKPT_COMPAT_BENCH_MORE_ROUNDS", "11"))
+MORE_ROUNDS = int(os.environ.get("CKPT_COMPAT_BENCH_MORE_ROUNDS", "1"))
 SEED = 20261125  # the interleaving order: fixed, so two runs of the suite take the same one
 # Cold-cache rounds where the page cache changes the answer most: the headline, the loads into
 # preallocated memory and the lazy subsets (a cold subset reads only what it needs).
-COLD = (*HEADLINE, "torch_zip:into", "safetensors:into", "torch_zip:subset", "safetensors:subset")
+COLD = (*HEADLINE, "torch_zip:into", "safetensors_file:into", "torch_zip:subset", "safetensors_file:subset")
 Case = tuple[str, str, str, str]  # workload, dtype, op id, cache
 
 
@@ -55,37 +65,50 @@ def _wanted(case: Case, done: list[dict[str, Any]]) -> int:
     return (MORE_ROUNDS if fast or noisy else LOAD_ROUNDS) - 1
 
 
+def _limit_key(op_id: str, cache: str) -> Case:
+    limit_op, limit_cache = bench.limit_for(bench.OPS[op_id], cache)
+    return ("limit", "-", limit_op, limit_cache)
+
+
+Schedule = bench.Schedule[Case, dict[str, Any]]
+
+
 @pytest.fixture(scope="session")
 def interleaved_rounds(
-    request: pytest.FixtureRequest, workload_file: FileFactory, limits: bench.Limits
-) -> dict[Case, list[dict[str, Any]]]:
+    request: pytest.FixtureRequest, workload_file: FileFactory, limits: bench.Limits, limit_file: tuple[Path, Path]
+) -> Schedule:
     """Every selected load's rounds but one, taken interleaved across all of them
     (``bench.interleaved``): a burst of noise on the machine then costs each result a round, not
-    a whole result. Nothing under ``--benchmark-disable`` (the smoke run takes its one round live).
-    ``limits`` first: the machine's limits are measured before the rounds, not in between."""
+    a whole result. Every pass also takes one round of each limit the selected loads are judged
+    against. Nothing under ``--benchmark-disable`` (the smoke run takes its one round live).
+    ``limits`` first: the session's figures are measured before the rounds, not in between."""
     if request.config.getoption("benchmark_disable", False):
-        return {}
+        return bench.Schedule()
     selected: list[Case] = [
         tuple(item.callspec.params[name] for name in ("kind", "dtype", "op_id", "cache"))  # type: ignore[attr-defined,misc]
         for item in request.session.items
         if getattr(item, "originalname", None) == "test_load"
     ]
     trials = {}
+    limit_trials = {}
     for kind, dtype, op_id, cache in selected:
         op = bench.OPS[op_id]
         if bench.why_unavailable(op) is None:
             path, reference = workload_file(kind, dtype, op.format)
             cold = cache == "cold"
             trials[kind, dtype, op_id, cache] = functools.partial(bench.fresh, op_id, path, reference, cold=cold)
-    return bench.interleaved(trials, _wanted, seed=SEED)
+            limit = _limit_key(op_id, cache)
+            limit_trials[limit] = functools.partial(limit_round, limit_file, limit[2], limit[3])
+    return bench.interleaved(trials, _wanted, seed=SEED, every_pass=limit_trials)
 
 
 @pytest.mark.parametrize(("kind", "dtype", "op_id", "cache"), _cases())
 def test_load(  # type: ignore[no-untyped-def]
     benchmark,
-    interleaved_rounds: dict[Case, list[dict[str, Any]]],
+    interleaved_rounds: Schedule,
     workload_file: FileFactory,
     limits: bench.Limits,
+    limit_file: tuple[Path, Path],
     kind: str,
     dtype: str,
     op_id: str,
@@ -94,19 +117,35 @@ def test_load(  # type: ignore[no-untyped-def]
     op = bench.OPS[op_id]
     skip_unless_available(op)
     path, reference = workload_file(kind, dtype, op.format)
-    rounds = list(interleaved_rounds.get((kind, dtype, op_id, cache), []))
-    # The last round runs here, so pytest-benchmark's own table times a child too (its figure
-    # includes the interpreter start; the ones to read are in extra_info).
-    benchmark.pedantic(
-        lambda: rounds.append(bench.fresh(op_id, path, reference, cold=cache == "cold")), rounds=1, iterations=1
+    limit = _limit_key(op_id, cache)
+    pairs = interleaved_rounds.same_pass((kind, dtype, op_id, cache), limit)
+    rounds, limit_rounds = [r for r, _ in pairs], [lr for _, lr in pairs]
+
+    def live() -> None:
+        """The last round runs here, after a limit round at most LIVE_PASS_SECONDS old, so
+        pytest-benchmark's own table times a child too (its figure includes the interpreter start;
+        the ones to read are in extra_info)."""
+        limit_rounds.append(live_limit_round(limit_file, limit[2], limit[3]))
+        rounds.append(bench.fresh(op_id, path, reference, cold=cache == "cold"))
+
+    benchmark.pedantic(live, rounds=1, iterations=1)
+    info = bench.result_info(
+        op,
+        rounds,
+        workload=kind,
+        dtype=dtype,
+        cache=cache,
+        limits=limits,
+        size_mib=SIZE_MIB,
+        limit_rounds=limit_rounds,
     )
-    info = bench.result_info(op, rounds, workload=kind, dtype=dtype, cache=cache, limits=limits, size_mib=SIZE_MIB)
     benchmark.extra_info.update(info, schedule={"interleaved_rounds": len(rounds) - 1, "seed": SEED})
     # Every round loaded the same thing: all its tensors (or its subset), every byte.
     assert len({(r["tensors"], r["bytes"]) for r in rounds}) == 1
-    assert info["bytes"] > 0 and info["median_s"] > 0
-    # And every round started from the page cache it claims: all of the file, or none of it.
-    resident = [r["resident_before"] for r in rounds if r["resident_before"] is not None]
+    assert info["bytes"] > 0 and info["median_s"] > 0 and len(info["pass_ratios"]) == len(rounds)
+    # And every round (and its limit round) started from the page cache it claims: all of the file,
+    # or none of it.
+    resident = [r["resident_before"] for r in rounds + limit_rounds if r["resident_before"] is not None]
     wrong = [f for f in resident if (f < 0.999 if cache == "warm" else f > 0.001)]
     assert not wrong, (
         f"{cache} rounds of {path} started with {wrong} of its pages in the page cache; a disk "

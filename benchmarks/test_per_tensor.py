@@ -8,13 +8,14 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.conftest import rounds_for, skip_unless_available
 from ckpt_compat import bench
 
-SWEEP_MIB = int(os.environ.get("CKPT_COMPAT_BENCH_SWEEP_MIB", "64"))
+SWEEP_MIB = int(os.environ.get("CKPT_COMPAT_BENCH_SWEEP_MIB", "16"))  # nox -s bench: 64
 COUNTS = (1, 64, 1024, 8192)
-OPS = ("torch_zip:load", "torch_zip:mmap_touch", "torch_legacy:load", "safetensors:load_touch", "dcp:into")
+OPS = ("torch_zip:load", "torch_zip:mmap_touch", "torch_legacy:load", "safetensors_file:load_touch", "dcp:into")
 
 
 @pytest.mark.parametrize("op_id", OPS)
@@ -25,9 +26,9 @@ def test_per_tensor(benchmark, scratch: Path, tensors: int, op_id: str) -> None:
     reference = scratch / f"sweep-{tensors}.reference.pt"
     if not reference.exists():
         bench.write_reference(bench.workload("sweep", SWEEP_MIB * 2**20, tensors=tensors), reference)
-    path = reference.with_name(f"sweep-{tensors}{bench.SUFFIX[op.format]}")
+    path = reference.with_name(f"sweep-{tensors}{bench.suffix(op.format)}")
     if op.format != "torch_zip" and not path.exists():
-        bench.fresh(f"{op.format}:save", path, reference)
+        bench.save_here(op.format, torch.load(reference, weights_only=True), path)
     path = reference if op.format == "torch_zip" else path
     rounds: list[dict[str, object]] = []
     benchmark.pedantic(
@@ -36,7 +37,7 @@ def test_per_tensor(benchmark, scratch: Path, tensors: int, op_id: str) -> None:
     seconds = [float(r["seconds"]) for r in rounds]  # type: ignore[arg-type]
     benchmark.extra_info.update(
         {
-            "schema": "ckpt-compat/bench/1",
+            "schema": bench.SCHEMA,
             "kind": "sweep",
             "format": op.format,
             "op": op.name,
@@ -45,7 +46,7 @@ def test_per_tensor(benchmark, scratch: Path, tensors: int, op_id: str) -> None:
             "bytes": rounds[0]["bytes"],
             "child_seconds": seconds,
             "median_s": statistics.median(seconds),
-            "torch": bench.torch.__version__,
+            "torch": torch.__version__,
         }
     )
     assert rounds[0]["tensors"] == tensors

@@ -3,9 +3,12 @@ each round (what a training job pays per checkpoint). Figures in ``extra_info``,
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from benchmarks.conftest import PROGRAMS, SIZE_MIB, FileFactory, rounds_for, skip_unless_available
+from benchmarks.conftest import PROGRAMS, SIZE_MIB, FileFactory, live_limit_round, rounds_for, skip_unless_available
 from ckpt_compat import bench
 
 # Programs, not checkpoints: TorchScript and torch.export hold a model, not 30k loose adapters.
@@ -13,22 +16,38 @@ CASES = [
     (kind, op.id)
     for kind in ("transformer", "lora", "cnn")
     for op in bench.OPS.values()
-    if op.saves and not (kind == "lora" and op.format in PROGRAMS)
+    if op.saves and not op.is_limit and not (kind == "lora" and op.format in PROGRAMS)
 ]
 
 
 @pytest.mark.parametrize(("kind", "op_id"), CASES)
-def test_save(benchmark, workload_file: FileFactory, limits: bench.Limits, kind: str, op_id: str) -> None:  # type: ignore[no-untyped-def]
+def test_save(  # type: ignore[no-untyped-def]
+    benchmark, workload_file: FileFactory, limits: bench.Limits, limit_file: tuple[Path, Path], kind: str, op_id: str
+) -> None:
     op = bench.OPS[op_id]
     skip_unless_available(op)
     _, reference = workload_file(kind, "float32", "torch_zip")
-    target = reference.with_name(f"{kind}-saved{bench.SUFFIX[op.format]}")
-    rounds: list[dict[str, object]] = []
-    benchmark.pedantic(
-        lambda: rounds.append(bench.fresh(op_id, target, reference)), rounds=rounds_for(benchmark), iterations=1
-    )
+    target = reference.with_name(f"{kind}-saved{bench.suffix(op.format)}")
+    rounds: list[dict[str, Any]] = []
+    limit_rounds: list[dict[str, Any]] = []
+
+    def save() -> None:
+        """A write + fsync of as many bytes first (the save's same-pass limit), then the save."""
+        limit_rounds.append(live_limit_round(limit_file, "raw:write", "-"))
+        rounds.append(bench.fresh(op_id, target, reference))
+
+    benchmark.pedantic(save, rounds=rounds_for(benchmark), iterations=1)
     bench.remove(target)
-    info = bench.result_info(op, rounds, workload=kind, dtype="float32", cache="-", limits=limits, size_mib=SIZE_MIB)
+    info = bench.result_info(
+        op,
+        rounds,
+        workload=kind,
+        dtype="float32",
+        cache="-",
+        limits=limits,
+        size_mib=SIZE_MIB,
+        limit_rounds=limit_rounds,
+    )
     benchmark.extra_info.update(info)
     assert len({r["bytes"] for r in rounds}) == 1  # every round wrote the same file
     assert info["bytes"] >= 0.9 * SIZE_MIB * 2**20

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ckpt_compat.cli_common import (
     EXIT_FAILED,
     EXIT_INTERNAL,
+    EXIT_MACHINE_CHANGED,
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
@@ -295,7 +296,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("bench-report"), metavar="DIR", help="where benchmarks.md and the PNGs go"
     )
     bench_gate = commands.add_parser(
-        "bench-gate", help="exit 1 if CURRENT is slower than BASELINE beyond --max-slowdown and the measured noise"
+        "bench-gate",
+        help="exit 1 if CURRENT is slower than BASELINE beyond --max-slowdown and the measured noise "
+        "(by the ratio to the limits measured in the same pass)",
     )
     bench_gate.add_argument("baseline", type=Path, metavar="BASELINE", help="pytest --benchmark-json file")
     bench_gate.add_argument("current", type=Path, metavar="CURRENT", help="pytest --benchmark-json file")
@@ -305,6 +308,19 @@ def _parser() -> argparse.ArgumentParser:
         default=0.10,
         metavar="PCT",
         help="largest accepted slowdown of a median, e.g. 10%% or 0.1 (default: 10%%)",
+    )
+    bench_gate.add_argument(
+        "--absolute",
+        action="store_true",
+        help="compare median times instead of the per-pass ratios to the same-pass limits",
+    )
+    bench_gate.add_argument(
+        "--max-limit-change",
+        type=_fraction,
+        default=0.20,
+        metavar="PCT",
+        help=f"largest accepted move of the machine's own limits between the runs; beyond it the gate "
+        f"exits {EXIT_MACHINE_CHANGED} (machine changed) without judging results (default: 20%%)",
     )
     bench_gate.add_argument(
         "--any-machine",
@@ -755,7 +771,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _bench_runs(paths: list[Path]) -> list[Any]:
-    from ckpt_compat.benchreport import BenchResultError, read_runs
+    from ckpt_compat.bench.runs import BenchResultError, read_runs
 
     try:
         return read_runs(paths)
@@ -770,7 +786,7 @@ def _bench_report(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError('bench-report draws its plots with matplotlib: pip install "ckpt-compat[bench]"') from None
-    from ckpt_compat.benchreport import write_report
+    from ckpt_compat.bench.report import write_report
 
     paths = write_report(runs, out)
     versions = ", ".join(r.torch for r in runs)
@@ -779,7 +795,7 @@ def _bench_report(args: argparse.Namespace) -> int:
 
 
 def _bench_gate(args: argparse.Namespace) -> int:
-    from ckpt_compat.benchreport import compare
+    from ckpt_compat.bench.gate import compare, limit_shifts
 
     baseline, current = (_bench_runs([p])[0] for p in (args.baseline, args.current))
     if baseline.machine != current.machine and not args.any_machine:
@@ -787,27 +803,39 @@ def _bench_gate(args: argparse.Namespace) -> int:
             f"{args.current} ran on {current.machine!r}, {args.baseline} on {baseline.machine!r}: "
             "not comparable (pass --any-machine to compare anyway)"
         )
-    changes, unmatched = compare(baseline, current)
+    changes, unmatched = compare(baseline, current, absolute=args.absolute)
     if not changes:
         raise UsageError(f"{args.baseline} and {args.current} have no result in common (same suite, same sizes?)")
+    shifts = limit_shifts(baseline, current)
+    moved = [s for s in shifts if abs(s.change) > args.max_limit_change]
+    for s in shifts:
+        print(f"{'MOVED' if s in moved else 'limit':6} {s.line()}")
+    if moved:
+        print(
+            f"bench-gate MACHINE CHANGED: {len(moved)} of the machine's limits moved more than "
+            f"{args.max_limit_change:.0%} between the runs ({'; '.join(s.line() for s in moved)}): the runs do "
+            "not measure the same machine; results not judged (rerun both on one quiet machine)"
+        )
+        return EXIT_MACHINE_CHANGED
     regressed = [c for c in changes if c.regressed(args.max_slowdown)]
     for c in sorted(changes, key=lambda c: -c.slowdown):
         mark = "SLOWER" if c in regressed else "ok"
-        print(
-            f"{mark:6} {c.slowdown:+7.1%} (noise {c.noise:5.1%}) {c.label()}: "
-            f"{c.baseline.median * 1e3:.1f} -> {c.current.median * 1e3:.1f} ms"
-        )
+        print(f"{mark:6} {c.slowdown:+7.1%} (noise {c.noise:5.1%}) {c.label()}: {c.figures()}")
     if unmatched:
         print(f"{len(unmatched)} result(s) in only one of the two runs, not compared")
+    by_time = sum(c.measure == "time" for c in changes)
     worst = max(abs(c.slowdown) for c in changes)
     within = sum(abs(c.slowdown) < 0.05 for c in changes)
     # A shift shared by every result is the machine (or a change that slows everything): say so.
     shift = statistics.median(c.slowdown for c in changes)
     verdict = "FAILED" if regressed else "passed"
+    basis = "ratios to the same-pass limits" + (f" ({by_time} without limits: times)" if by_time else "")
+    if args.absolute or by_time == len(changes):
+        basis = "times" + ("" if args.absolute else " (no same-pass limits in these runs)")
     print(
-        f"bench-gate {verdict}: {len(changes)} results compared (torch {baseline.torch} -> {current.torch}), "
-        f"{len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change {worst:.1%}, "
-        f"median change {shift:+.1%}, {within} within 5%"
+        f"bench-gate {verdict}: {len(changes)} results compared on {basis} (torch {baseline.torch} -> "
+        f"{current.torch}), {len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change "
+        f"{worst:.1%}, median change {shift:+.1%}, {within} within 5%"
     )
     return EXIT_FAILED if regressed else EXIT_OK
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ckpt_compat.formats import Format
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_MACHINE_CHANGED = 4  # bench-gate: the machine's own limits moved between the runs
 
 
 class UsageError(Exception):

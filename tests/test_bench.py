@@ -95,17 +95,19 @@ def test_every_op_runs_in_a_fresh_process(scratch: Path) -> None:
     subset = list(state)[:: bench.SUBSET]
     for op in bench.OPS.values():
         if op.saves and bench.why_unavailable(op) is None:
-            path = scratch / f"cnn{bench.SUFFIX[op.format]}"
+            path = scratch / f"cnn{bench.suffix(op.format)}"
             saved = bench.fresh(op.id, path, reference)
             assert saved["bytes"] == bench.size_on_disk(path) >= bench.nbytes(state), op.id
     for op in bench.OPS.values():
         if op.saves or bench.why_unavailable(op):
             continue
-        path = reference if op.format == "torch_zip" else scratch / f"cnn{bench.SUFFIX[op.format]}"
-        for cold in (False, True) if op.id in ("torch_zip:load", "safetensors:load_touch", "dcp:into") else (False,):
+        path = reference if op.format == "torch_zip" else scratch / f"cnn{bench.suffix(op.format)}"
+        cold_too = ("torch_zip:load", "safetensors_file:load_touch", "dcp:into", "raw:read")
+        for cold in (False, True) if op.id in cold_too else (False,):
             got = bench.fresh(op.id, path, reference, cold=cold)
             keys = subset if op.name == "subset" else list(state)
-            assert (got["tensors"], got["bytes"]) == (len(keys), bench.nbytes({k: state[k] for k in keys})), op.id
+            expected = (1 if op.is_limit else len(keys), bench.nbytes({k: state[k] for k in keys}))
+            assert (got["tensors"], got["bytes"]) == expected, op.id
             assert got["seconds"] > 0 and got["peak_rss_reset"], op.id
 
 
@@ -138,7 +140,7 @@ def test_interleaved_takes_one_round_of_every_trial_per_pass_in_a_seeded_order()
     log: list[str] = []
     trials = {key: (lambda key=key: log.append(key) or len(log)) for key in "abcd"}
     wants = {"a": 3, "b": 3, "c": 1, "d": 0}
-    rounds = bench.interleaved(trials, lambda key, done: wants[key], seed=1)
+    rounds = bench.interleaved(trials, lambda key, done: wants[key], seed=1).rounds
     assert {key: len(done) for key, done in rounds.items()} == wants
     # Pass by pass: no trial gets its k+1-th round before every trial due gets its k-th.
     assert sorted(log[:3]) == ["a", "b", "c"] and sorted(log[3:5]) == ["a", "b"] and sorted(log[5:]) == ["a", "b"]
@@ -149,7 +151,8 @@ def test_interleaved_takes_one_round_of_every_trial_per_pass_in_a_seeded_order()
     orders = set()
     clock = itertools.count()
     for seed in range(20):
-        rounds = bench.interleaved({k: (lambda k=k: next(clock)) for k in "abcd"}, lambda key, done: 1, seed=seed)
+        trials = {k: (lambda k=k: next(clock)) for k in "abcd"}
+        rounds = bench.interleaved(trials, lambda key, done: 1, seed=seed).rounds
         orders.add(tuple(sorted(rounds, key=lambda k: rounds[k][0])))
     assert len(orders) > 1  # the order is shuffled, not the dict's
 
@@ -157,8 +160,63 @@ def test_interleaved_takes_one_round_of_every_trial_per_pass_in_a_seeded_order()
 def test_interleaved_asks_again_as_rounds_come_in() -> None:
     """A trial that proves fast after its first round can ask for more (what ms-scale loads do)."""
     trials = {"fast": lambda: 0.001, "slow": lambda: 1.0}
-    rounds = bench.interleaved(trials, lambda key, done: 5 if done and done[0] < 0.01 else 2)
+    rounds = bench.interleaved(trials, lambda key, done: 5 if done and done[0] < 0.01 else 2).rounds
     assert len(rounds["fast"]) == 5 and len(rounds["slow"]) == 2
+
+
+def test_every_pass_takes_one_round_of_each_limit_and_pairs_it_with_the_results_of_its_pass() -> None:
+    log: list[str] = []
+    trials = {key: (lambda key=key: log.append(key) or len(log)) for key in "ab"}
+    limit = {"L": lambda: log.append("L") or len(log)}
+    wants = {"a": 3, "b": 1}
+    schedule = bench.interleaved(trials, lambda key, done: wants[key], seed=3, every_pass=limit)
+    assert len(schedule.rounds["L"]) == 3  # one per pass: three passes, while "a" wanted rounds
+    assert schedule.passes == {"a": [0, 1, 2], "b": [0], "L": [0, 1, 2]}
+    pairs = schedule.same_pass("a", "L")
+    assert [limit_round for _, limit_round in pairs] == schedule.rounds["L"]
+    passes = [log[:3], log[3:5], log[5:]]  # every pass holds its limit round, shuffled in
+    assert [sorted(p) for p in passes] == [["L", "a", "b"], ["L", "a"], ["L", "a"]]
+    assert any(p[0] != "L" for p in passes) or any(p[-1] != "L" for p in passes)
+    assert schedule.same_pass("a", "missing") == []
+
+
+def test_limit_ops_are_raw_reads_and_writes_of_the_same_bytes(scratch: Path) -> None:
+    state = bench.workload("transformer", 2**20)
+    reference = bench.write_reference(state, scratch / "ref.pt")
+    written = bench.fresh("raw:write", scratch / "limit.bin", reference)
+    assert written["bytes"] == bench.size_on_disk(scratch / "limit.bin") == bench.nbytes(state)
+    for op_id in ("raw:read", "raw:read_into"):
+        got = bench.fresh(op_id, scratch / "limit.bin", reference)
+        assert (got["tensors"], got["bytes"]) == (1, bench.nbytes(state)), op_id
+    assert bench.limit_for(bench.OPS["torch_zip:load"], "cold") == ("raw:read", "cold")
+    assert bench.limit_for(bench.OPS["torch_zip:into"], "warm") == ("raw:read_into", "warm")
+    assert bench.limit_for(bench.OPS["dcp:save"], "-") == ("raw:write", "-")
+    # Each round says what the kernel did meanwhile (the cold spread's evidence).
+    assert {"major_faults", "minor_faults", "system_s"} <= set(got["kernel"])
+
+
+def test_ops_come_from_the_format_registry() -> None:
+    """Every registered format is benchmarked (a save and a load) unless it says why not."""
+    from ckpt_compat.formats import all_formats
+
+    for fmt in all_formats().values():
+        ops = [op for op in bench.OPS.values() if op.format == fmt.name]
+        if fmt.bench_note is None:
+            assert any(op.saves for op in ops) and any(not op.saves for op in ops), fmt.name
+            assert bench.suffix(fmt.name).endswith(fmt.suffix)
+        else:
+            assert not ops, fmt.name
+    assert len({bench.suffix(op.format) for op in bench.OPS.values()}) == len({op.format for op in bench.OPS.values()})
+
+
+def test_a_delay_in_the_child_slows_that_op_only(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the gate's test injects: a real busy wait in the child, inside the clock."""
+    reference = bench.write_reference(bench.workload("transformer", 4 * 2**20), scratch / "ref.pt")
+    monkeypatch.setenv("CKPT_COMPAT_BENCH_DELAY", "torch_zip:load=1.0")
+    slowed = bench.fresh("torch_zip:load", reference, reference)
+    other = bench.fresh("torch_zip:mmap_touch", reference, reference)
+    assert slowed["kernel"]["user_s"] >= 0.4 * slowed["seconds"]  # half of it a busy wait
+    assert other["kernel"]["user_s"] < other["seconds"] + 0.05
 
 
 def test_page_cache_residency_follows_make_cold_and_make_warm(scratch: Path) -> None:

@@ -63,6 +63,9 @@ class Format(abc.ABC):
     holds_training_state: ClassVar[bool] = False
     # (rtol, atol) for outputs of a program run by another runtime (ONNX Runtime); None: bitwise.
     output_tolerance: ClassVar[tuple[float, float] | None] = None
+    # Why the format benchmarks leave it out (the same bytes as another format, a program with no
+    # weights of its own to time); None: `ckpt_compat.bench` measures its save and load.
+    bench_note: ClassVar[str | None] = None
 
     def why_unavailable(self) -> str | None:
         """None when this torch and the installed packages can read the format, else the reason."""

@@ -255,6 +255,7 @@ class DCP(Format):
 
 class DCPFromTorchSave(DCP):
     name = "dcp_from_torch_save"
+    bench_note = "reads torch_zip files through DCP's loader: torch_zip and dcp are measured"
     description = "torch.save(state_dict) -> format_utils.torch_save_to_dcp -> DCP load"
     via_torch_save = True
 

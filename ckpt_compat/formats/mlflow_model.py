@@ -65,6 +65,7 @@ def _allowed(allow: bool) -> Iterator[None]:
 
 class MLflowPickle(Format):
     name = "mlflow_pickle"
+    bench_note = "a folder around a pickled module (torch_module) or a .pt2 program (torch_export), measured as those"
     description = 'mlflow.pytorch.save_model(serialization_format="pickle") / mlflow.pytorch.load_model'
     suffix = ".mlflow"
     holds = "module"

@@ -46,6 +46,7 @@ def _why_unable_to_save() -> str | None:
 
 class ONNX(Format):
     name = "onnx"
+    bench_note = "a program: a benchmark workload computes nothing, so an export keeps none of its weights"
     description = "torch.onnx.export(dynamo=True) -> .onnx protobuf; initializers read back with onnx"
     suffix = ".onnx"
     heavy = True

@@ -86,6 +86,7 @@ class SafetensorsFile(Format):
 
 class SafetensorsModel(Format):
     name = "safetensors_model"
+    bench_note = "the same file as safetensors_file (loaded into a model)"
     description = "safetensors.torch.save_model(model) / load_model into a fresh model"
     suffix = ".safetensors"
     map_location_kinds = ("str",)

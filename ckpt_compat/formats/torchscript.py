@@ -186,5 +186,6 @@ def torch_load_refuses_torchscript() -> bool:
 
 class TorchTrace(TorchScript):
     name = "torchscript_trace"
+    bench_note = "the same TorchScript archive as torchscript_script (traced instead of scripted)"
     description = "torch.jit.trace of every block -> torch.jit.save / torch.jit.load"
     mode = "trace"
