@@ -21,15 +21,7 @@ from typing import Any
 import torch
 
 from ckpt_compat.bench.ops import OPS, prepare_load, prepare_save
-from ckpt_compat.bench.pagecache import (
-    evict,
-    fsync_files,
-    make_cold,
-    make_warm,
-    read_through,
-    resident_fraction,
-    size_on_disk,
-)
+from ckpt_compat.bench.pagecache import fsync_files, make_cold, make_warm, resident_fraction, size_on_disk
 from ckpt_compat.bench.workloads import nbytes
 
 # A real delay, for testing the gate: "<op id>=<fraction>" makes that op's rounds that much slower
@@ -175,14 +167,6 @@ def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeou
     else:
         make_warm(path)
     resident = None if op.saves else resident_fraction(path)
-    # The host may take page cache back between the read and the check (this VM's DAMON pageout
-    # took 1-2% of a just-read 256 MiB file in 3 of ~450 warm rounds): put the state right again,
-    # rather than start a "warm" round on a partly cold file.
-    for _ in range(3):
-        if resident is None or (resident == 0.0 if cold else resident >= 0.999):
-            break
-        (evict if cold else read_through)(path)
-        resident = resident_fraction(path)
     result: dict[str, Any] = _in_new_python(op_id, path, reference, rounds=None, timeout=timeout)
     result["resident_before"] = resident
     return result

@@ -35,6 +35,15 @@ def limit_for(op: Op, cache: str) -> tuple[str, str]:
     return "raw:read", cache
 
 
+# The session's figure for each same-pass limit (raw op, cache).
+SESSION_FIGURE = {
+    ("raw:write", "-"): "write_fsync",
+    ("raw:read", "cold"): "read_cold",
+    ("raw:read_into", "warm"): "read_preallocated",
+    ("raw:read", "warm"): "read_fresh",
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """GB/s the machine reaches at all, measured in this session on ``nbytes``."""
@@ -48,14 +57,9 @@ class Limits:
     read_cold: float  # into fresh memory, the file's pages evicted first
 
     def for_op(self, op: Op, cold: bool) -> tuple[str, float]:
-        """The session figure matching `limit_for`."""
-        if op.saves:
-            return "write_fsync", self.write_fsync
-        if cold:
-            return "read_cold", self.read_cold
-        if op.name == "into":
-            return "read_preallocated", self.read_preallocated
-        return "read_fresh", self.read_fresh
+        """The session figure of the same-pass limit `limit_for` names."""
+        name = SESSION_FIGURE[limit_for(op, "cold" if cold else "warm")]
+        return name, getattr(self, name)
 
     def to_json(self) -> dict[str, float]:
         return dict(self.__dict__)
