@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import hashlib
 import json
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -86,9 +87,10 @@ class ModelSpec:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """A short content hash: equal specs have equal ids on every machine."""
+        """A short content hash: equal specs have equal ids on every machine. Cached: a round trip
+        asks for it once per cell, and a spec is not changed once made."""
         canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -443,14 +445,24 @@ def build(spec: ModelSpec, *, device: str | torch.device = "cpu", perturb: bool 
 # kernels (spectral_norm's power method, normal_), so a meta build costs several CPU builds, and
 # a round trip asks for one per format.
 _META: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
+# The values of a spec's tensors by spec id and perturb: a round trip builds the spec ~30 times (a
+# perturbed load target for each loading check), and drawing the values was most of each build.
+_VALUES: collections.OrderedDict[tuple[str, bool], dict[tuple[Any, ...], torch.Tensor]] = collections.OrderedDict()
+_T = TypeVar("_T")
+
+
+def _recent(cache: collections.OrderedDict[Any, _T], key: Any, make: Callable[[], _T], keep: int = 4) -> _T:
+    """``cache[key]``, made if absent; the ``keep`` most recently used entries stay."""
+    value = cache.pop(key) if key in cache else make()
+    cache[key] = value
+    while len(cache) > keep:
+        cache.popitem(last=False)
+    return value
 
 
 def _meta_copy(spec: ModelSpec) -> nn.Module:
     """A copy of the spec's meta build: an untouched meta module is the same after deepcopy."""
-    template = _META.pop(spec.id, None) or _build(spec, torch.device("meta"), False)
-    _META[spec.id] = template
-    while len(_META) > 4:
-        _META.popitem(last=False)
+    template = _recent(_META, spec.id, lambda: _build(spec, torch.device("meta"), False))
     try:
         return copy.deepcopy(template)
     except Exception:  # a module deepcopy cannot copy (old weight_norm hooks hold a non-leaf tensor)
@@ -520,6 +532,7 @@ def _apply_parametrization(model: nn.Module, p: Mapping[str, str], where: str) -
 
 
 def _fill(model: nn.Module, spec: ModelSpec, perturb: bool) -> None:
+    values = _recent(_VALUES, (spec.id, perturb), dict)
     seen: set[int] = set()
     with torch.no_grad():
         for prefix, module in model.named_modules():
@@ -532,10 +545,12 @@ def _fill(model: nn.Module, spec: ModelSpec, perturb: bool) -> None:
                     continue
                 seen.add(id(tensor))
                 key = f"{prefix}.{name}" if prefix else name
-                value = random_tensor(tuple(tensor.shape), dtypes.name_of(tensor.dtype), spec.fill, spec.seed, key)
-                if perturb and persistent:
-                    value = flipped(value)
-                tensor.copy_(value)
+                which = (key, tuple(tensor.shape), tensor.dtype, persistent)
+                value = values.get(which)
+                if value is None:
+                    value = random_tensor(which[1], dtypes.name_of(tensor.dtype), spec.fill, spec.seed, key)
+                    values[which] = flipped(value) if perturb and persistent else value
+                tensor.copy_(values[which])
 
 
 def example_inputs(spec: ModelSpec) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,28 @@ def test_onnx_initializers_bitwise_and_runtime_outputs_within_tolerance(tmp_path
     [bad] = check_spec(load("tied"), [faulty], tmp_path, consumers=["cpu"])
     assert bad.outcome.value == "mismatch"
     assert ("bytes", ("state_dict", "lm.head.bias")) in {(d.kind, d.path) for d in bad.differences}
+
+
+def test_onnx_builds_the_torchlib_registry_once_and_exports_the_same_bytes(tmp_path: Path) -> None:
+    import hashlib
+    import unittest.mock
+
+    from ckpt_compat.formats import onnx
+
+    fmt = get_format("onnx")
+    if fmt.why_unable_to_save():
+        pytest.skip(fmt.why_unable_to_save() or "")
+    spec = load("rich")
+
+    def digest(name: str) -> str:
+        fmt.save(build(spec), tmp_path / name, example_inputs(spec))
+        return hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+
+    onnx._REGISTRIES.clear()
+    first, second = digest("a.onnx"), digest("b.onnx")
+    built = len(onnx._REGISTRIES)
+    with unittest.mock.patch.object(onnx, "registry_built_once", contextlib.nullcontext):
+        plain = digest("c.onnx")  # torch's own registry build
+    assert first == second == plain
+    # Where torch has the registry (2.5+), one was built for both exports.
+    assert built == (0 if onnx._torch_registry() is None else 1)

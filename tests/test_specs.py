@@ -74,6 +74,20 @@ def test_perturb_changes_every_persistent_byte_only() -> None:
     assert compare_state_dicts(non_persistent_buffers(base), non_persistent_buffers(other)) == []
 
 
+def test_builds_repeat_whatever_was_built_before_or_changed_since() -> None:
+    spec = load("rich")
+    first = build(spec).state_dict()
+    perturbed = build(spec, perturb=True)  # the values are kept by spec id: perturb has its own
+    with torch.no_grad():
+        for tensor in perturbed.state_dict().values():
+            tensor.zero_() if tensor.dtype != torch.bool else tensor.fill_(False)
+    assert compare_state_dicts(first, build(spec).state_dict()) == []
+    assert compare_state_dicts(build(spec, perturb=True).state_dict(), first) != []
+    again = build(spec, perturb=True).state_dict()
+    assert compare_state_dicts(again, build(spec, perturb=True).state_dict()) == []
+    assert any(bool(t.any()) for t in again.values() if t.numel())  # not the zeros written above
+
+
 def test_rich_spec_builds_what_it_says() -> None:
     model = build(load("rich"))
     bag = model.bag

@@ -9,10 +9,11 @@ onnxruntime is installed, the model's outputs are compared with the eager ones w
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,59 @@ def _why_unable_to_save() -> str | None:
     return None
 
 
+# The torchlib registry of each opset this process exported with, built once (see below).
+_REGISTRIES: dict[Any, Any] = {}
+
+
+def _torch_registry() -> Any:
+    """torch's ``ONNXRegistry`` where it is built by ``from_torchlib``, else None."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        return None
+    registry_class = getattr(_registration, "ONNXRegistry", None)
+    if registry_class is None or not isinstance(vars(registry_class).get("from_torchlib"), classmethod):
+        return None
+    return registry_class
+
+
+@contextlib.contextmanager
+def registry_built_once() -> Iterator[None]:
+    """``torch.onnx.export`` builds its operator registry from torchlib on every call: about 1 s,
+    onnxscript reading the source of ~3,000 functions, half the time of exporting a small model. The
+    registry depends only on its arguments (the opset), so within this block each is built once per
+    process and every export gets its own copy (an export may add custom ops to it). Feature-detected:
+    where torch has no ``ONNXRegistry.from_torchlib``, exports run as they are."""
+    registry_class = _torch_registry()
+    if registry_class is None:
+        yield
+        return
+    original = vars(registry_class)["from_torchlib"]
+    build = original.__func__
+
+    def from_torchlib(cls: type, *args: Any, **kwargs: Any) -> Any:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        try:
+            hash(key)
+        except TypeError:  # arguments this cache cannot key on: build it as torch would
+            return build(cls, *args, **kwargs)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = build(cls, *args, **kwargs)
+        built = _REGISTRIES[key]
+        registry = object.__new__(type(built))
+        for name, value in vars(built).items():
+            if isinstance(value, dict):  # functions: target -> [decompositions], one list per target
+                value = {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+            setattr(registry, name, value)
+        return registry
+
+    registry_class.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        registry_class.from_torchlib = original
+
+
 class ONNX(Format):
     name = "onnx"
     bench_note = "a program: a benchmark workload computes nothing, so an export keeps none of its weights"
@@ -72,7 +126,7 @@ class ONNX(Format):
                 "ONNX export needs a forward that computes something — no block of this model takes input"
             )
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), registry_built_once():
                 warnings.simplefilter("ignore")
                 logging.disable(logging.WARNING)  # the exporter logs every step
                 # Initializers go inside the file: an external .data file would be named after the
