@@ -1,12 +1,9 @@
-"""bench-report and bench-gate on the JSON of a real (tiny) benchmark run."""
+"""bench-report and bench-gate on the JSON of a real benchmark run (committed in docs/benchmarks/)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +14,15 @@ from ckpt_compat.bench.runs import read_run
 from ckpt_compat.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SELECTION = (
-    "(test_load and transformer and float32 and warm and (torch_zip and load and not mmap and not into and not subset"
-    " or mmap_touch or load_touch or verify))"
-    " or (test_load and lora and cold and mmap_touch)"
-    " or (test_per_tensor and torch_zip:load) or harness or (test_save and transformer-torch_zip)"
-)
+# A real run of the whole suite at the published settings (256 MiB, 5 / 9 / 3 rounds, same-pass limits):
+# the report and the gate are tested on what the harness wrote. The harness that writes such a file is
+# tested in test_bench.py, and CI runs the pipeline end to end (benchmarks -> bench-report -> bench-gate).
+RUN = ROOT / "docs" / "benchmarks" / "results" / "repeatability" / "ratio-a-2.13cpu.json"
 
 
-@pytest.fixture(scope="module")
-def run_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The suites at 1 MiB, 2 rounds: real fresh-process measurements, small enough for the tests."""
-    out = tmp_path_factory.mktemp("bench") / "torch-here.json"
-    env = {
-        # Not the xdist worker's own variables: pytest-benchmark would take the child for a worker too
-        # and disable itself.
-        **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
-        "CKPT_COMPAT_BENCH_MIB": "1",
-        "CKPT_COMPAT_BENCH_ROUNDS": "2",
-        "CKPT_COMPAT_BENCH_LOAD_ROUNDS": "3",
-        "CKPT_COMPAT_BENCH_MORE_ROUNDS": "4",
-    }
-    env["CKPT_COMPAT_BENCH_SWEEP_MIB"] = "1"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "benchmarks",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-k",
-            SELECTION,
-            f"--benchmark-json={out}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return out
+@pytest.fixture
+def run_json() -> Path:
+    return RUN
 
 
 def _edit(source: Path, target: Path, change: Any) -> Path:
@@ -89,15 +52,16 @@ def test_report_has_the_tables_and_plots(run_json: Path, tmp_path: Path, capsys:
     # Loads took their rounds interleaved, from the page cache state they claim, and the report says so.
     loads = [r for r in run.results if r.get("kind") == "load"]
     assert all(len(r["child_seconds"]) >= 3 and r["schedule"]["interleaved_rounds"] >= 2 for r in loads)
-    assert {f for r in loads if r["cache"] == "warm" for f in r["resident_before"]} == {1.0}
-    assert {f for r in loads if r["cache"] == "cold" for f in r["resident_before"]} == {0.0}
-    assert "load rounds interleaved (seed 20261125), warm rounds from >= 100.0% resident, cold from <= 0.0%" in text
+    warm = [f for r in loads if r["cache"] == "warm" for f in r["resident_before"]]
+    cold = [f for r in loads if r["cache"] == "cold" for f in r["resident_before"]]
+    assert min(warm) >= 0.98 and max(cold) == 0.0
+    assert f"warm rounds from >= {min(warm):.1%} resident, cold from <= 0.0%" in text
     honest = next(line for line in text.splitlines() if line.startswith("| transformer | float32 | warm | 4 |"))
     assert f"({percent(mmap['ratio_median'])} ±{percent(half)})" in honest
     for heading in (
         "## The machine's limits",
         "Same-pass limits: a raw read or write",
-        "| torch | raw:read cold | raw:read warm | raw:write |",
+        "| torch | raw:read cold | raw:read warm | raw:read_into warm | raw:write |",
         "## The honest comparison",
         "## Load, transformer-like",
         "## Load, lora-like",
@@ -119,14 +83,14 @@ def test_gate_by_absolute_times_fails_a_slowdown_and_names_it(
     run_json: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def slower(info: dict[str, Any], _: Any) -> None:
-        if info.get("op") == "mmap_touch" and info.get("workload") == "lora":
-            # Three times slower: beyond the noise band of 1 MiB rounds taken while other tests run.
+        if info.get("op") == "mmap_touch" and info.get("workload") == "lora" and info.get("cache") == "cold":
+            # Three times slower: beyond any noise band of this machine's rounds.
             info["child_seconds"] = [s * 3 for s in info["child_seconds"]]
 
     current = _edit(run_json, tmp_path / "slow.json", slower)
     assert main(["bench-gate", str(run_json), str(current), "--absolute", "--max-slowdown", "10%"]) == 1
     out = capsys.readouterr().out
-    assert "SLOWER +200.0%" in out and "load torch_zip:mmap_touch [lora float32 cold, 1 MiB]" in out
+    assert "SLOWER +200.0%" in out and "load torch_zip:mmap_touch [lora float32 cold, 256 MiB]" in out
     assert "1 slower than 10% beyond noise" in out and "compared on times" in out
     assert main(["bench-gate", str(run_json), str(current), "--absolute", "--max-slowdown", "250%"]) == 0
     # By ratio (the default), times alone moving is no regression: the limits did not move with them...

@@ -24,6 +24,7 @@ from ckpt_compat.bench.ops import OPS, prepare_load, prepare_save
 from ckpt_compat.bench.pagecache import fsync_files, make_cold, make_warm, resident_fraction, size_on_disk
 from ckpt_compat.bench.workloads import nbytes
 
+ARGV = ["ckpt_compat.bench.child", "--child"]  # what `isolation` runs: `_child` answers each request
 # A real delay, for testing the gate: "<op id>=<fraction>" makes that op's rounds that much slower
 # (a busy wait inside the clock, proportional to the op's own time).
 DELAY_ENV = "CKPT_COMPAT_BENCH_DELAY"
@@ -178,7 +179,7 @@ def _in_new_python(op_id: str, path: Path, reference: Path, *, rounds: int | Non
     from ckpt_compat.isolation import Failure, call_once
 
     request = {"op": op_id, "path": str(path), "reference": str(reference), "rounds": rounds}
-    answer = call_once(["ckpt_compat.bench.child", "--child"], request, timeout=timeout, memory=None)
+    answer = call_once(ARGV, request, timeout=timeout, memory=None)
     if isinstance(answer, Failure):
         why = answer.message.rsplit(" | ", 1)[-1]
         raise RuntimeError(f"{op_id} of {path} failed in the child: {why}")
