@@ -31,7 +31,7 @@ from ckpt_compat.cli_common import select_formats as _select_formats
 from ckpt_compat.cli_common import writable_dir as _writable_dir
 
 if TYPE_CHECKING:
-    from ckpt_compat.expectations import Verdict
+    from ckpt_compat.expectations import Expectations, Verdict
     from ckpt_compat.formats import Format
     from ckpt_compat.isolation import Pool
     from ckpt_compat.report import Report
@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _every_format_but(args: argparse.Namespace) -> list[Format]:
-    from ckpt_compat.formats import BUILTIN, all_formats
+    from ckpt_compat.formats import BUILTIN, all_formats, why_not_usable
 
     excluded = {n.strip() for n in args.all_formats_except.split(",") if n.strip()}
     unknown = sorted(excluded - set(all_formats()))
@@ -396,7 +396,7 @@ def _every_format_but(args: argparse.Namespace) -> list[Format]:
     # Every built-in format must be writable (a broken pin fails); a plugin's format (an optional
     # extra, as MLflow is) joins only where it is usable.
     builtin = {cls.name for cls in BUILTIN}
-    names = [n for n, f in all_formats().items() if n not in excluded and (n in builtin or f.why_not_usable() is None)]
+    names = [n for n, f in all_formats().items() if n not in excluded and (n in builtin or why_not_usable(f) is None)]
     try:
         return _select_formats(",".join(names))
     except UsageError as exc:
@@ -442,13 +442,18 @@ def _finish(report: Report, out: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ckpt_compat.formats import availability_from
     from ckpt_compat.isolation import Pool
-    from ckpt_compat.propcheck import TASK_TIMEOUT
-    from ckpt_compat.workers import ARGV
+    from ckpt_compat.workers import ARGV, AVAILABILITY
 
     started = time.perf_counter()
-    with Pool(ARGV, jobs=args.jobs, timeout=TASK_TIMEOUT).start() as pool:  # they import torch meanwhile
-        return _run_in(pool, args, started)
+    with Pool(ARGV, jobs=args.jobs, timeout=RUN_TIMEOUT).start() as pool:  # they import torch meanwhile
+        found = pool.submit(AVAILABILITY)  # and then every format's packages, to say which are usable
+        import ckpt_compat.propcheck
+        import ckpt_compat.report  # noqa: F401 - meanwhile
+
+        with availability_from(found.result()):
+            return _run_in(pool, args, started)
 
 
 def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
@@ -573,9 +578,24 @@ def _check(args: argparse.Namespace) -> int:
 
 
 PRODUCE_TIMEOUT = 900.0  # seconds to write one spec in every format
+RUN_TIMEOUT = 900.0  # seconds to check one spec in every format (a heavy one takes a few)
 
 
 def _produce(args: argparse.Namespace) -> int:
+    from ckpt_compat.formats import availability_from
+    from ckpt_compat.isolation import Pool
+    from ckpt_compat.workers import ARGV, AVAILABILITY
+
+    started = time.perf_counter()
+    with Pool(ARGV, jobs=args.jobs, timeout=PRODUCE_TIMEOUT).start() as pool:  # they import torch meanwhile
+        found = pool.submit(AVAILABILITY)
+        import ckpt_compat.corpus  # noqa: F401 - meanwhile
+
+        with availability_from(found.result()):
+            return _produce_in(pool, args, started)
+
+
+def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
     out = _writable_dir(args.out)
 
@@ -584,17 +604,13 @@ def _produce(args: argparse.Namespace) -> int:
 
     if args.device not in producer_devices():
         raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
-    from ckpt_compat.isolation import Pool
     from ckpt_compat.progress import Progress
-    from ckpt_compat.workers import ARGV
 
-    started = time.perf_counter()
     progress = Progress(quiet=args.quiet, verbose=args.verbose)
     try:
-        with Pool(ARGV, jobs=args.jobs, timeout=PRODUCE_TIMEOUT).start() as pool:
-            manifest = produce(
-                out, formats, device=args.device, progress=progress.step, sample_heavy=args.sample_heavy, pool=pool
-            )
+        manifest = produce(
+            out, formats, device=args.device, progress=progress.step, sample_heavy=args.sample_heavy, pool=pool
+        )
     except ManifestError as exc:
         raise UsageError(f"--out {exc}") from None
     written = sum(e.file is not None for e in manifest.entries)
@@ -639,8 +655,10 @@ def _verify(args: argparse.Namespace) -> int:
 
     from ckpt_compat.corpus import Manifest
     from ckpt_compat.devices import available_devices
-    from ckpt_compat.report import Report
+    from ckpt_compat.formats import availability_from
+    from ckpt_compat.isolation import MEMORY_LIMIT, Pool
     from ckpt_compat.verify import verify
+    from ckpt_compat.workers import ARGV, AVAILABILITY
 
     def trusted(corpus: Path) -> bool:  # never from a path relative to where the user stands
         return bool(args.trust) or is_package_fixture(corpus)
@@ -650,18 +668,28 @@ def _verify(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet).say  # a line per corpus: worth keeping in a log too
     progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")
     started = time.perf_counter()
-    try:
-        specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
-        results = verify(
-            corpora,
-            trusted=trusted,
-            consumers=available_devices(),
-            timeout=args.timeout,
-            progress=progress,
-            jobs=args.jobs,
-        )
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+    with Pool(ARGV, jobs=args.jobs, timeout=args.timeout, memory=MEMORY_LIMIT).start() as pool:
+        found = pool.submit(AVAILABILITY)  # for the report: the workers import the formats' packages anyway
+        try:
+            specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
+            results = verify(corpora, trusted=trusted, consumers=available_devices(), progress=progress, pool=pool)
+        except ManifestError as exc:
+            raise UsageError(str(exc)) from None
+        learned = found.result()
+    with availability_from(learned):
+        return _write_verified(args, corpora, results, specs, expectations, started)
+
+
+def _write_verified(
+    args: argparse.Namespace,
+    corpora: list[Path],
+    results: list[CellResult],
+    specs: dict[str, ModelSpec],
+    expectations: Expectations,
+    started: float,
+) -> int:
+    from ckpt_compat.report import Report
+
     report = Report(
         results,
         specs,

@@ -25,7 +25,7 @@ from ckpt_compat import __version__
 from ckpt_compat.atomic import WriteFailed, atomic_dir, storage_failure, write_text
 from ckpt_compat.compare import record
 from ckpt_compat.errorinfo import ErrorInfo
-from ckpt_compat.formats import Format, all_formats
+from ckpt_compat.formats import Format, all_formats, why_not_usable
 from ckpt_compat.isolation import Pool
 from ckpt_compat.objects import object_records
 from ckpt_compat.results import Endpoint, Outcome
@@ -242,7 +242,7 @@ def _produce(
             "onnx": _package_version("onnx"),
         },
         formats={
-            name: {"available": (why := f.why_not_usable()) is None, "reason": why or ""}
+            name: {"available": (why := why_not_usable(f)) is None, "reason": why or ""}
             for name, f in all_formats().items()
         },
         specs={name: spec.to_json() for name, spec in subjects.items()},

@@ -196,6 +196,7 @@ class Child:
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: IO[str] | None = None
         self.tmp: Path | None = None
+        self._stopping = threading.Lock()
 
     def __enter__(self) -> Child:
         return self
@@ -224,25 +225,31 @@ class Child:
         return self.proc
 
     def stop(self) -> None:
-        if self.proc is not None:
+        # Two threads may stop a child at once (the pool's owner on an error, the thread whose
+        # request just found it dead): each takes what is left, under the lock, and stops that.
+        with self._stopping:
+            proc, stderr, tmp = self.proc, self.stderr, self.tmp
+            self.proc, self.stderr, self.tmp = None, None, None
+        if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the child and whatever it started
-            self.proc.wait()
-            _janitor.tell("done", self.proc.pid)
-            self.proc = None
-        if self.stderr is not None:
-            self.stderr.close()
-            self.stderr = None
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            forget(self.tmp)
-            self.tmp = None
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and whatever it started
+            proc.wait()
+            _janitor.tell("done", proc.pid)
+        if stderr is not None:
+            stderr.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            forget(tmp)
 
     def stderr_tail(self, lines: int = 5) -> str:
-        if self.stderr is None:
+        stderr = self.stderr
+        if stderr is None:
             return ""
-        self.stderr.seek(0)
-        kept = [line for line in self.stderr.read().splitlines() if line.strip()]
+        try:
+            stderr.seek(0)
+            kept = [line for line in stderr.read().splitlines() if line.strip()]
+        except ValueError:  # closed meanwhile: another thread stopped the child
+            return ""
         return " | ".join(kept[-lines:])
 
     def start(self) -> None:

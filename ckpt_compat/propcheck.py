@@ -31,7 +31,6 @@ from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec
 from ckpt_compat.strategies import model_specs
 
-TASK_TIMEOUT = 900.0  # seconds for one spec in every format (a heavy one takes a few)
 # The whole-object checks of a run, besides the drawn specs: each is one task.
 OBJECT_CHECKS = ("reshard", "training", "multi_object")
 SCRATCH = "<scratch>"  # stands for a task's temporary directory in messages, so reports repeat

@@ -17,7 +17,7 @@ from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
 from ckpt_compat.errorinfo import short
 from ckpt_compat.expectations import Expectations, Judgement, judge
-from ckpt_compat.formats import all_formats
+from ckpt_compat.formats import all_formats, availability
 from ckpt_compat.matrix import counts
 from ckpt_compat.results import SCHEMA, CellResult, Outcome
 from ckpt_compat.specs import ModelSpec
@@ -77,7 +77,7 @@ class Report:
             "run": self.run,
             "formats": {
                 name: {
-                    "available": (why := f.why_unavailable()) is None,
+                    "available": (why := availability(f)[0]) is None,
                     "reason": why or "",
                     "description": f.description,
                     "deprecated": f.deprecated,
@@ -121,7 +121,7 @@ class Report:
         }
         if caveats:
             lines += ["", "## Caveats", ""] + [f"- `{n}`: {why}" for n, why in caveats.items()]
-        unavailable = {n: why for n, f in all_formats().items() if (why := f.why_unavailable())}
+        unavailable = {n: why for n, f in all_formats().items() if (why := availability(f)[0])}
         if unavailable:
             lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]
         unsafe = [j for j in self.judgements if j.unsafe]

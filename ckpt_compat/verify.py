@@ -18,10 +18,13 @@ import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
+
+if TYPE_CHECKING:
+    from ckpt_compat.isolation import Pool
 
 Progress = Callable[[str], None]
 
@@ -224,10 +227,12 @@ def verify(
     timeout: float = 120.0,
     progress: Progress = lambda _: None,
     jobs: int | None = None,
+    pool: Pool | None = None,
 ) -> list[CellResult]:
     """Every cell for every entry of every corpus, each file loaded in a contained worker; the
-    entries of every corpus are spread over ``jobs`` workers (default: the usable cores). The
-    results come in corpus and entry order whatever the number of workers."""
+    entries of every corpus are spread over ``jobs`` workers (default: the usable cores), or over
+    ``pool``'s (its own timeout then). The results come in corpus and entry order whatever the
+    number of workers."""
     from ckpt_compat.corpus import Manifest
     from ckpt_compat.isolation import MEMORY_LIMIT, Pool
     from ckpt_compat.workers import ARGV
@@ -254,8 +259,11 @@ def verify(
 
     # One queue over every corpus: no worker waits at a corpus's end for another's slowest file.
     tasks = [Task(str(c), i, trusted(c), tuple(consumers)).message() for c, i, _ in entries]
-    with Pool(ARGV, jobs=jobs, timeout=timeout, memory=MEMORY_LIMIT) as pool:
+    if pool is not None:
         pool.map(tasks, done=done)
+    else:
+        with Pool(ARGV, jobs=jobs, timeout=timeout, memory=MEMORY_LIMIT) as own:
+            own.map(tasks, done=done)
     return [r for rs in found for r in rs]
 
 

@@ -18,7 +18,9 @@ TASKS = {
     "run.objects": "ckpt_compat.propcheck:run_task",
     "produce.spec": "ckpt_compat.corpus:produce_task",
     "produce.objects": "ckpt_compat.corpus:produce_task",
+    "formats.availability": "ckpt_compat.formats:availability_task",
 }
+AVAILABILITY = {"task": "formats.availability"}  # asked first: the workers import every format's packages
 
 ARGV = ["ckpt_compat.workers"]  # what `isolation.Child` runs
 

@@ -223,3 +223,24 @@ def test_onnx_builds_the_torchlib_registry_once_and_exports_the_same_bytes(tmp_p
     assert first == second == plain
     # Where torch has the registry (2.5+), one was built for both exports.
     assert built == (0 if onnx._torch_registry() is None else 1)
+
+
+def test_a_commands_workers_say_which_formats_are_usable_as_this_process_finds_them() -> None:
+    """Commands with workers take availability from them (the parent then imports no mlflow, onnx
+    or DCP); the workers run this interpreter with these packages, so their answer is ours."""
+    from ckpt_compat.formats import availability, availability_from, why_not_usable
+    from ckpt_compat.isolation import Child
+    from ckpt_compat.workers import ARGV, AVAILABILITY
+
+    here = {name: list(availability(f)) for name, f in all_formats().items()}
+    with Child(ARGV, timeout=300) as worker:
+        assert worker.request(AVAILABILITY) == here
+    onnx = get_format("onnx")
+    with availability_from({**here, "onnx": ["a worker could not import onnx", None]}):
+        assert availability(onnx) == ("a worker could not import onnx", None)
+        assert "onnx" not in {f.name for f in available_formats()}
+        with pytest.raises(Unsupported, match="'onnx' is unavailable here: a worker could not import onnx"):
+            parse_format_list("torch_zip,onnx")
+    assert why_not_usable(onnx) == onnx.why_not_usable()  # found here again after the block
+    with availability_from({"error": {"type": "ImportError"}}):  # a failed task teaches nothing
+        assert availability(onnx) == (onnx.why_unavailable(), onnx.why_unable_to_save())

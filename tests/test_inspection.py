@@ -77,9 +77,10 @@ def test_every_truncation_point_is_broken(tmp_path: Path) -> None:
     for name in ("torch_zip", "torch_legacy", "safetensors", "torch_export", "torchscript", "onnx"):
         data = (TIED / FILES[name]).read_bytes()
         path = tmp_path / FILES[name]
+        path.write_bytes(data)
         passed = []
-        for cut in range(len(data)):
-            path.write_bytes(data[:cut])
+        for cut in reversed(range(len(data))):  # cut shorter and shorter: one write, no rewrites
+            os.truncate(path, cut)
             if inspect_checkpoint(path).verdict == "ok":
                 passed.append(cut)
         assert passed == [], f"{name}: cut at {passed[:5]} inspects as ok"

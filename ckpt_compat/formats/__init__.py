@@ -3,8 +3,11 @@ point group: the entry point names a `Format` subclass, which is instantiated on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+from collections.abc import Iterator
+from typing import Any
 
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.dcp import DCP, DCPFromTorchSave
@@ -21,9 +24,12 @@ __all__ = [
     "Unsupported",
     "Untrusted",
     "all_formats",
+    "availability",
+    "availability_from",
     "available_formats",
     "get_format",
     "parse_format_list",
+    "why_not_usable",
 ]
 
 ENTRY_POINT_GROUP = "ckpt_compat.formats"
@@ -65,9 +71,52 @@ def get_format(name: str) -> Format:
     return formats[name]
 
 
+# Each format's availability as a worker process found it (same interpreter, same packages), while
+# `availability_from` holds: a command with workers need not import mlflow, onnx and DCP itself only
+# to say whether they import (~5 s of its CPU); the workers import them anyway to use them.
+_LEARNED: dict[str, tuple[str | None, str | None]] = {}
+
+
+def availability(fmt: Format) -> tuple[str | None, str | None]:
+    """(why ``fmt`` cannot be read here, why it cannot be written here), None where it can."""
+    learned = _LEARNED.get(fmt.name)
+    if learned is not None:
+        return learned
+    return fmt.why_unavailable(), fmt.why_unable_to_save()
+
+
+def why_not_usable(fmt: Format) -> str | None:
+    """`Format.why_not_usable`, from `availability`."""
+    unreadable, unwritable = availability(fmt)
+    return unreadable or unwritable
+
+
+def availability_task(message: dict[str, Any]) -> dict[str, list[str | None]]:
+    """The ``formats.availability`` task of `workers`: every registered format's `availability`."""
+    return {name: list(availability(f)) for name, f in all_formats().items()}
+
+
+@contextlib.contextmanager
+def availability_from(answer: Any) -> Iterator[None]:
+    """Within the block, `availability` of each format is ``answer``'s, a worker's answer to the
+    ``formats.availability`` task; a format it does not name (registered in this process only), or
+    every format when the task failed, is found here as before."""
+    learned: dict[str, tuple[str | None, str | None]] = {}
+    if isinstance(answer, dict) and "error" not in answer:
+        learned = {
+            name: (pair[0], pair[1]) for name, pair in answer.items() if isinstance(pair, list) and len(pair) == 2
+        }
+    _LEARNED.update(learned)
+    try:
+        yield
+    finally:
+        for name in learned:
+            _LEARNED.pop(name, None)
+
+
 def available_formats() -> list[Format]:
     """Formats this torch can both write and read: what a round trip runs."""
-    return [f for f in all_formats().values() if f.why_not_usable() is None]
+    return [f for f in all_formats().values() if why_not_usable(f) is None]
 
 
 def parse_format_list(text: str) -> list[Format]:
@@ -77,7 +126,7 @@ def parse_format_list(text: str) -> list[Format]:
         raise UnknownFormat(f"no format named in {text!r}; known: {', '.join(all_formats())}")
     chosen = [get_format(n) for n in names]
     for f in chosen:
-        reason = f.why_not_usable()
+        reason = why_not_usable(f)
         if reason:
             raise Unsupported(f"format {f.name!r} is unavailable here: {reason}")
     return chosen
