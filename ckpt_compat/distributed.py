@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ckpt_compat.compare import Difference, compare_tensors
+from ckpt_compat.compare import compare_tensors
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_compat import versions
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.results import ERROR_OUTCOMES, CellResult, Outcome, outcome_of
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_compat import versions
-from ckpt_compat.compare import KINDS, Difference
+from ckpt_compat.differences import KINDS, Difference
 from ckpt_compat.expectations import (
     DIRECTIONS,
     DifferencePattern,

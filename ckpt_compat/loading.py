@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckpt_compat.compare import Difference, compare_state_dicts, compare_values
+from ckpt_compat.compare import compare_state_dicts, compare_values
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 
 EXTRA_KEY = "ckpt_compat_extra"

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ckpt_compat import __version__
-from ckpt_compat.compare import render_path
+from ckpt_compat.differences import render_path
 from ckpt_compat.expectations import Expectations, Judgement, judge
 from ckpt_compat.formats import Format
 from ckpt_compat.results import Outcome

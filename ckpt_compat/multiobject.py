@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ckpt_compat.atomic import atomic_path
-from ckpt_compat.compare import Difference, compare_aliasing, compare_values
+from ckpt_compat.compare import compare_aliasing, compare_values
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.differences import Difference
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.formats.torch_save import torch_load
 from ckpt_compat.objects import compare_object_records

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import xxhash
 
-from ckpt_compat.compare import Difference, KeyPath, record
+from ckpt_compat.compare import record
+from ckpt_compat.differences import Difference, KeyPath
 
 PLAIN = (bool, int, float, str, type(None))
 # A long sequence of plain values (Python's random state: 625 ints) is one record, by digest.

@@ -1,7 +1,7 @@
 """`Cell` (where a check ran) and `CellResult` (what happened there, typed), and the results files
 every report is made of.
 
-A result keeps its differences (`compare.Difference`), its error (`errorinfo.ErrorInfo`) and the
+A result keeps its differences (`differences.Difference`), its error (`errorinfo.ErrorInfo`) and the
 checks that ran, from the check that finds them to the report that renders them: nothing is judged
 by parsing text. Results files are schema ``ckpt-compat/report/2``; files of schema 1 (stored
 baselines) are read in `read_v1_cell`, the one place text is read back, as strictly as they allow.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_compat.compare import KEY_KINDS, KINDS, VALUE_KINDS, Difference
+from ckpt_compat.differences import KEY_KINDS, KINDS, VALUE_KINDS, Difference
 from ckpt_compat.errorinfo import ErrorInfo
 
 SCHEMA = "ckpt-compat/report/2"

@@ -20,15 +20,9 @@ from torch import nn
 
 from ckpt_compat import loading
 from ckpt_compat.atomic import WriteFailed, storage_failure
-from ckpt_compat.compare import (
-    Difference,
-    compare_close,
-    compare_records,
-    compare_state_dicts,
-    compare_values,
-    tensor_leaves,
-)
+from ckpt_compat.compare import compare_close, compare_records, compare_state_dicts, compare_values, tensor_leaves
 from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devices, map_locations, producer_devices
+from ckpt_compat.differences import Difference
 from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, Unsupported, Untrusted

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ckpt_compat.atomic import atomic_path
-from ckpt_compat.compare import Difference, compare_state_dicts, digest, tensor_leaves
+from ckpt_compat.compare import compare_state_dicts, digest, tensor_leaves
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.objects import compare_object_records, object_records

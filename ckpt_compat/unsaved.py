@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 
 
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -272,3 +272,20 @@ def test_all_formats_except_requires_every_builtin_but_only_usable_plugins(monke
     monkeypatch.setattr(type(builtin), "why_unavailable", lambda self: "a broken pin")
     with pytest.raises(cli.UsageError, match=r"torch_zip.*a broken pin"):
         cli._every_format_but(argparse.Namespace(all_formats_except="onnx"))
+
+
+def test_the_commands_that_read_results_import_no_torch(tmp_path: Path) -> None:
+    """gate and report read JSON and known issues (every plugin's too): a CI job that only gates
+    need not pay torch's import (1-3 s, more with a CUDA build)."""
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps({"schema": "ckpt-compat/report/2", "cells": [_evidence("dcp-2.15-unreadable-by-older")]})
+    )
+    script = (
+        "import sys\nfrom ckpt_compat.cli import main\n"
+        f"codes = [main(['gate', {str(results)!r}]), main(['report', {str(results)!r}, '--out', {str(tmp_path)!r}])]\n"
+        "assert codes == [0, 0], codes\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "gate passed: 1 cells, 1 non-ok explained" in done.stdout

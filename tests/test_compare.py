@@ -132,7 +132,7 @@ def test_complex_distances_are_per_component() -> None:
 
 
 def test_a_difference_survives_json() -> None:
-    from ckpt_compat.compare import Difference
+    from ckpt_compat.differences import Difference
 
     a = torch.tensor([1.0, float("nan")])
     [d] = compare_values(a, torch.tensor([2.0, 0.0]), ("forward", "rnn", 0))

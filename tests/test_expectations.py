@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.expectations import BUILTIN, Expectation, Expectations, gate, judge
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.expectations import Expectations, judge
 from ckpt_compat.matrix import Status, release_view

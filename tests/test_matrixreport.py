@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 from ckpt_compat.expectations import Expectations, gate
 from ckpt_compat.matrixreport import gate_lines, pairs_in_words, write_matrix
 from ckpt_compat.results import Outcome

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.compare import Difference
+from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.matrix import counts
 from ckpt_compat.results import (

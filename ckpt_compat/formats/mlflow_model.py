@@ -32,11 +32,6 @@ from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, 
 ALLOW = "MLFLOW_ALLOW_MODEL_CODE_EXECUTION"
 
 
-def known_issues() -> Path:
-    """The ``ckpt_compat.expectations`` entry point: this adapter's known issues."""
-    return Path(__file__).with_name("mlflow_expectations.toml")
-
-
 def _why_unavailable() -> str | None:
     try:
         import mlflow
