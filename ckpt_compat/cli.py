@@ -25,6 +25,7 @@ from ckpt_compat.cli_common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    check_format_names,
 )
 from ckpt_compat.cli_common import expectations as _expectations
 from ckpt_compat.cli_common import select_formats as _select_formats
@@ -442,15 +443,19 @@ def _finish(report: Report, out: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ckpt_compat.formats import availability_from
     from ckpt_compat.isolation import Pool
     from ckpt_compat.workers import ARGV, AVAILABILITY
 
     started = time.perf_counter()
+    _writable_dir(args.out)
     with Pool(ARGV, jobs=args.jobs, timeout=RUN_TIMEOUT).start() as pool:  # they import torch meanwhile
         found = pool.submit(AVAILABILITY)  # and then every format's packages, to say which are usable
+        # Meanwhile: this process imports torch, the registry and the run's modules, and a bad
+        # --formats fails now, not after the workers' answer.
+        check_format_names(args.formats)
         import ckpt_compat.propcheck
-        import ckpt_compat.report  # noqa: F401 - meanwhile
+        import ckpt_compat.report  # noqa: F401
+        from ckpt_compat.formats import availability_from
 
         with availability_from(found.result()):
             return _run_in(pool, args, started)
@@ -582,14 +587,17 @@ RUN_TIMEOUT = 900.0  # seconds to check one spec in every format (a heavy one ta
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from ckpt_compat.formats import availability_from
     from ckpt_compat.isolation import Pool
     from ckpt_compat.workers import ARGV, AVAILABILITY
 
     started = time.perf_counter()
+    _writable_dir(args.out)
     with Pool(ARGV, jobs=args.jobs, timeout=PRODUCE_TIMEOUT).start() as pool:  # they import torch meanwhile
         found = pool.submit(AVAILABILITY)
-        import ckpt_compat.corpus  # noqa: F401 - meanwhile
+        if args.all_formats_except is None:  # meanwhile (see _run)
+            check_format_names(args.formats)
+        import ckpt_compat.corpus  # noqa: F401
+        from ckpt_compat.formats import availability_from
 
         with availability_from(found.result()):
             return _produce_in(pool, args, started)

@@ -30,6 +30,18 @@ def select_formats(text: str | None) -> list[Format]:
         raise UsageError(f"--formats: {exc}") from None
 
 
+def check_format_names(text: str | None) -> None:
+    """The usage errors of ``--formats`` that need no availability: unknown or no names. A command
+    with workers checks them before it starts any (they say which formats are usable here)."""
+    from ckpt_compat.formats import UnknownFormat, named_formats
+
+    if text is not None:
+        try:
+            named_formats(text)
+        except UnknownFormat as exc:
+            raise UsageError(f"--formats: {exc}") from None
+
+
 def writable_dir(out: Path) -> Path:
     """Create ``out`` and prove it is writable before spending minutes on a run."""
     try:

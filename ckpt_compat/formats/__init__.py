@@ -28,6 +28,7 @@ __all__ = [
     "availability_from",
     "available_formats",
     "get_format",
+    "named_formats",
     "parse_format_list",
     "why_not_usable",
 ]
@@ -119,12 +120,17 @@ def available_formats() -> list[Format]:
     return [f for f in all_formats().values() if why_not_usable(f) is None]
 
 
-def parse_format_list(text: str) -> list[Format]:
-    """``"a,b"`` -> those formats; raises `UnknownFormat` or `Unsupported` naming the culprit."""
+def named_formats(text: str) -> list[Format]:
+    """``"a,b"`` -> those formats, usable here or not; raises `UnknownFormat` naming the culprit."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise UnknownFormat(f"no format named in {text!r}; known: {', '.join(all_formats())}")
-    chosen = [get_format(n) for n in names]
+    return [get_format(n) for n in names]
+
+
+def parse_format_list(text: str) -> list[Format]:
+    """``"a,b"`` -> those formats; raises `UnknownFormat` or `Unsupported` naming the culprit."""
+    chosen = named_formats(text)
     for f in chosen:
         reason = why_not_usable(f)
         if reason:
