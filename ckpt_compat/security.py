@@ -76,20 +76,30 @@ def options(name: str) -> dict[str, Any]:
     return {"loader": loader, "weights_only": True} if loader == "torch.load" else {"loader": loader}
 
 
-def check_payloads(names: list[str] | None = None, *, timeout: float = TIMEOUT) -> list[CellResult]:
-    """One cell per payload class, each attack in a fresh contained child."""
+def check_payloads(
+    names: list[str] | None = None, *, timeout: float = TIMEOUT, jobs: int | None = None
+) -> list[CellResult]:
+    """One cell per payload class, each attack in a fresh contained child (code that ran leaves
+    nothing behind for the next); ``jobs`` children side by side (default: the usable cores)."""
+    import concurrent.futures
+
     import torch
 
-    from ckpt_compat.isolation import call_once
+    from ckpt_compat.isolation import call_once, usable_cores
     from ckpt_compat.payloads import PAYLOADS
 
     here = Endpoint(torch.__version__, "cpu")
-    results = []
-    for name in names or list(PAYLOADS):
-        cell = Cell(SPEC_ID, name, here, here, options(name))
-        answer = call_once(["ckpt_compat.security", "--child"], name, timeout=timeout, memory=MEMORY)
-        results.append(_result(cell, answer, PAYLOADS[name].executes))
-    return results
+    chosen = names or list(PAYLOADS)
+
+    def attack(name: str) -> Any:
+        return call_once(["ckpt_compat.security", "--child"], name, timeout=timeout, memory=MEMORY)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs or usable_cores())) as side_by_side:
+        answers = list(side_by_side.map(attack, chosen))
+    return [
+        _result(Cell(SPEC_ID, name, here, here, options(name)), answer, PAYLOADS[name].executes)
+        for name, answer in zip(chosen, answers, strict=True)
+    ]
 
 
 def _result(cell: Cell, answer: Any, executes: bool) -> CellResult:
