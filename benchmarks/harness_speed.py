@@ -32,7 +32,8 @@ def _commands(scratch: Path) -> dict[str, list[str]]:
         "run --jobs 1": [*cli, "run", "-q", "--jobs", "1", "--out", str(scratch / "run1")],
         "produce": [*cli, "produce", "-q", "--out", str(corpus)],
         "verify fixtures + corpus": [*cli, "verify", str(corpus), "--trust", "-q", "--out", str(scratch / "v.json")],
-        "pytest": [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        # The README's test command.
+        "pytest": [sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile", "-q", "-p", "no:cacheprovider"],
     }
 
 
