@@ -463,7 +463,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats)
-    out = _writable_dir(args.out)
+    out: Path = args.out  # proved writable before the workers started
     expectations = _expectations(args.expectations)
 
     import torch
@@ -605,7 +605,7 @@ def _produce(args: argparse.Namespace) -> int:
 
 def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
-    out = _writable_dir(args.out)
+    out: Path = args.out  # proved writable before the workers started
 
     from ckpt_compat.corpus import MANIFEST, ManifestError, produce
     from ckpt_compat.devices import producer_devices

@@ -32,7 +32,8 @@ def select_formats(text: str | None) -> list[Format]:
 
 def check_format_names(text: str | None) -> None:
     """The usage errors of ``--formats`` that need no availability: unknown or no names. A command
-    with workers checks them before it starts any (they say which formats are usable here)."""
+    with workers checks them while the workers start, before it waits for their answer on which
+    formats are usable here."""
     from ckpt_compat.formats import UnknownFormat, named_formats
 
     if text is not None:
