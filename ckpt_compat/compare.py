@@ -156,8 +156,7 @@ def distances(expected: torch.Tensor, actual: torch.Tensor, index: torch.Tensor)
     still differ, which the ULP distance shows). Complex numbers count per component. Integers have
     no ULP distance; bools and packed float4 neither distance.
     """
-    e = expected.detach().cpu().reshape(-1)[index]
-    g = actual.detach().cpu().reshape(-1)[index]
+    e, g = _at(expected, index), _at(actual, index)
     if e.dtype.is_complex:
         try:
             e, g = torch.view_as_real(e).reshape(-1), torch.view_as_real(g).reshape(-1)
@@ -170,6 +169,8 @@ def distances(expected: torch.Tensor, actual: torch.Tensor, index: torch.Tensor)
         ed, gd = e.double(), g.double()
     except (RuntimeError, TypeError):  # a dtype without a conversion on this torch
         return None, None
+    if not e.dtype.is_floating_point and e.dtype != expected.dtype:  # unsigned bits read as signed (`_at`)
+        ed, gd = (torch.where(t < 0, t + 2.0 ** (8 * e.element_size()), t) for t in (ed, gd))
     gap = (ed - gd).abs()
     both_nan = ed.isnan() & gd.isnan()
     gap = torch.where(both_nan, torch.zeros_like(gap), gap.nan_to_num(nan=math.inf))
@@ -183,6 +184,20 @@ def distances(expected: torch.Tensor, actual: torch.Tensor, index: torch.Tensor)
     ulps = torch.where(wrapped, torch.full_like(step, -(2**63)), step).abs().double()
     max_ulp = float(torch.where(ulps < 0, 2.0**63, ulps).max()) if gap.numel() else 0.0
     return max_abs, max_ulp
+
+
+def _at(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The elements of ``t`` at flat ``index``. Older torch (2.6 here) cannot index uint16/32/64
+    ("index_cpu not implemented for 'UInt32'"): there the same bits are taken as the signed integer
+    of their size, and `distances` reads them back as unsigned."""
+    flat = t.detach().cpu().reshape(-1)
+    try:
+        return flat[index]
+    except RuntimeError:
+        signed = _SIGNED_INT.get(t.element_size())
+        if signed is None or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == signed:
+            raise
+        return flat.view(signed)[index]
 
 
 def _ordered(bits: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,23 @@ def test_distances_across_zero_nan_and_infinity() -> None:
     assert (d.elements, d.max_abs, d.max_ulp) == (1, None, None)
 
 
+@pytest.mark.parametrize("name", ["uint16", "uint32", "uint64"])
+def test_unsigned_distances_are_read_as_unsigned_on_every_torch(name: str) -> None:
+    """Older torch (2.6) cannot index these dtypes; the comparison must still measure them."""
+    dtype = getattr(torch, name, None)
+    if dtype is None:
+        pytest.skip(f"torch {torch.__version__} has no {name}")
+    size = torch.empty((), dtype=dtype).element_size()
+    top = 2 ** (8 * size) - 1  # every bit set: -1 if the bits were read as signed
+
+    def tensor(*values: int) -> torch.Tensor:
+        raw = b"".join(v.to_bytes(size, "little") for v in values)
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+
+    [d] = compare_values(tensor(5, 1, 7), tensor(5, top, 7))
+    assert (d.elements, d.total, d.max_abs, d.max_ulp) == (1, 3, float(top - 1), None)
+
+
 def test_complex_distances_are_per_component() -> None:
     a = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64)
     b = a.clone()

@@ -209,7 +209,7 @@ def test_onnx_builds_the_torchlib_registry_once_and_exports_the_same_bytes(tmp_p
     fmt = get_format("onnx")
     if fmt.why_unable_to_save():
         pytest.skip(fmt.why_unable_to_save() or "")
-    spec = load("rich")
+    spec = load("tied")  # exports on every torch with the dynamo exporter (2.6's cannot convert BatchNorm)
 
     def digest(name: str) -> str:
         fmt.save(build(spec), tmp_path / name, example_inputs(spec))
