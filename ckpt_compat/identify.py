@@ -65,6 +65,10 @@ def zip_kind(names: list[str]) -> str:
     tops = {n.split("/", 2)[1] for n in names if n.count("/") >= 1}
     if any(n.endswith("archive_format") for n in names) or "models" in tops:
         return "torch_export"
+    # torch.export.save before the PT2 archive layout (2.1-2.6 here: 2.8 writes the one above)
+    # puts flat members at the top: the program as JSON, its weights as nested torch.save archives.
+    if "serialized_exported_program.json" in names:
+        return "torch_export"
     if "code" in tops or any(n.endswith("constants.pkl") for n in names):
         return "torchscript"
     if any(n.endswith("data.pkl") for n in names):
