@@ -216,7 +216,7 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
     if saved.manifest is not None:  # keys the format does not keep under their name are listed, not failed
         checks.append("manifest")
         records = compare_records({k: v for k, v in saved.manifest.items() if k not in absent}, state)
-        differences += records if expected is None else _name_persisted_buffers(records, expected.hidden)
+        differences += records if expected is None else _name_persisted_buffers(records, expected.hidden, state)
     if expected is None:
         notes.append(f"not rebuilt here, checked against the producer's digests only: {saved.not_built}")
     else:
@@ -244,7 +244,7 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
                 {k: v for k, v in hidden.items() if k in expected.hidden or k not in expected.state},
                 ("buffers",),
             )
-        differences += _name_persisted_buffers(found, expected.hidden)
+        differences += _name_persisted_buffers(found, expected.hidden, state)
         if consumer == "cpu" and location.kind == "str":
             if not absent:  # a partial state dict cannot be loaded strictly; the values are compared above
                 # Keys the state comparison already reported as unexpected are not reported again
@@ -312,15 +312,18 @@ def _compare_flat(expected: Expected, outputs: list[Any], tolerance: tuple[float
     return differences
 
 
-def _name_persisted_buffers(differences: list[Difference], hidden: Mapping[str, Any]) -> list[Difference]:
-    """Say what it is when a non-persistent buffer comes back as a state-dict entry."""
+def _name_persisted_buffers(
+    differences: list[Difference], hidden: Mapping[str, Any], state: Mapping[str, Any]
+) -> list[Difference]:
+    """Say what it is when a non-persistent buffer comes back as a state-dict entry. One missing
+    from the buffers is that only where ``state`` (what was loaded) holds it: a buffer the file
+    left out altogether stays ``missing``."""
     out = []
     for d in differences:
         key = d.path[1] if len(d.path) == 2 else None
-        if key in hidden and (d.kind, d.root) in (
-            ("unexpected", "state_dict"),
-            ("unexpected", "manifest"),
-            ("missing", "buffers"),
+        if key in hidden and (
+            (d.kind, d.root) in (("unexpected", "state_dict"), ("unexpected", "manifest"))
+            or ((d.kind, d.root) == ("missing", "buffers") and key in state)
         ):
             out.append(
                 Difference("persisted", d.path, "a non-persistent buffer came back as a persistent state-dict entry")

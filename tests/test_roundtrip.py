@@ -124,3 +124,13 @@ def test_non_persistent_buffers_survive_a_whole_model_pickle(tmp_path: Path) -> 
     cells = check_spec(spec, [fmt], tmp_path, consumers=["cpu"])
     assert cells and all(c.outcome is Outcome.MISMATCH for c in cells)
     assert all(("bytes", ("buffers", "bag.hidden")) in {(d.kind, d.path) for d in c.differences} for c in cells)
+
+
+def test_a_buffer_left_out_stays_missing_and_one_in_the_state_dict_is_persisted() -> None:
+    # torch.export before 2.8 leaves out an unread non-persistent buffer: that is not a persisted one.
+    from ckpt_compat.differences import Difference
+    from ckpt_compat.roundtrip import _name_persisted_buffers
+
+    absent = Difference("missing", ("buffers", "b"), "key absent")
+    assert _name_persisted_buffers([absent], {"b": 0}, {})[0].kind == "missing"
+    assert _name_persisted_buffers([absent], {"b": 0}, {"b": 0})[0].kind == "persisted"
