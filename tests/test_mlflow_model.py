@@ -10,6 +10,7 @@ from torch import nn
 
 pytest.importorskip("mlflow.pytorch", reason='MLflow is an optional extra: pip install "ckpt-compat[mlflow]"')
 
+from ckpt_compat import versions
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.expectations import Expectations, judge, shipped
 from ckpt_compat.formats import Unsupported, Untrusted, all_formats, available_formats
@@ -48,7 +49,14 @@ def test_a_model_round_trips_through_both_serializations(tmp_path: Path) -> None
     judged = judge(results, Expectations.load())
     ran = {(j.result.cell.variant, j.result.outcome.value) for j in judged}
     assert ("mlflow_pickle[allow_code_execution]", "ok") in ran
-    assert ("mlflow_pt2", "ok") in ran
+    pt2 = [j for j in judged if j.result.cell.variant == "mlflow_pt2"]
+    # MLflow proves a pt2 archive pickle-free with torch >= 2.10 only, and refuses it before.
+    refused_pt2 = ("mlflow-pt2-refused-before-torch-2.10",)
+    assert ("mlflow_pt2", "ok") in ran or (
+        versions.key(torch.__version__) < (2, 10)
+        and any(j.causes == refused_pt2 for j in pt2)
+        and all(j.explained for j in pt2)
+    )
     # The refusal of the default load is MLflow's own, named by the plugin's known issue.
     refused = [j for j in judged if j.result.cell.variant == "mlflow_pickle[allow_code_execution=False]"]
     assert refused and all(j.explained and j.causes == ("mlflow-pickle-refused-by-default",) for j in refused)

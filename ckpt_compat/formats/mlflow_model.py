@@ -124,6 +124,13 @@ class MLflowPickle(Format):
                 kwargs = {"map_location": map_location.resolve()} if self._maps else {}
                 module = mlflow.pytorch.load_model(str(path), **kwargs)
         except Exception as exc:
+            if "pickle is disallowed" in str(exc) and "cannot safely verify" in str(exc):
+                # MLflow proves a pt2 archive pickle-free before torch.export.load, with torch >= 2.10
+                # only (mlflow#25849); on older torch it refuses unless code execution is allowed.
+                raise Unsupported(
+                    f"MLflow refuses a pt2 model on torch {torch.__version__} unless {ALLOW}=true: it cannot "
+                    "show that the archive is free of pickles before torch 2.10"
+                ) from exc
             if "pickle is disallowed" in str(exc):
                 raise Unsupported(f"MLflow refuses to unpickle a model unless {ALLOW}=true, by design") from exc
             raise
