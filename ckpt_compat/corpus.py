@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
 from ckpt_compat import __version__
 from ckpt_compat.atomic import WriteFailed, atomic_dir, storage_failure, write_text
@@ -65,6 +66,9 @@ class Entry:
     kind: str = "model"
     options: dict[str, Any] = field(default_factory=dict)  # cell options the entry implies (optimizer, ...)
     reference: str | None = None  # training: the producer's uninterrupted run, to resume against
+    # xxh3-128 of the file's bytes as written (a folder: of its files' names and bytes), so that
+    # `verify` finds any byte changed since, also where loading cannot (metadata, padding, text).
+    digest: str | None = None
 
 
 @dataclass
@@ -128,6 +132,19 @@ class Manifest:
                 except (OutsideCorpus, TypeError) as exc:
                     raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
         return manifest
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of a file's bytes; of a folder (DCP, MLflow), of each file's relative name and
+    bytes in name order, so a renamed, added or removed member changes it too."""
+    h = xxhash.xxh3_128()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        if member != path:
+            h.update(member.relative_to(path).as_posix().encode() + b"\0")
+        with open(member, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return str(h.hexdigest())
 
 
 def _entry_json(e: Entry) -> dict[str, Any]:
@@ -227,6 +244,9 @@ def _produce(
             raise ManifestError(f"{out}: {failure}")
         entries += [Entry(**e) for e in answer["entries"]]
         records.update(answer["records"])
+    for entry in entries:
+        if entry.file is not None:
+            entry.digest = file_digest(out / entry.file)
     from ckpt_compat.training import cpu_kernels
 
     manifest = Manifest(

@@ -222,8 +222,8 @@ def parts(result: CellResult) -> tuple[Part, ...]:
     found = [Part(outcome_of([d]), difference=d) for d in result.differences]
     if result.outcome is Outcome.UNSAFE:
         return (Part(Outcome.UNSAFE, error=result.error), *found)
-    if result.outcome in ERROR_OUTCOMES:
-        return (Part(result.outcome, error=result.error),)
+    if result.outcome in ERROR_OUTCOMES:  # and what else was found (a file changed since it was written)
+        return (Part(result.outcome, error=result.error), *found)
     return tuple(found)
 
 

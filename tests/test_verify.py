@@ -67,6 +67,12 @@ def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tu
         state = torch.load(path, weights_only=True)
         del state["bn1d.running_mean"]
         torch.save(state, path)
+    elif how == "comment":  # a zip comment after the end record: torch.load reads the same state
+        data = bytearray(path.read_bytes())
+        assert data[-22:-18] == b"PK\x05\x06"  # torch writes the end-of-central-directory record last
+        data[-2:] = (5).to_bytes(2, "little")
+        path.write_bytes(bytes(data) + b"hello")
+        assert torch.load(path, weights_only=True).keys() == torch.load(corpus / entry["file"]).keys()
     else:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     results = verify([work], trusted=lambda _: True, consumers=["cpu"])
@@ -79,6 +85,8 @@ def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tu
         ("flip", Outcome.MISMATCH, "manifest['linear.weight']: bytes: digest"),
         ("delete", Outcome.KEYS, "manifest['bn1d.running_mean']: missing"),
         ("truncate", Outcome.LOAD_ERROR, "Error"),
+        # Loads the same: only the file's digest in the manifest can tell.
+        ("comment", Outcome.MISMATCH, "file: bytes: the file's bytes are not those the producer wrote"),
     ],
 )
 def test_tampering_is_caught_for_exactly_that_file(
@@ -174,3 +182,20 @@ def test_two_workers_give_the_same_results_as_one(corpus: Path) -> None:
     two = verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=2)
     assert len(one) > 20
     assert [r.to_json() for r in two] == [r.to_json() for r in one]
+
+
+def test_a_folder_digest_covers_its_members_names_and_bytes(tmp_path: Path) -> None:
+    from ckpt_compat.corpus import file_digest
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"12")
+    (folder / "b.bin").write_bytes(b"3")
+    before = file_digest(folder)
+    (folder / "b.bin").rename(folder / "c.bin")
+    renamed = file_digest(folder)
+    (folder / "c.bin").rename(folder / "b.bin")
+    (folder / "extra").write_bytes(b"")
+    assert len({before, renamed, file_digest(folder)}) == 3
+    (folder / "extra").unlink()
+    assert file_digest(folder) == before
