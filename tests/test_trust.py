@@ -108,12 +108,13 @@ def test_truncated_files_never_load_as_ok(tmp_path: Path) -> None:
     corpus = tmp_path / "c"
     produce(corpus, formats, specs={"tied": corpus_specs()["tied"]}, objects=False)
     entries = [(i, e) for i, e in enumerate(Manifest.read(corpus).entries) if e.file]
-    judged = 0
+    judged = tried = 0
     with Worker(timeout=120) as worker:
         for index, entry in entries:
             path = corpus / str(entry.file)
             data = path.read_bytes()
             cuts = sorted({*range(0, len(data), 97), *range(max(len(data) - 40, 0), len(data))})
+            tried += len(cuts)
             for cut in cuts:
                 path.write_bytes(data[:cut])
                 answer = worker.run(Task(str(corpus), index, False, ("cpu",)))
@@ -123,4 +124,6 @@ def test_truncated_files_never_load_as_ok(tmp_path: Path) -> None:
                     assert not ok, f"{entry.format} cut at {cut} of {len(data)} bytes loads as ok"
                     judged += 1
             path.write_bytes(data)
-    assert judged >= 3 * 40  # every cut came back as cells (not as a dead worker)
+    # torch_zip and torch_legacy always write a file (safetensors refuses the tie on some torch);
+    # every cut came back as cells, not as a dead worker.
+    assert len(entries) >= 2 and judged == tried >= 2 * 40
