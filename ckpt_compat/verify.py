@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
-from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome, outcome_of
+from ckpt_compat.results import DIFFERENCE_OUTCOMES, Cell, CellResult, Endpoint, Outcome, outcome_of
 
 if TYPE_CHECKING:
     from ckpt_compat.isolation import Pool
@@ -73,10 +73,11 @@ def _file_changed(corpus: Path, entry: Any) -> Difference | None:
 
 
 def _with_difference(result: CellResult, difference: Difference) -> CellResult:
-    """``result`` with ``difference`` added; a cell that loaded becomes what its differences are."""
+    """``result`` with ``difference`` added. A cell whose outcome its differences make (ok, keys,
+    mismatch, aliasing) becomes what they now make; any other (an error, an unsafe load) stays."""
     differences = (difference, *result.differences)
-    outcome = result.outcome if result.error is not None else outcome_of(differences)
-    return replace(result, outcome=outcome, differences=differences)
+    follows = result.outcome is Outcome.OK or result.outcome in DIFFERENCE_OUTCOMES
+    return replace(result, outcome=outcome_of(differences) if follows else result.outcome, differences=differences)
 
 
 def _entry_cells(corpus: Path, manifest: Any, index: int, *, trusted: bool, consumers: list[str]) -> list[CellResult]:

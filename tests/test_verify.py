@@ -199,3 +199,19 @@ def test_a_folder_digest_covers_its_members_names_and_bytes(tmp_path: Path) -> N
     assert len({before, renamed, file_digest(folder)}) == 3
     (folder / "extra").unlink()
     assert file_digest(folder) == before
+
+
+def test_a_changed_file_keeps_an_unsafe_or_failed_verdict_and_fails_an_ok_one() -> None:
+    from ckpt_compat.differences import Difference
+    from ckpt_compat.errorinfo import ErrorInfo
+    from ckpt_compat.results import Cell, CellResult, Endpoint
+    from ckpt_compat.verify import _with_difference
+
+    here = Endpoint(torch.__version__, "cpu")
+    cell = Cell("s", "torch_zip", here, here, {})
+    changed = Difference("bytes", ("file",), "changed")
+    unsafe = CellResult.of(cell, [], unsafe=True)  # an unsafe load carries no error: still unsafe
+    failed = CellResult(cell, Outcome.LOAD_ERROR, error=ErrorInfo("EOFError", "cut"))
+    outcomes = [_with_difference(r, changed).outcome for r in (unsafe, failed, CellResult.of(cell, []))]
+    assert outcomes == [Outcome.UNSAFE, Outcome.LOAD_ERROR, Outcome.MISMATCH]
+    assert all(_with_difference(r, changed).differences[0] is changed for r in (unsafe, failed))
