@@ -75,8 +75,7 @@ def install(session: nox.Session, torch: str, *extras: str) -> None:
 @nox.session(python=DEFAULT_PYTHON)
 def tests(session: nox.Session) -> None:
     """The README's test command, on the default torch."""
-    install(session, DEFAULT_TORCH, "test")
-    session.run("python", "-m", "pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
+    _readme_tests(session, DEFAULT_TORCH)
 
 
 @nox.session
@@ -85,6 +84,10 @@ def unit(session: nox.Session, torch: str) -> None:
     """The README's test command under another torch version (``nox -s "unit(2.6)"``): the unit
     tests are written for every supported release, and only this checks that they pass there (not
     in CI: 8-14 min for 2.6 on 2 cores)."""
+    _readme_tests(session, torch)
+
+
+def _readme_tests(session: nox.Session, torch: str) -> None:
     install(session, torch, "test")
     session.run("python", "-m", "pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
 

@@ -138,7 +138,8 @@ def file_digest(path: Path) -> str:
     """xxh3-128 of a file's bytes; of a folder (DCP, MLflow), of each file's relative name and
     bytes in name order, so a renamed, added or removed member changes it too."""
     h = xxhash.xxh3_128()
-    for member in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+    members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for member in members:
         if member != path:
             h.update(member.relative_to(path).as_posix().encode() + b"\0")
         with open(member, "rb") as f:
