@@ -69,6 +69,9 @@ class Entry:
     # xxh3-128 of the file's bytes as written (a folder: of its files' names and bytes), so that
     # `verify` finds any byte changed since, also where loading cannot (metadata, padding, text).
     digest: str | None = None
+    # A failed save, typed (ErrorInfo JSON): `verify` under the producer's torch judges it as the
+    # cell `run` makes of it, so an exporter a pin broke fails the gate instead of writing nothing.
+    error: dict[str, Any] | None = None
 
 
 @dataclass
@@ -124,6 +127,13 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
+        for entry in manifest.entries:  # a failed save is judged on its outcome and error: both must read
+            try:
+                if entry.error is not None:
+                    Outcome(entry.outcome)
+                    ErrorInfo.from_json(entry.error)
+            except ValueError as exc:
+                raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
         for entry in manifest.entries:  # a foreign manifest must not point a loader anywhere else
             for name in (entry.file, entry.reference):
                 try:
@@ -315,7 +325,8 @@ def _spec_answer(out: Path, name: str, spec: Subject, formats: list[Format], dev
         if failed is None:
             entries.append(Entry(name, spec.id, fmt.name, relative, Outcome.OK.value))
         else:
-            entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail))
+            error = failed.error.to_json() if failed.error is not None else None
+            entries.append(Entry(name, spec.id, fmt.name, None, failed.outcome.value, failed.detail, error=error))
     records = {name: {k: record(v) for k, v in model.state_dict().items()}}
     return {"entries": [e.__dict__ for e in entries], "records": records}
 

@@ -226,6 +226,31 @@ def test_onnx_builds_the_torchlib_registry_once_and_exports_the_same_bytes(tmp_p
     assert built == (0 if onnx._torch_registry() is None else 1)
 
 
+def test_onnx_names_what_the_exporter_could_not_convert(tmp_path: Path) -> None:
+    """A known issue can name the op and the cause it explains only where the message does: the
+    exporter's ConversionError names its graph node in prose, and its own first line nothing."""
+    from torch import nn
+
+    from ckpt_compat.loading import Call
+
+    fmt = get_format("onnx")
+    if fmt.why_unable_to_save():
+        pytest.skip(fmt.why_unable_to_save() or "")
+
+    class Complex32Buffer(nn.Module):  # no ONNX type for complex32 in any exporter's dtype table
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", torch.zeros(3, dtype=torch.complex32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.w.view(torch.float16).float().sum()
+
+    expected = r"^torch\.onnx\.export cannot convert the program input b_w — KeyError: torch\.complex32$"
+    with pytest.raises(Unsupported, match=expected):
+        fmt.save(Complex32Buffer(), tmp_path / "c.onnx", Call((torch.ones(3),), {}))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_commands_workers_say_which_formats_are_usable_as_this_process_finds_them() -> None:
     """Commands with workers take availability from them (the parent then imports no mlflow, onnx
     or DCP); the workers run this interpreter with these packages, so their answer is ours."""

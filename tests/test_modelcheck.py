@@ -64,9 +64,13 @@ def test_a_clean_model_is_compatible_in_every_format(project: Path, capsys: pyte
     for cell in report["cells"]:
         by_format.setdefault(cell["format"], set()).add(cell["verdict"])
         assert cell["verdict"] != "incompatible"
-    # Keyword inputs reach every tracing format: each has cells that ran and passed.
+    # Keyword inputs reach every tracing format: each has cells that ran and passed. (Torch 2.6
+    # cannot export the model's BatchNorm to ONNX with today's onnxscript: that known issue only.)
+    batchnorm_on_2_6 = {
+        c["judgement"]["by"][0] for c in report["cells"] if c["format"] == "onnx" and c["verdict"] != "ok"
+    } == {"onnxscript-batchnorm-torch-2.6"}
     for name in ("torch_export", "onnx", "torchscript_trace", "torch_zip", "dcp"):
-        if name in by_format:
+        if name in by_format and not (name == "onnx" and batchnorm_on_2_6):
             assert "ok" in by_format[name], (name, by_format[name])
     # The tie is refused by safetensors.save_file by design: a limitation, with safetensors' reason.
     refusal = [c for c in report["cells"] if c["format"] == "safetensors_file"]

@@ -215,3 +215,42 @@ def test_a_changed_file_keeps_an_unsafe_or_failed_verdict_and_fails_an_ok_one() 
     outcomes = [_with_difference(r, changed).outcome for r in (unsafe, failed, CellResult.of(cell, []))]
     assert outcomes == [Outcome.UNSAFE, Outcome.LOAD_ERROR, Outcome.MISMATCH]
     assert all(_with_difference(r, changed).differences[0] is changed for r in (unsafe, failed))
+
+
+def test_a_failed_save_is_judged_once_under_the_producers_torch(corpus: Path, tmp_path: Path) -> None:
+    """A produce whose save failed writes no file; unless verify judges that failure, an exporter
+    a pin broke writes nothing and the matrix passes with fewer cells."""
+    from ckpt_compat.corpus import Manifest
+
+    manifest = Manifest.read(corpus)
+    failed = {(e.spec_id, e.format): e for e in manifest.entries if e.file is None}
+    assert failed and all(e.error is not None for e in failed.values())  # tied: safetensors refuses shared memory
+    results = verify([corpus], trusted=lambda _: True, consumers=["cpu"])
+    saves = [r for r in results if (r.cell.spec_id, r.cell.format) in failed]
+    here = manifest.producer
+    assert [(r.cell.spec_id, r.cell.format) for r in saves] == list(failed)
+    for r in saves:
+        entry = failed[r.cell.spec_id, r.cell.format]
+        assert (r.cell.producer, r.cell.consumer, r.cell.options) == (here, here, {})
+        assert r.outcome.value == entry.outcome and r.error is not None and r.error.to_json() == entry.error
+    assert _unexplained(saves) == []
+    # Another release verifying this corpus does not judge the save again (it happened once).
+    other = _copy(corpus, tmp_path / "other")
+    data = json.loads((other / MANIFEST).read_text())
+    data["torch"] = "2.99.0"
+    (other / MANIFEST).write_text(json.dumps(data))
+    again = verify([other], trusted=lambda _: True, consumers=["cpu"])
+    assert not [r for r in again if (r.cell.spec_id, r.cell.format) in failed]
+    assert len(again) == len(results) - len(saves)
+
+
+def test_a_failed_save_whose_error_does_not_read_is_a_bad_manifest(corpus: Path, tmp_path: Path) -> None:
+    from ckpt_compat.corpus import Manifest, ManifestError
+
+    bad = _copy(corpus, tmp_path / "bad")
+    data = json.loads((bad / MANIFEST).read_text())
+    entry = next(e for e in data["entries"] if e.get("error"))
+    entry["error"] = {"message": "no type"}
+    (bad / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=f"entry {entry['spec']}/{entry['format']}: an error needs a type"):
+        Manifest.read(bad)

@@ -139,7 +139,7 @@ class ONNX(Format):
                     model, call.args, str(path), kwargs=dict(call.kwargs), dynamo=True, verbose=False, **extra
                 )
         except Exception as exc:
-            raise Unsupported(f"torch.onnx.export cannot export this model — {first_line(exc)}") from exc
+            raise Unsupported(f"torch.onnx.export {_why_not_exported(exc)}") from exc
         finally:
             logging.disable(logging.NOTSET)
 
@@ -175,6 +175,34 @@ class ONNX(Format):
             else:
                 state[key] = _tensor(arrays[found], value.dtype)
         return Loaded(state, absent=absent, call=_runtime(path), flat_outputs=True)
+
+
+def _why_not_exported(exc: BaseException) -> str:
+    """What the exporter failed on. Where it failed translating the exported program, the graph
+    node it was translating (the fx ``Node`` in its translation frames, read off the traceback: its
+    ConversionError names the node only in prose) and the innermost error, so that a known issue
+    names the op and the cause it explains ("cannot convert aten.x.default — AttributeError: ...");
+    else (torch.export could not trace the model, ...) the error itself."""
+    node, innermost, seen = None, exc, set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        innermost = at
+        frame = at.__traceback__
+        while frame is not None:
+            candidate = frame.tb_frame.f_locals.get("node")
+            if isinstance(candidate, torch.fx.Node) and frame.tb_frame.f_globals.get("__name__", "").startswith(
+                "torch.onnx"
+            ):
+                node = candidate
+            frame = frame.tb_next
+        at = at.__cause__ or at.__context__
+    if node is None:
+        return f"cannot export this model — {first_line(exc)}"
+    what = {"output": "the program's outputs", "placeholder": f"the program input {node.target}"}.get(
+        node.op, str(node.target)
+    )
+    return f"cannot convert {what} — {first_line(innermost)}"
 
 
 def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
