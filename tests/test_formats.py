@@ -226,6 +226,7 @@ def test_onnx_builds_the_torchlib_registry_once_and_exports_the_same_bytes(tmp_p
     assert built == (0 if onnx._torch_registry() is None else 1)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_onnx_names_what_the_exporter_could_not_convert(tmp_path: Path) -> None:
     """A known issue can name the op and the cause it explains only where the message does: the
     exporter's ConversionError names its graph node in prose, and its own first line nothing."""
