@@ -69,6 +69,7 @@ class Entry:
     # xxh3-128 of the file's bytes as written (a folder: of its files' names and bytes), so that
     # `verify` finds any byte changed since, also where loading cannot (metadata, padding, text).
     digest: str | None = None
+    reference_digest: str | None = None  # the same of the training reference beside it
     # A failed save, typed (ErrorInfo JSON): `verify` under the producer's torch judges it as the
     # cell `run` makes of it, so an exporter a pin broke fails the gate instead of writing nothing.
     error: dict[str, Any] | None = None
@@ -255,9 +256,14 @@ def _produce(
             raise ManifestError(f"{out}: {failure}")
         entries += [Entry(**e) for e in answer["entries"]]
         records.update(answer["records"])
+    digests: dict[str, str] = {}  # a training reference is shared by every format's entry
     for entry in entries:
         if entry.file is not None:
             entry.digest = file_digest(out / entry.file)
+        if entry.reference is not None:
+            if entry.reference not in digests:
+                digests[entry.reference] = file_digest(out / entry.reference)
+            entry.reference_digest = digests[entry.reference]
     from ckpt_compat.training import cpu_kernels
 
     manifest = Manifest(

@@ -51,25 +51,30 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
     manifest = _manifest(corpus)
     cells = _entry_cells(corpus, manifest, index, trusted=trusted, consumers=consumers)
     entry = manifest.entries[index]
-    changed = _file_changed(corpus, entry)
-    return cells if changed is None else [_with_difference(c, changed) for c in cells]
+    for changed in _files_changed(corpus, entry):
+        cells = [_with_difference(c, changed) for c in cells]
+    return cells
 
 
-def _file_changed(corpus: Path, entry: Any) -> Difference | None:
+def _files_changed(corpus: Path, entry: Any) -> list[Difference]:
+    """The entry's file, and the training reference its cells resume against, where their bytes
+    are not those the producer wrote (entries written before manifests kept digests have none)."""
     from ckpt_compat.corpus import file_digest
 
-    if entry.file is None or entry.digest is None:  # written before manifests kept digests (older fixtures)
-        return None
-    found = file_digest(corpus / entry.file)
-    if found == entry.digest:
-        return None
-    return Difference(
-        "bytes",
-        ("file",),
-        "the file's bytes are not those the producer wrote: changed or damaged since",
-        expected=entry.digest,
-        actual=found,
-    )
+    files = [(("file",), entry.file, entry.digest, "the file's")]
+    files.append((("file", "reference"), entry.reference, entry.reference_digest, "the training reference's"))
+    changed = []
+    for path, name, digest, whose in files:
+        if name is None or digest is None:
+            continue
+        try:
+            found = file_digest(corpus / name)
+        except OSError as exc:  # gone or unreadable: its cells say how loading it failed
+            found = f"unreadable ({exc.strerror})"
+        if found != digest:
+            description = f"{whose} bytes are not those the producer wrote: changed or damaged since"
+            changed.append(Difference("bytes", path, description, expected=digest, actual=found))
+    return changed
 
 
 def _with_difference(result: CellResult, difference: Difference) -> CellResult:

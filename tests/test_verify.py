@@ -254,3 +254,19 @@ def test_a_failed_save_whose_error_does_not_read_is_a_bad_manifest(corpus: Path,
     (bad / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=f"entry {entry['spec']}/{entry['format']}: an error needs a type"):
         Manifest.read(bad)
+
+
+def test_a_changed_training_reference_fails_the_cells_that_resume_against_it(corpus: Path, tmp_path: Path) -> None:
+    """A reference changed along with the checkpoint could make a changed resume look right: its
+    bytes are checked like the file's."""
+    work = _copy(corpus, tmp_path / "c")
+    path = work / "training-adam" / "reference.pt"
+    reference = torch.load(path, weights_only=True)
+    torch.save(reference, path, _use_new_zipfile_serialization=False)  # the same objects, other bytes
+    results = verify([work], trusted=lambda _: True, consumers=["cpu"])
+    changed = {
+        r.cell.options.get("optimizer") for r in results if ("file", "reference") in {d.path for d in r.differences}
+    }
+    assert changed == {"adam"}
+    adam = [r for r in results if r.cell.options.get("optimizer") == "adam"]
+    assert adam and all(r.outcome is not Outcome.OK and not Expectations.load().judge_one(r).explained for r in adam)
