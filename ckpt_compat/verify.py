@@ -61,8 +61,10 @@ def _files_changed(corpus: Path, entry: Any) -> list[Difference]:
     are not those the producer wrote (entries written before manifests kept digests have none)."""
     from ckpt_compat.corpus import file_digest
 
-    files = [(("file",), entry.file, entry.digest, "the file's")]
-    files.append((("file", "reference"), entry.reference, entry.reference_digest, "the training reference's"))
+    files: list[tuple[tuple[str, ...], str | None, str | None, str]] = [
+        (("file",), entry.file, entry.digest, "the file's"),
+        (("file", "reference"), entry.reference, entry.reference_digest, "the training reference's"),
+    ]
     changed = []
     for path, name, digest, whose in files:
         if name is None or digest is None:
