@@ -128,20 +128,16 @@ class Manifest:
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
-        for entry in manifest.entries:  # a failed save is judged on its outcome and error: both must read
+        for entry in manifest.entries:
             try:
-                if entry.error is not None:
-                    Outcome(entry.outcome)
-                    ErrorInfo.from_json(entry.error)
-            except ValueError as exc:
-                raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
-        for entry in manifest.entries:  # a foreign manifest must not point a loader anywhere else
-            for name in (entry.file, entry.reference):
-                try:
+                for name in (entry.file, entry.reference):  # a foreign manifest must point a loader nowhere else
                     if name is not None:
                         inside(corpus, name)
-                except (OutsideCorpus, TypeError) as exc:
-                    raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
+                if entry.error is not None:  # a failed save is judged on its outcome and error: both must read
+                    Outcome(entry.outcome)
+                    ErrorInfo.from_json(entry.error)
+            except (OutsideCorpus, TypeError, ValueError) as exc:
+                raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
         return manifest
 
 

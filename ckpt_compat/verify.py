@@ -59,24 +59,28 @@ def check_entry(corpus: Path, index: int, *, trusted: bool, consumers: list[str]
 def _files_changed(corpus: Path, entry: Any) -> list[Difference]:
     """The entry's file, and the training reference its cells resume against, where their bytes
     are not those the producer wrote (entries written before manifests kept digests have none)."""
+    found = (
+        _changed(corpus, entry.file, entry.digest, ("file",), "the file's"),
+        _changed(corpus, entry.reference, entry.reference_digest, ("file", "reference"), "the training reference's"),
+    )
+    return [d for d in found if d is not None]
+
+
+def _changed(
+    corpus: Path, name: str | None, digest: str | None, path: tuple[str, ...], whose: str
+) -> Difference | None:
     from ckpt_compat.corpus import file_digest
 
-    files: list[tuple[tuple[str, ...], str | None, str | None, str]] = [
-        (("file",), entry.file, entry.digest, "the file's"),
-        (("file", "reference"), entry.reference, entry.reference_digest, "the training reference's"),
-    ]
-    changed = []
-    for path, name, digest, whose in files:
-        if name is None or digest is None:
-            continue
-        try:
-            found = file_digest(corpus / name)
-        except OSError as exc:  # gone or unreadable: its cells say how loading it failed
-            found = f"unreadable ({exc.strerror})"
-        if found != digest:
-            description = f"{whose} bytes are not those the producer wrote: changed or damaged since"
-            changed.append(Difference("bytes", path, description, expected=digest, actual=found))
-    return changed
+    if name is None or digest is None:
+        return None
+    try:
+        found = file_digest(corpus / name)
+    except OSError as exc:  # gone or unreadable: its cells say how loading it failed
+        found = f"unreadable ({exc.strerror})"
+    if found == digest:
+        return None
+    description = f"{whose} bytes are not those the producer wrote: changed or damaged since"
+    return Difference("bytes", path, description, expected=digest, actual=found)
 
 
 def _with_difference(result: CellResult, difference: Difference) -> CellResult:
@@ -101,7 +105,7 @@ def _entry_cells(corpus: Path, manifest: Any, index: int, *, trusted: bool, cons
     here = Endpoint(torch.__version__, "cpu")
     fmt = all_formats().get(entry.format)
     if entry.file is None:
-        return []  # the producer could not save it; its manifest says why
+        return []  # the producer could not save it: `save_failures` judges that, once
     reason = f"format {entry.format!r} is unknown to this ckpt-compat" if fmt is None else fmt.why_unavailable()
     if fmt is None or reason:
         cell = Cell(entry.spec_id, entry.format, producer, here, {})
