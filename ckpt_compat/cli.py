@@ -537,49 +537,66 @@ def _check(args: argparse.Namespace) -> int:
         return run_match_model(args.checkpoint or args.file, args)
     if args.spec is None:
         return _inspect(args.checkpoint or args.file, args.max_size)
-    spec = _read_spec(args.spec)
-    formats = _select_formats(args.formats)
-    out = _writable_dir(args.out)
-    expectations = _expectations(args.expectations)
+    return _check_spec(args)
 
+
+def _check_spec(args: argparse.Namespace) -> int:
+    """``check --spec``: one spec's round trip, in a worker as `run`'s are: a loader that dies
+    natively (ONNX Runtime has) gives `crash` cells, not a lost command."""
     from ckpt_compat.dtypes import UnknownDType
-    from ckpt_compat.isolation import scratch_dir
-    from ckpt_compat.propcheck import failure_of
-    from ckpt_compat.report import Report
-    from ckpt_compat.roundtrip import check_spec
+    from ckpt_compat.isolation import Pool
     from ckpt_compat.specs import SpecError
+    from ckpt_compat.workers import ARGV, AVAILABILITY
 
     started = time.perf_counter()
-    with scratch_dir() as workdir:
+    out = _writable_dir(args.out)
+    with Pool(ARGV, jobs=1, timeout=RUN_TIMEOUT).start() as pool:  # it imports torch meanwhile
+        found = pool.submit(AVAILABILITY)  # and the formats' packages, which this process need not
+        spec = _read_spec(args.spec)
+        check_format_names(args.formats)
+        expectations = _expectations(args.expectations)
         try:
-            results = check_spec(spec, formats, Path(workdir))
+            spec.model()  # here, so that a spec this torch cannot build is a usage error
         except (SpecError, UnknownDType) as exc:
             raise UsageError(f"--spec {args.spec}: this torch cannot build it: {exc}") from None
-    failure = failure_of(results, expectations)
-    for r in results:
-        if r.outcome.value != "ok" and not args.quiet:
-            print(
-                f"{r.cell.variant} → {r.cell.consumer.device} ({r.cell.options.get('map_location', '-')}): "
-                f"{r.outcome.value}: {r.detail}",
-                file=sys.stderr,
+        from ckpt_compat.formats import availability_from
+        from ckpt_compat.propcheck import Checker, Task, failure_of
+        from ckpt_compat.report import Report
+
+        known = found.result()
+        with availability_from(known):
+            formats = _select_formats(args.formats)
+            # A format registered in this process only (a library caller's, a planted fault) is
+            # checked here: the worker knows the formats by name, and it did not name this one.
+            in_worker = isinstance(known, dict) and "error" not in known and all(f.name in known for f in formats)
+            checked = Checker(pool if in_worker else None).one(Task(tuple(formats), spec))
+            if checked.harness_error:
+                raise RuntimeError(f"--spec {args.spec}: {checked.harness_error}")  # ours: main says so
+            failure = failure_of(checked.results, expectations)
+            for r in checked.results:
+                if r.outcome.value != "ok" and not args.quiet:
+                    print(
+                        f"{r.cell.variant} → {r.cell.consumer.device} ({r.cell.options.get('map_location', '-')}): "
+                        f"{r.outcome.value}: {r.detail}",
+                        file=sys.stderr,
+                    )
+            report = Report(
+                checked.results,
+                {spec.id: spec},
+                expectations,
+                run={
+                    "command": "check",
+                    "spec": str(args.spec),
+                    "seed": None,
+                    "examples": 1,
+                    "examples_run": 1,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "out": str(out),
+                },
+                failure=spec if failure else None,
+                failure_detail=failure,
             )
-    report = Report(
-        results,
-        {spec.id: spec},
-        expectations,
-        run={
-            "command": "check",
-            "spec": str(args.spec),
-            "seed": None,
-            "examples": 1,
-            "examples_run": 1,
-            "seconds": round(time.perf_counter() - started, 2),
-            "out": str(out),
-        },
-        failure=spec if failure else None,
-        failure_detail=failure,
-    )
-    return _finish(report, out)
+            return _finish(report, out)  # the report says which formats are usable: the worker's answer
 
 
 PRODUCE_TIMEOUT = 900.0  # seconds to write one spec in every format

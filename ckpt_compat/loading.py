@@ -259,6 +259,36 @@ def forward_outputs(model: nn.Module, inputs: Any) -> dict[str, Any]:
     return outputs
 
 
+def float64_output(model: nn.Module, inputs: Any, path: str) -> Any:
+    """The output of the block at ``path`` with it and its input in float64 (complex ones in
+    complex128): the value no rounding step of a lower precision has touched, to tell which of two
+    runtimes' results is the further off (`compare.compare_close`). Raises where the block cannot
+    run so."""
+    import copy
+
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        if t.is_complex():
+            return t.to(torch.complex128)
+        return t.to(torch.float64) if t.is_floating_point() else t
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return wide(x)
+        if isinstance(x, Call):
+            return Call(tuple(cast(a) for a in x.args), {k: cast(v) for k, v in x.kwargs.items()})
+        if isinstance(x, (tuple, list)):
+            return type(x)(cast(v) for v in x)
+        if isinstance(x, Mapping):
+            return {k: cast(v) for k, v in x.items()}
+        return x
+
+    # Module.to(float64) would cast complex parameters to float64 too; _apply casts each as asked,
+    # in place on a shared Parameter, so ties stay ties.
+    block = copy.deepcopy(submodule(model, path))._apply(wide)
+    with torch.no_grad():
+        return invoke(block, cast(dict(leaf_blocks(inputs))[path]))
+
+
 def compare_forward(
     reference: Mapping[str, Any],
     model: nn.Module,

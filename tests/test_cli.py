@@ -127,6 +127,25 @@ def test_a_failure_is_shrunk_reported_and_reproducible(tmp_path: Path) -> None:
     assert again.returncode == 1 and "fc.bias" in again.stdout
 
 
+def test_check_runs_the_round_trip_in_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loader that dies natively in ``check --spec`` costs crash cells, not the command."""
+    from ckpt_compat import workers
+    from ckpt_compat.cli import main
+    from tests.samples import load
+
+    monkeypatch.setattr(workers, "ARGV", ["tests.dying_worker"])  # SIGKILLs itself on this spec
+    monkeypatch.setenv("CKPT_COMPAT_TEST_DIE_ON", load("plain").id)
+    monkeypatch.chdir(Path(__file__).parents[1])
+    args = ["check", "--spec", str(SPECS / "plain.json"), "--formats", "torch_zip,safetensors_file"]
+    assert main([*args, "--out", str(tmp_path)]) == 1
+    cells = json.loads((tmp_path / "report.json").read_text())["cells"]
+    assert [(c["format"], c["outcome"]) for c in cells] == [("torch_zip", "crash"), ("safetensors_file", "crash")]
+    assert "signal SIGKILL" in cells[0]["error"]["message"]
+    assert "crash" in capsys.readouterr().err
+
+
 def test_formats_lists_availability() -> None:
     result = cli("formats")
     assert result.returncode == 0 and "torch_zip" in result.stdout and "available" in result.stdout

@@ -177,3 +177,36 @@ def test_a_tolerance_is_never_finer_than_the_dtype_resolves() -> None:
     nudged = exact.clone()
     nudged.view(torch.int32)[0] += 1000  # float32 keeps the tolerance asked for
     assert compare_close(exact, nudged, ("program",), (1e-6, 0.0))
+
+
+def test_another_runtime_as_accurate_as_eager_is_the_same_output() -> None:
+    """Beyond the elementwise tolerance, a runtime's output is judged against the float64 result:
+    as accurate as eager's own (RMSE at most FLOAT64_MULTIPLIER times), it is the same output."""
+    from ckpt_compat.compare import FLOAT64_MULTIPLIER, compare_close
+
+    exact = torch.tensor([1.0050077, 0.25, -0.5], dtype=torch.float64)
+    eager = torch.tensor([1.0029296875, 0.25, -0.5], dtype=torch.float16)  # a cancelling sum: 2 ulps off
+    closer = torch.tensor([1.0048828125, 0.25, -0.5], dtype=torch.float16)  # rounded once from float32
+    assert compare_close(eager, closer, ("program",), (1e-4, 1e-5))  # 2 ulps apart: beyond eps alone
+    assert compare_close(eager, closer, ("program",), (1e-4, 1e-5), lambda: exact) == []
+    # Four times eager's distance from the float64 result: a different program, still a mismatch.
+    far = exact.clone()
+    far[0] -= 4 * FLOAT64_MULTIPLIER * float(exact[0] - eager[0].double())
+    [found] = compare_close(eager, far.half(), ("program",), (1e-4, 1e-5), lambda: exact)
+    assert found.kind == "bytes" and found.elements == 1 and "RMSE from the float64 result" in found.detail
+    # No float64 result (a block with no such kernel): the tolerance alone decides.
+    assert compare_close(eager, closer, ("program",), (1e-4, 1e-5), lambda: None)
+
+
+def test_where_the_float64_result_is_nan_no_runtime_value_is_more_right() -> None:
+    """GroupNorm with weight and bias inf (a bit-pattern spec): eager's formula meets inf - inf
+    where ONNX Runtime's gives inf. Only there; an infinite or finite float64 result still binds."""
+    from ckpt_compat.compare import compare_close
+
+    inf, nan = float("inf"), float("nan")
+    exact = torch.tensor([nan, inf, 0.5, 0.25], dtype=torch.float64)
+    eager = torch.tensor([nan, inf, 0.5, 0.25])
+    assert compare_close(eager, torch.tensor([inf, inf, 0.5, 0.25]), ("program",), (1e-4, 1e-5), lambda: exact) == []
+    for runtime in ([nan, nan, 0.5, 0.25], [nan, inf, nan, 0.25], [nan, inf, 0.5, 0.3]):
+        [found] = compare_close(eager, torch.tensor(runtime), ("program",), (1e-4, 1e-5), lambda: exact)
+        assert found.elements == 1, runtime

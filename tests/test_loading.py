@@ -96,3 +96,30 @@ def test_assign_on_meta_that_leaves_meta_tensors_is_caught() -> None:
     partial.pop("fc.bias")
     differences = loading.assign_onto_meta(build(spec, device="meta"), partial, state)
     assert differences and differences[0].error is not None and "Missing key(s)" in differences[0].error.message
+
+
+def test_float64_output_widens_the_block_and_its_input_only() -> None:
+    """The float64 result of one block: real floats as float64, complex as complex128 (never cast
+    to real), integers and ties as they are; the model itself untouched."""
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2).half()
+            self.head = nn.Linear(3, 2).half()
+            self.head.weight = self.lin.weight  # a tie
+            self.phase = nn.Parameter(torch.tensor([1 + 2j], dtype=torch.complex64))
+            self.register_buffer("steps", torch.tensor([3]))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return self.lin(x), self.phase * 2, self.steps + 1
+
+    model = nn.ModuleDict({"m": Mixed()})
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float16)
+    out, phase, steps = loading.float64_output(model, {"m": x}, "m")
+    assert out.dtype == torch.float64 and phase.dtype == torch.complex128 and steps.dtype == torch.int64
+    assert phase.item() == 2 + 4j and steps.item() == 4
+    m = model["m"]
+    wide = torch.nn.functional.linear(x.double(), m.lin.weight.double(), m.lin.bias.double())
+    assert torch.equal(out, wide)
+    assert m.lin.weight.dtype == torch.float16 and m.head.weight is m.lin.weight  # the original as it was

@@ -222,8 +222,14 @@ def _runtime(path: Path) -> Any:
         import onnxruntime
     except ImportError:
         return None
+    # The graph as the file holds it, not as ONNX Runtime's optimizer would rewrite it: its fusions
+    # have numerics of their own, and its constant folding (1.32) dies with SIGSEGV on the
+    # unoptimized graph the exporter writes for EmbeddingBag(mode="mean") (see `_save`: the file
+    # is unoptimized so that its initializers are the state dict).
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # the runtime rejects the exported model: a finding, not a load error
         reason = f"onnxruntime {onnxruntime.__version__} cannot load the exported model — {first_line(exc)}"
 
@@ -240,7 +246,32 @@ def _runtime(path: Path) -> Any:
             flat = inputs.tensors()
         else:
             flat = [t for _, x in leaf_blocks(inputs) for t in (x if isinstance(x, tuple) else (x,))]
-        feeds = {n: t.numpy() for n, t in zip(names, flat, strict=False)}
-        return [torch.from_numpy(a) for a in session.run(None, feeds)]
+        feeds = {n: _ort_value(t) for n, t in zip(names, flat, strict=False)}
+        return [_from_ort_value(v) for v in session.run_with_ort_values(None, feeds)]
 
     return call
+
+
+def _ort_value(t: torch.Tensor) -> Any:
+    """An input for ONNX Runtime: numpy has no bfloat16, so its bits go as uint16, typed BFLOAT16."""
+    from onnx import TensorProto
+    from onnxruntime import OrtValue
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return OrtValue.ortvalue_from_numpy_with_onnx_type(t.view(torch.int16).numpy(), TensorProto.BFLOAT16)
+    return OrtValue.ortvalue_from_numpy(t.numpy())
+
+
+def _from_ort_value(value: Any) -> torch.Tensor:
+    """An output of ONNX Runtime as a tensor; a bfloat16 one (no numpy type) copied by its bytes."""
+    import ctypes
+
+    if value.data_type() != "tensor(bfloat16)":
+        return torch.from_numpy(value.numpy())
+    shape = list(value.shape())
+    size = 2 * int(torch.Size(shape).numel())
+    raw = bytearray(ctypes.string_at(value.data_ptr(), size)) if size else bytearray()
+    return (
+        torch.frombuffer(raw, dtype=torch.bfloat16).reshape(shape) if size else torch.empty(shape, dtype=torch.bfloat16)
+    )
