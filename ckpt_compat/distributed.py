@@ -8,7 +8,9 @@ reference, and the world-size-1 load with the whole reference.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import multiprocessing
 import os
 import tempfile
@@ -45,6 +47,42 @@ RESHARD_SPEC = ModelSpec.from_json(
 )
 
 
+def _takes_checkpoint_id() -> bool:
+    """dcp.save / dcp.load(checkpoint_id=...) arrived in 2.3; before, a storage writer or reader."""
+    import torch.distributed.checkpoint as dcp
+
+    save = getattr(dcp, "save", None)
+    return save is not None and "checkpoint_id" in inspect.signature(save).parameters
+
+
+def dcp_save(state: dict[str, Any], path: Path, *, in_group: bool = False) -> None:
+    """Save ``state`` as a DCP checkpoint from this one process (``in_group``: this rank of the
+    default process group), with the API this torch has."""
+    import torch.distributed.checkpoint as dcp
+
+    if _takes_checkpoint_id():
+        dcp.save(state, checkpoint_id=str(path))  # type: ignore[attr-defined]
+        return
+    logging.getLogger("torch.distributed.checkpoint._dedup_tensors").setLevel(logging.WARNING)  # logs every save
+    # torch 2.0-2.2: save_state_dict, where one process without a process group says no_dist.
+    save = getattr(dcp, "save_state_dict")  # noqa: B009 - not in the typed stubs
+    save(state, storage_writer=getattr(dcp, "FileSystemWriter")(str(path)), no_dist=not in_group)  # noqa: B009
+
+
+def dcp_load(template: dict[str, Any], path: Path, *, in_group: bool = False) -> None:
+    """Fill ``template``'s tensors from a DCP checkpoint (``in_group``: as this rank of the default
+    process group), with the API this torch has."""
+    import torch.distributed.checkpoint as dcp
+
+    if _takes_checkpoint_id():
+        dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
+        return
+    # torch 2.0-2.2: load_state_dict. (2.2's new dcp.load ignores no_dist and all-gathers the keys
+    # over a default process group that one process does not have.)
+    load = getattr(dcp, "load_state_dict")  # noqa: B009 - not in the typed stubs
+    load(template, storage_reader=getattr(dcp, "FileSystemReader")(str(path)), no_dist=not in_group)  # noqa: B009
+
+
 def why_unavailable() -> str | None:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         return f"torch {torch.__version__} has no torch.distributed with gloo"
@@ -76,7 +114,6 @@ def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
     die_with_parent()  # a SIGKILLed `ckpt-compat run` takes its ranks with it
     warnings.simplefilter("ignore")
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
 
     distribute_tensor, shard, replicate, init_device_mesh = _dtensor_api()
     dist.init_process_group("gloo", init_method=f"file://{task['store']}", rank=rank, world_size=world)
@@ -89,17 +126,23 @@ def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
 
         if task["op"] == "save":
             sharded = {k: distribute_tensor(v, mesh, placement(v)) for k, v in full.items()}
-            dcp.save(sharded, checkpoint_id=task["dir"])  # type: ignore[attr-defined]
-            return
-        template = {k: distribute_tensor(torch.zeros_like(v), mesh, placement(v)) for k, v in full.items()}
-        dcp.load(template, checkpoint_id=task["dir"])  # type: ignore[attr-defined]
-        problems = []
-        for key, value in template.items():
-            want = distribute_tensor(full[key], mesh, placement(full[key])).to_local()
-            problems += [d.to_json() for d in compare_tensors(want, value.to_local(), (f"rank{rank}", key))]
-        Path(task["out"], f"rank{rank}.json").write_text(json.dumps(problems))
-    finally:
+            dcp_save(sharded, Path(task["dir"]), in_group=True)
+        else:
+            template = {k: distribute_tensor(torch.zeros_like(v), mesh, placement(v)) for k, v in full.items()}
+            dcp_load(template, Path(task["dir"]), in_group=True)
+            problems = []
+            for key, value in template.items():
+                want = distribute_tensor(full[key], mesh, placement(full[key])).to_local()
+                problems += [d.to_json() for d in compare_tensors(want, value.to_local(), (f"rank{rank}", key))]
+            Path(task["out"], f"rank{rank}.json").write_text(json.dumps(problems))
+        dist.barrier()
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Done, every rank's files written and closed: exit without tearing the process group down.
+    # torch 2.2's ProcessGroupGloo destructor joins its own thread while holding the GIL that thread
+    # waits for (seen as a world that never ends, in `ckpt-compat run` on 2.2.2).
+    os._exit(0)
 
 
 def _world(world: int, task: dict[str, Any], workdir: Path) -> None:
@@ -153,12 +196,10 @@ def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int,
 
 
 def _single_process(cell: Cell, checkpoint: Path) -> CellResult:
-    import torch.distributed.checkpoint as dcp
-
     full = build(RESHARD_SPEC).state_dict()
     template = {k: torch.zeros_like(v) for k, v in full.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.load(template, checkpoint_id=str(checkpoint))  # type: ignore[attr-defined]
+        dcp_load(template, checkpoint)
     problems = [d for k in full for d in compare_tensors(full[k], template[k], ("state_dict", k))]
     return CellResult.of(cell, problems, checks=("load", "state_dict"))

@@ -120,7 +120,7 @@ def _pt2(path: Path, marker: Path) -> None:
 def _dcp(path: Path, marker: Path) -> None:
     """A real DCP checkpoint whose ``.metadata`` (a plain pickle that DCP's reader unpickles) is
     replaced by the canary."""
-    from ckpt_compat.formats.dcp import dcp_save
+    from ckpt_compat.distributed import dcp_save
 
     dcp_save({"weight": torch.ones(2)}, path)
     (path / ".metadata").write_bytes(pickle.dumps(_Canary(marker), protocol=2))

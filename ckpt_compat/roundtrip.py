@@ -288,6 +288,11 @@ def _compare_whole_call(
             outputs = call(expected.inputs) if flat else loading.invoke(call, expected.inputs)
     except Exception as exc:
         error = ErrorInfo.of(exc)
+        # Eager cannot run one of the blocks here either, with this very error (a kernel this torch
+        # lacks for a dtype on the CPU): the program is no more comparable than that block, whose
+        # forward the cell's notes already list as not checked.
+        if any(isinstance(r, loading.NoForward) and r.error == error for r in expected.reference.values()):
+            return []
         return [Difference("raised", ("program",), f"raised after loading: {error}", error=error)]
     if flat:
         return _compare_flat(expected, outputs, tolerance)

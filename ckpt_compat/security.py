@@ -60,7 +60,8 @@ def _attack(name: str) -> dict[str, Any]:
         elif payload.loader == "torch.export.load":
             torch.export.load(str(path))
         else:
-            from ckpt_compat.formats.dcp import _ordinary_errors, dcp_load
+            from ckpt_compat.distributed import dcp_load
+            from ckpt_compat.formats.dcp import _ordinary_errors
 
             with _ordinary_errors():
                 dcp_load({"weight": torch.zeros(2)}, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -134,3 +135,26 @@ def test_a_buffer_left_out_stays_missing_and_one_in_the_state_dict_is_persisted(
     absent = Difference("missing", ("buffers", "b"), "key absent")
     assert _name_persisted_buffers([absent], {"b": 0}, {})[0].kind == "missing"
     assert _name_persisted_buffers([absent], {"b": 0}, {"b": 0})[0].kind == "persisted"
+
+
+def test_a_program_raising_what_eager_raised_for_a_block_is_not_a_difference() -> None:
+    """torch 2.2 has no float16 LayerNorm kernel on the CPU: eager cannot run that block, and a
+    loaded torch.export program, which runs every block at once, raises the same error. Another
+    error from the program is still a difference."""
+    from ckpt_compat import loading
+    from ckpt_compat.errorinfo import ErrorInfo
+    from ckpt_compat.roundtrip import Expected, _compare_whole_call
+
+    missing = RuntimeError("\"LayerNormKernelImpl\" not implemented for 'Half'")
+    x = torch.ones(2)
+    expected = Expected({}, {}, {"a": loading.NoForward(ErrorInfo.of(missing)), "b": x}, {"a": x, "b": x}, {})
+
+    def raising(error: Exception) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise error
+
+        return call
+
+    assert _compare_whole_call(expected, raising(RuntimeError(str(missing)))) == []
+    [found] = _compare_whole_call(expected, raising(RuntimeError("index out of range")))
+    assert found.kind == "raised" and found.path == ("program",)

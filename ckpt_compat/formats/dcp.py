@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ from torch import nn
 
 from ckpt_compat.atomic import atomic_dir
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.distributed import _takes_checkpoint_id, dcp_load, dcp_save
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted
 
@@ -45,40 +45,6 @@ def _why_no_format_utils() -> str | None:
     except ImportError:
         return f"torch {torch.__version__} has no torch.distributed.checkpoint.format_utils (added in 2.3)"
     return None
-
-
-def _takes_checkpoint_id() -> bool:
-    """dcp.save / dcp.load(checkpoint_id=...) arrived in 2.3; before, a storage writer or reader."""
-    import torch.distributed.checkpoint as dcp
-
-    save = getattr(dcp, "save", None)
-    return save is not None and "checkpoint_id" in inspect.signature(save).parameters
-
-
-def dcp_save(state: dict[str, Any], path: Path) -> None:
-    """Save ``state`` as a DCP checkpoint from this one process, with the API this torch has."""
-    import torch.distributed.checkpoint as dcp
-
-    if _takes_checkpoint_id():
-        dcp.save(state, checkpoint_id=str(path))  # type: ignore[attr-defined]
-        return
-    logging.getLogger("torch.distributed.checkpoint._dedup_tensors").setLevel(logging.WARNING)  # logs every save
-    # torch 2.0-2.2: save_state_dict, where one process without a process group says no_dist.
-    save = getattr(dcp, "save_state_dict")  # noqa: B009 - not in the typed stubs
-    save(state, storage_writer=getattr(dcp, "FileSystemWriter")(str(path)), no_dist=True)  # noqa: B009
-
-
-def dcp_load(template: dict[str, Any], path: Path) -> None:
-    """Fill ``template``'s tensors from a DCP checkpoint, with the API this torch has."""
-    import torch.distributed.checkpoint as dcp
-
-    if _takes_checkpoint_id():
-        dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
-        return
-    # torch 2.0-2.2: load_state_dict. (2.2's new dcp.load ignores no_dist and all-gathers the keys
-    # over a default process group that one process does not have.)
-    load = getattr(dcp, "load_state_dict")  # noqa: B009 - not in the typed stubs
-    load(template, storage_reader=getattr(dcp, "FileSystemReader")(str(path)), no_dist=True)  # noqa: B009
 
 
 @contextlib.contextmanager

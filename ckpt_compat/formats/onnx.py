@@ -40,8 +40,13 @@ def _why_unable_to_save() -> str | None:
     except ImportError as exc:
         return f"{exc.name} is not importable; pip install 'ckpt-compat[onnx]'"
     export = getattr(getattr(torch, "onnx", None), "export", None)
-    if export is None or "dynamo" not in inspect.signature(export).parameters:
+    accepted = inspect.signature(export).parameters if export is not None else {}
+    if "dynamo" not in accepted:
         return f"torch {torch.__version__} has no dynamo-based torch.onnx.export"
+    # torch 2.4's dynamo=True is the older dynamo_export, which takes no kwargs= (a spec's tree is
+    # one keyword argument); the torch.export-based exporter takes them. Write ONNX with torch >= 2.6.
+    if "kwargs" not in accepted:
+        return f"torch {torch.__version__}'s torch.onnx.export takes no kwargs= (an older exporter); use torch >= 2.6"
     return None
 
 
