@@ -47,7 +47,7 @@ RESHARD_SPEC = ModelSpec.from_json(
 )
 
 
-def _takes_checkpoint_id() -> bool:
+def takes_checkpoint_id() -> bool:
     """dcp.save / dcp.load(checkpoint_id=...) arrived in 2.3; before, a storage writer or reader."""
     import torch.distributed.checkpoint as dcp
 
@@ -60,7 +60,7 @@ def dcp_save(state: dict[str, Any], path: Path, *, in_group: bool = False) -> No
     default process group), with the API this torch has."""
     import torch.distributed.checkpoint as dcp
 
-    if _takes_checkpoint_id():
+    if takes_checkpoint_id():
         dcp.save(state, checkpoint_id=str(path))  # type: ignore[attr-defined]
         return
     logging.getLogger("torch.distributed.checkpoint._dedup_tensors").setLevel(logging.WARNING)  # logs every save
@@ -74,7 +74,7 @@ def dcp_load(template: dict[str, Any], path: Path, *, in_group: bool = False) ->
     process group), with the API this torch has."""
     import torch.distributed.checkpoint as dcp
 
-    if _takes_checkpoint_id():
+    if takes_checkpoint_id():
         dcp.load(template, checkpoint_id=str(path))  # type: ignore[attr-defined]
         return
     # torch 2.0-2.2: load_state_dict. (2.2's new dcp.load ignores no_dist and all-gathers the keys

@@ -20,7 +20,7 @@ from torch import nn
 
 from ckpt_compat.atomic import atomic_dir
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.distributed import _takes_checkpoint_id, dcp_load, dcp_save
+from ckpt_compat.distributed import dcp_load, dcp_save, takes_checkpoint_id
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted
 
@@ -34,7 +34,7 @@ def _why_unavailable() -> str | None:
         import torch.distributed.checkpoint as dcp
     except ImportError as exc:
         return f"torch {torch.__version__} has no torch.distributed.checkpoint ({exc})"
-    if not _takes_checkpoint_id() and not hasattr(dcp, "save_state_dict"):
+    if not takes_checkpoint_id() and not hasattr(dcp, "save_state_dict"):
         return f"torch {torch.__version__} has no torch.distributed.checkpoint.save or save_state_dict"
     return None
 
