@@ -200,30 +200,29 @@ def test_onnx_initializers_bitwise_and_runtime_outputs_within_tolerance(tmp_path
     assert ("bytes", ("state_dict", "lm.head.bias")) in {(d.kind, d.path) for d in bad.differences}
 
 
+def _onnx_round_trip(name: str, tmp_path: Path) -> CellResult:
+    """The CPU cell of spec ``name`` through ONNX and ONNX Runtime (skipped where they are missing)."""
+    from ckpt_compat.roundtrip import check_spec
+
+    fmt = get_format("onnx")
+    if fmt.why_not_usable():
+        pytest.skip(fmt.why_not_usable() or "")
+    pytest.importorskip("onnxruntime")
+    [cell] = check_spec(load(name), [fmt], tmp_path, consumers=["cpu"])
+    return cell
+
+
 def test_onnx_runtime_output_as_accurate_as_eager_is_ok(tmp_path: Path) -> None:
     """A float16 ConvTranspose2d whose sums cancel: eager (torch 2.13) is 3 ulps from the float64
     result, ONNX Runtime (1.32, float32 inside) 1 ulp the other way, 3 of 50 elements beyond the
     elementwise tolerance. Judged against the float64 result, it is the same output."""
-    from ckpt_compat.roundtrip import check_spec
-
-    fmt = get_format("onnx")
-    if fmt.why_not_usable():
-        pytest.skip(fmt.why_not_usable() or "")
-    pytest.importorskip("onnxruntime")
-    [cell] = check_spec(load("float16-convtranspose"), [fmt], tmp_path, consumers=["cpu"])
-    assert cell.outcome.value == "ok", cell.detail
-    assert "program" in cell.checks
+    cell = _onnx_round_trip("float16-convtranspose", tmp_path)
+    assert cell.outcome.value == "ok" and "program" in cell.checks, cell.detail
 
 
 def test_onnx_runtime_takes_and_gives_bfloat16(tmp_path: Path) -> None:
     """numpy has no bfloat16: a bfloat16 block's input and output cross to ONNX Runtime as bits."""
-    from ckpt_compat.roundtrip import check_spec
-
-    fmt = get_format("onnx")
-    if fmt.why_not_usable():
-        pytest.skip(fmt.why_not_usable() or "")
-    pytest.importorskip("onnxruntime")
-    [cell] = check_spec(load("bfloat16-layernorm"), [fmt], tmp_path, consumers=["cpu"])
+    cell = _onnx_round_trip("bfloat16-layernorm", tmp_path)
     assert cell.outcome.value == "ok" and "program" in cell.checks, cell.detail
 
 
