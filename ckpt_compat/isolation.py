@@ -278,7 +278,12 @@ class Child:
             if oom:
                 return Failure("out_of_memory", f"the process ran out of memory (limit {_gib(self.memory)}): {tail}")
             return Failure("crash", f"the process died ({exit_reason(code)}): {tail}")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:  # not an answer: the protocol is lost with this process
+            tail = self.stderr_tail()
+            self.stop()
+            return Failure("crash", f"the process wrote {line[:200]!r} instead of an answer: {tail}".strip())
 
 
 def usable_cores() -> int:
@@ -396,8 +401,15 @@ def exit_reason(code: int) -> str:
 
 def serve(handle: Any) -> None:
     """The child's loop: answer each JSON line on stdin with ``handle(message)`` as a JSON line.
-    Anything the work prints goes to stderr, not into the protocol."""
-    protocol = sys.stdout
+
+    The answers go out on a descriptor of their own: standard output, descriptor 1 included, is
+    stderr from here on, so nothing the work writes there reaches the protocol: not a print, not
+    C++ (Gloo logs "[Gloo] Rank 1 is connected to 1 peer ranks" to it from torch 2.8), not a
+    process the work forks (DCP's ranks).
+    """
+    sys.stdout.flush()
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     for line in sys.stdin:
         answer = handle(json.loads(line))

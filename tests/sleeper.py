@@ -25,8 +25,20 @@ def handle(message: dict[str, Any]) -> Any:
     if action == "spawn":  # a grandchild, as torch.multiprocessing starts them
         grandchild = subprocess.Popen(["sleep", "3600"])
         return {"pid": os.getpid(), "grandchild": grandchild.pid}
+    if action == "write to stdout":  # as C++ (Gloo) and forked processes (DCP's ranks) do
+        os.write(1, b"[Gloo] Rank 1 is connected to 1 peer ranks\n")
+        pid = os.fork()
+        if pid == 0:
+            os.write(1, b"a forked process says hello\n")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("a print")
+        return "answered"
     raise ValueError(action)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--garbage"]:  # a process that answers with something else than JSON
+        for _ in sys.stdin:
+            print("not json", flush=True)
     serve(handle)

@@ -42,6 +42,19 @@ def test_answers_timeouts_crashes_and_memory_are_values() -> None:
     assert call_once(SLEEPER, {"do": "allocate", "bytes": 10}, timeout=60) == 10
 
 
+def test_what_the_work_writes_to_stdout_never_reaches_the_protocol() -> None:
+    """Gloo's C++ log, a forked process and a print all write to descriptor 1 (torch 2.8's DCP
+    ranks broke the protocol so); a process that still answers garbage costs its own request."""
+    with Child(SLEEPER, timeout=60) as child:
+        assert child.request({"do": "write to stdout"}) == "answered"
+        assert child.request({"do": "write to stdout"}) == "answered"
+        tail = child.stderr_tail()
+        assert "[Gloo] Rank 1" in tail and "a forked process says hello" in tail and "a print" in tail
+    garbage = call_once([*SLEEPER, "--garbage"], {"do": "echo"}, timeout=60)
+    assert isinstance(garbage, Failure) and garbage.kind == "crash"
+    assert "wrote 'not json\\n' instead of an answer" in garbage.message
+
+
 _PARENT = """
 import json, sys
 from ckpt_compat.isolation import Child, scratch_dir
