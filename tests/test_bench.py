@@ -297,3 +297,21 @@ def test_a_result_pairs_each_round_with_its_same_pass_limit_round(scratch: Path)
     assert info["child_seconds"] == [r["seconds"] for r in rounds]
     assert info["limit_rounds"] == [{"seconds": r["seconds"], "bytes": r["bytes"]} for r in limit_rounds]
     assert (info["limit_op"], info["limit_cache"], info["schema"]) == ("raw:read", "warm", bench.SCHEMA)
+
+
+def test_results_record_how_the_kernel_reports_free_memory_to_a_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM that hands freed memory back to its host spreads cold reads into new memory: the
+    settings go with every result (docs/benchmarks/repeatability.md)."""
+    from ckpt_compat.bench import child
+
+    monkeypatch.setattr(child, "REPORTING", tmp_path / "absent")
+    assert child.allocator_settings()["free_page_reporting"] == "none"
+    reporting = tmp_path / "parameters"
+    reporting.mkdir()
+    monkeypatch.setattr(child, "REPORTING", reporting)
+    assert child.free_page_reporting() == "on"
+    (reporting / "page_reporting_order").write_text("9\n")
+    (reporting / "min_free_ms").write_text("0\n")
+    assert child.allocator_settings()["free_page_reporting"] == "min_free_ms 0, page_reporting_order 9"

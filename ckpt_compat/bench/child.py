@@ -67,14 +67,31 @@ def reset_peak_rss() -> bool:
         return False
 
 
+REPORTING = Path("/sys/module/page_reporting/parameters")
+
+
 def allocator_settings() -> dict[str, str]:
-    """The settings that change eager-load results: transparent huge pages, torch's THP switch."""
+    """The settings that change eager-load results: transparent huge pages, torch's THP switch,
+    and the kernel's free page reporting (`free_page_reporting`)."""
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     return {
         "transparent_hugepage": thp.read_text().strip() if thp.exists() else "unknown",
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
         "torch_threads": str(torch.get_num_threads()),
+        "free_page_reporting": free_page_reporting(),
     }
+
+
+def free_page_reporting() -> str:
+    """How this kernel hands free memory back to a host: ``page_reporting``'s parameters, or
+    "none". In a VM that reports, a page handed back faults again on the host at its next first
+    write, billed to the guest as system time: the spread of cold reads into new memory
+    (docs/benchmarks/repeatability.md, ``benchmarks/cold_spread.py``)."""
+    if not REPORTING.is_dir():
+        return "none"
+    names = ("min_free_ms", "page_reporting_order")  # min_free_ms: this VM's kernel only
+    settings = [f"{name} {(REPORTING / name).read_text().strip()}" for name in names if (REPORTING / name).is_file()]
+    return ", ".join(settings) or "on"
 
 
 def _kernel_counters() -> dict[str, float]:

@@ -84,6 +84,7 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] = ()) -> str:
             f"- torch {run.torch} (Python {first.get('python', '?')}): {run.machine}; {run.datetime}; "
             f"{first.get('size_mib', '?')} MiB workloads; THP {first.get('transparent_hugepage', '?')}; "
             f"THP_MEM_ALLOC_ENABLE={first.get('THP_MEM_ALLOC_ENABLE') or 'unset'}; "
+            f"free page reporting {first.get('free_page_reporting', 'not recorded')}; "
             f"{first.get('torch_threads', '?')} threads; {_rounds_note(run)}; `{run.path.name}`"
         )
     lines.append("")
