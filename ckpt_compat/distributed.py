@@ -8,6 +8,7 @@ reference, and the world-size-1 load with the whole reference.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -15,6 +16,7 @@ import multiprocessing
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,29 @@ RESHARD_SPEC = ModelSpec.from_json(
         },
     }
 )
+
+
+@contextlib.contextmanager
+def ordinary_errors() -> Iterator[None]:
+    """DCP raises CheckpointException, a BaseException: make it an error like any other."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        # CheckpointException.failures maps a rank to (the exception it raised, its traceback).
+        failures = getattr(exc, "failures", None) or {}
+        rank, (inner, *_) = next(iter(failures.items()), (None, (None,)))
+        if isinstance(inner, BaseException):
+            raise CheckpointException(f"rank {rank} failed: {ErrorInfo.of(inner)}") from inner
+        raise CheckpointException(str(exc)) from exc
+
+
+class CheckpointException(Exception):
+    """DCP's CheckpointException (a BaseException) as an ordinary error; its cause is the first
+    failing rank's own exception."""
 
 
 def takes_checkpoint_id() -> bool:

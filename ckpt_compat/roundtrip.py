@@ -70,7 +70,7 @@ class Expected:
     # pickle carries them, so when they differ in a fresh model they explain a forward difference.
     plain: Mapping[str, torch.Tensor] = field(default_factory=dict)
     references: Mapping[str, str] = field(default_factory=dict)  # see `references`
-    # Builds the model on the CPU again, for `float64_output` (rarely needed: not kept built).
+    # Builds the model on the CPU again, for `float64_leaves` (rarely needed: not kept built).
     rebuild: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -90,15 +90,26 @@ class Expected:
             rebuild=spec.model,
         )
 
-    def float64_output(self, path: str) -> list[torch.Tensor] | None:
-        """The tensors of ``path``'s block output computed in float64, in the order of
-        `tensor_leaves`; None where the model is not at hand or the block cannot run so."""
-        if self.rebuild is None:
-            return None
-        try:
-            return tensor_leaves(loading.float64_output(self.rebuild(), self.inputs, path))
-        except Exception:  # a block with no float64 kernel: judged by the tolerance alone
-            return None
+    def float64_leaves(self) -> Callable[[str, int], torch.Tensor | None]:
+        """``leaf(path, index)``: tensor ``index`` (in the order of `tensor_leaves`) of ``path``'s
+        block output computed in float64; None where the model is not at hand or the block cannot
+        run so. The model is rebuilt once, when the first leaf is asked for, and each block run once."""
+        model: list[nn.Module] = []
+        outputs: dict[str, list[torch.Tensor] | None] = {}
+
+        def leaf(path: str, index: int) -> torch.Tensor | None:
+            if path not in outputs:
+                outputs[path] = None
+                if self.rebuild is not None:
+                    try:
+                        model[:] = model or [self.rebuild()]  # float64_output runs a copy of the block
+                        outputs[path] = tensor_leaves(loading.float64_output(model[0], self.inputs, path))
+                    except Exception:  # a block with no float64 kernel: judged by the tolerance alone
+                        pass
+            leaves = outputs[path]
+            return leaves[index] if leaves is not None and index < len(leaves) else None
+
+        return leaf
 
 
 @dataclass(frozen=True)
@@ -324,14 +335,7 @@ def _compare_flat(expected: Expected, outputs: list[Any], tolerance: tuple[float
             )
         ]
     differences = []
-    float64: dict[str, list[torch.Tensor] | None] = {}
-
-    def exact(path: str, index: int) -> torch.Tensor | None:
-        if path not in float64:
-            float64[path] = expected.float64_output(path)
-        leaves = float64[path]
-        return leaves[index] if leaves is not None and index < len(leaves) else None
-
+    exact = expected.float64_leaves()  # computed only for an output beyond the tolerance
     for (path, index, w), got in zip(want, outputs, strict=True):
         block = expected.block_types.get(path, "?")
         found = compare_close(w, got, ("program", path), tolerance, lambda: exact(path, index))  # noqa: B023

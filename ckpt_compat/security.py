@@ -60,10 +60,9 @@ def _attack(name: str) -> dict[str, Any]:
         elif payload.loader == "torch.export.load":
             torch.export.load(str(path))
         else:
-            from ckpt_compat.distributed import dcp_load
-            from ckpt_compat.formats.dcp import _ordinary_errors
+            from ckpt_compat.distributed import dcp_load, ordinary_errors
 
-            with _ordinary_errors():
+            with ordinary_errors():
                 dcp_load({"weight": torch.zeros(2)}, path)
     except Exception as exc:
         error = ErrorInfo.of(exc).to_json()

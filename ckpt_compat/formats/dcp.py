@@ -7,11 +7,10 @@ a reader never sees half of one. DCP documents no compatibility across torch ver
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,8 +19,7 @@ from torch import nn
 
 from ckpt_compat.atomic import atomic_dir
 from ckpt_compat.devices import MapLocation
-from ckpt_compat.distributed import dcp_load, dcp_save, takes_checkpoint_id
-from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.distributed import dcp_load, dcp_save, ordinary_errors, takes_checkpoint_id
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported, Untrusted
 
 CAVEAT = "torch.distributed.checkpoint documents no compatibility across torch versions"
@@ -45,29 +43,6 @@ def _why_no_format_utils() -> str | None:
     except ImportError:
         return f"torch {torch.__version__} has no torch.distributed.checkpoint.format_utils (added in 2.3)"
     return None
-
-
-@contextlib.contextmanager
-def _ordinary_errors() -> Iterator[None]:
-    """DCP raises CheckpointException, a BaseException: make it an error like any other."""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception:
-        raise
-    except BaseException as exc:
-        # CheckpointException.failures maps a rank to (the exception it raised, its traceback).
-        failures = getattr(exc, "failures", None) or {}
-        rank, (inner, *_) = next(iter(failures.items()), (None, (None,)))
-        if isinstance(inner, BaseException):
-            raise CheckpointException(f"rank {rank} failed: {ErrorInfo.of(inner)}") from inner
-        raise CheckpointException(str(exc)) from exc
-
-
-class CheckpointException(Exception):
-    """DCP's CheckpointException (a BaseException) as an ordinary error; its cause is the first
-    failing rank's own exception."""
 
 
 # What a DCP .metadata pickle may name when nobody vouched for it: the metadata dataclasses and
@@ -171,7 +146,7 @@ class DCP(Format):
 
     def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
         state = dict(model.state_dict())
-        with atomic_dir(path) as tmp, warnings.catch_warnings(), _ordinary_errors():
+        with atomic_dir(path) as tmp, warnings.catch_warnings(), ordinary_errors():
             warnings.simplefilter("ignore")
             if self.via_torch_save:
                 from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
@@ -202,7 +177,7 @@ class DCP(Format):
                 f"{path}: refusing to load a DCP checkpoint this run did not write: {refusal}; "
                 "pass --trust if you trust where it came from"
             )
-        with warnings.catch_warnings(), _ordinary_errors():
+        with warnings.catch_warnings(), ordinary_errors():
             warnings.simplefilter("ignore")
             if options.get("loader") == "dcp_to_torch_save":
                 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
