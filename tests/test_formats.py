@@ -59,9 +59,16 @@ def test_registry_errors_name_the_culprit() -> None:
 
 def test_safetensors_refuses_ties_by_design(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
-    with pytest.raises(Unsupported, match="share memory"):
+    with pytest.raises(Unsupported, match="share memory") as refused:
         get_format("safetensors_file").save(build(load("tied")), tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+    # The keys in a stable order (safetensors prints a set, whose order follows the hash seed).
+    assert str(refused.value).endswith("— tensors sharing a storage: (lm.embed.weight, lm.head.weight)")
+    base = {"name": "base", "role": "buffer", "dtype": "float32", "shape": [2, 3], "persistent": False}
+    view = {"name": "tail", "role": "buffer", "view_of": "base", "view": "offset"}
+    with pytest.raises(Unsupported, match="share memory") as refused:
+        get_format("safetensors_model").save(build(bag(base, view)), tmp_path / "x.safetensors")
+    assert str(refused.value).endswith("— no tensor covers the whole of its storage: (bag.tail)")
 
 
 def test_safetensors_has_no_complex128(tmp_path: Path) -> None:

@@ -29,20 +29,48 @@ def _version() -> str:
         return "?"
 
 
-def _refusal(exc: Exception) -> Unsupported | None:
+def _refusal(exc: Exception, state: Mapping[str, Any]) -> Unsupported | None:
     """The by-design refusals of safetensors, told apart from real errors."""
     text = str(exc)
     if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], torch.dtype):
         return Unsupported(f"safetensors {_version()} has no code for dtype {exc.args[0]}")
     if "share memory" in text or "None is covering the entire storage" in text:
-        return Unsupported(
-            "safetensors refuses tensors that share memory (ties, views) by design — " + " ".join(text.split())[:240]
-        )
+        # safetensors names the keys as Python sets, whose order changes with the hash seed: the
+        # groups come from the state dict instead, sorted, so a report repeats.
+        groups = _storage_groups(state)
+        if "None is covering the entire storage" in text:
+            uncovered = [g for g in groups if not any(_covers(state[k]) for k in g)]
+            what = "no tensor covers the whole of its storage: " + ", ".join(f"({', '.join(g)})" for g in uncovered)
+        else:
+            what = "tensors sharing a storage: " + ", ".join(f"({', '.join(g)})" for g in groups if len(g) > 1)
+        return Unsupported(f"safetensors refuses tensors that share memory (ties, views) by design — {what}")
     if "non contiguous tensor" in text:
         return Unsupported(
             f"safetensors save_file refuses non-contiguous tensors by design — {' '.join(text.split())[:120]}"
         )
     return None
+
+
+def _raise_refusal(exc: Exception, state: Mapping[str, Any]) -> None:
+    """Raise `_refusal`'s Unsupported where ``exc`` is one, without safetensors' own exception as its
+    cause: that names the keys as sets, and a cause is part of a report."""
+    refusal = _refusal(exc, state)
+    if refusal is not None:
+        raise refusal from None
+
+
+def _storage_groups(state: Mapping[str, Any]) -> list[list[str]]:
+    """The keys of ``state``'s tensors grouped by the storage they view, each group sorted."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr():
+            groups.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append(key)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def _covers(t: torch.Tensor) -> bool:
+    storage = t.untyped_storage()
+    return t.data_ptr() == storage.data_ptr() and t.numel() * t.element_size() == storage.nbytes()
 
 
 def _target(map_location: MapLocation) -> str:
@@ -65,10 +93,12 @@ class SafetensorsFile(Format):
     def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
         from safetensors.torch import save_file
 
+        state = dict(model.state_dict())
         try:
-            save_file(dict(model.state_dict()), str(path))
+            save_file(state, str(path))
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise (_refusal(exc) or exc) from exc
+            _raise_refusal(exc, state)
+            raise
 
     def load(
         self,
@@ -100,7 +130,8 @@ class SafetensorsModel(Format):
         try:
             save_model(model, str(path))
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise (_refusal(exc) or exc) from exc
+            _raise_refusal(exc, model.state_dict())
+            raise
 
     def load(
         self,
