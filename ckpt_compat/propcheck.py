@@ -268,7 +268,8 @@ def run_property(
     objects: Sequence[str] = (),
 ) -> PropertyRun:
     """``heavy_examples``: how many of the examples also go through the heavy formats
-    (TorchScript, torch.export, ...); a failure is shrunk with every format. ``objects``: the
+    (TorchScript, torch.export, ...), where light ones are checked too (else every example goes
+    through them); a failure is shrunk with every format. ``objects``: the
     whole-object checks (`OBJECT_CHECKS`) to run alongside, their cells appended."""
     run = PropertyRun()
     checker = Checker(pool)
@@ -280,7 +281,9 @@ def run_property(
     futures = [checker.submit(t) for t in tasks]
     with progress.phase("draw"):
         specs = draw_specs(examples, seed_value)
-    every = max(1, examples // max(1, heavy_examples))
+    # Heavy formats alone (``--formats onnx``): every example goes through them; sampling them
+    # would check 8 specs of the examples asked for, and none in the light formats.
+    every = max(1, examples // max(1, heavy_examples)) if light else 1
     drawn = [Task(tuple(formats) if i % every == 0 else light, spec) for i, spec in enumerate(specs)]
     drawn = [t for t in drawn if t.formats]
     # Then the specs in the heavy formats, so no worker is left with a long task at the end.

@@ -233,6 +233,22 @@ def test_onnx_runtime_takes_and_gives_bfloat16(tmp_path: Path) -> None:
     assert cell.outcome.value == "ok" and "program" in cell.checks, cell.detail
 
 
+def test_onnx_runtime_without_a_kernel_says_which_precision(tmp_path: Path) -> None:
+    """ONNX Runtime's CPU provider has no float64 PRelu; its refusal names the node only, and the
+    cell says the node's input type, so that a float32 node without a kernel is no known issue."""
+    from dataclasses import replace
+
+    cell = _onnx_round_trip("float64-prelu", tmp_path)
+    [raised] = [d for d in cell.differences if d.path == ("program",)]
+    assert raised.error is not None and raised.error.message.endswith(
+        "for PRelu(16) node with name 'node_prelu' (its floating-point inputs: tensor(double))"
+    ), raised.error
+    known = Expectations.load()
+    assert "onnxruntime-rejects-exported-model" in known.judge_one(cell).causes
+    in_float32 = replace(raised, error=replace(raised.error, message=raised.error.message.replace("double", "float")))
+    assert not known.judge_one(replace(cell, differences=(in_float32,))).explained
+
+
 def test_onnx_runtime_runs_the_graph_as_the_file_holds_it(tmp_path: Path) -> None:
     """ONNX Runtime 1.32's constant folding dies with SIGSEGV on the unoptimized graph of
     EmbeddingBag(mode="mean"): the program check runs the graph unoptimized. Checked through the

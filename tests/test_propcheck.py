@@ -59,6 +59,17 @@ def test_a_clean_run_records_every_example(tmp_path: Path) -> None:
     assert all(r.outcome is Outcome.OK for r in run.results)
 
 
+def test_heavy_formats_alone_check_every_example() -> None:
+    """Heavy formats go through a sample of the examples beside light ones; asked for alone, through
+    every one (they once went through 8 of however many were asked for)."""
+    heavy = get_format("torchscript_trace")
+    assert heavy.heavy
+    run = run_property([heavy], examples=12, seed_value=1, expectations=Expectations.load())
+    assert run.examples_run == 12 == len(run.specs) == len({r.cell.spec_id for r in run.results})
+    mixed = run_property([heavy, get_format("torch_zip")], examples=16, seed_value=1, expectations=Expectations.load())
+    assert len({r.cell.spec_id for r in mixed.results if r.cell.format == heavy.name}) == 8  # every 16 // 8 = 2nd
+
+
 def test_a_killed_worker_costs_the_cells_of_its_own_spec_only() -> None:
     formats = [get_format("torch_zip"), get_format("torch_legacy")]
     victim = draw_specs(6, 3)[2]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -179,7 +180,7 @@ class ONNX(Format):
                 absent[key] = "no initializer of this name (folded or rewritten by the exporter)"
             else:
                 state[key] = _tensor(arrays[found], value.dtype)
-        return Loaded(state, absent=absent, call=_runtime(path), flat_outputs=True)
+        return Loaded(state, absent=absent, call=_runtime(path, model), flat_outputs=True)
 
 
 def _why_not_exported(exc: BaseException) -> str:
@@ -221,8 +222,9 @@ def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
     return raw.view(dtype).reshape(array.shape)
 
 
-def _runtime(path: Path) -> Any:
-    """The model run by onnxruntime on the flattened inputs, or None where it is not installed."""
+def _runtime(path: Path, model: Any) -> Any:
+    """The model (``model``: the file's ModelProto) run by onnxruntime on the flattened inputs, or
+    None where it is not installed."""
     try:
         import onnxruntime
     except ImportError:
@@ -237,6 +239,7 @@ def _runtime(path: Path) -> Any:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # the runtime rejects the exported model: a finding, not a load error
         reason = f"onnxruntime {onnxruntime.__version__} cannot load the exported model — {first_line(exc)}"
+        reason += _node_input_types(model, exc)
 
         def refuse(inputs: Any) -> list[Any]:
             raise RuntimeError(reason)
@@ -255,6 +258,36 @@ def _runtime(path: Path) -> Any:
         return [_from_ort_value(v) for v in session.run_with_ort_values(None, feeds)]
 
     return call
+
+
+# ORT's CPU provider registers most ops for a few element types only; its refusal names the node,
+# not the type, so the type is read off the model.
+_NO_KERNEL = re.compile(r"NOT_IMPLEMENTED : Could not find an implementation for \S+ node with name '([^']*)'")
+
+
+def _node_input_types(model: Any, exc: BaseException) -> str:
+    """Where ONNX Runtime has no kernel for a node, the element types of the node's floating-point
+    inputs as the model declares them (``" (its floating-point inputs: tensor(float16))"``), so that
+    a known issue can say which precision lacks kernels; else nothing."""
+    from onnx import TensorProto, shape_inference
+
+    found = _NO_KERNEL.search(str(exc))
+    node = next((n for n in model.graph.node if found and n.name == found.group(1)), None)
+    if node is None:
+        return ""
+    with contextlib.suppress(Exception):  # the exporter declares most values; inference adds the rest
+        model = shape_inference.infer_shapes(model)
+    graph = model.graph
+    declared = {
+        **{v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)},
+        **{i.name: i.data_type for i in graph.initializer},
+    }
+    floating = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    types = sorted({declared[i] for i in node.input if declared.get(i) in floating})
+    if not types:
+        return ""
+    names = ", ".join(f"tensor({TensorProto.DataType.Name(t).lower()})" for t in types)
+    return f" (its floating-point inputs: {names})"
 
 
 def _ort_value(t: torch.Tensor) -> Any:
@@ -276,7 +309,6 @@ def _from_ort_value(value: Any) -> torch.Tensor:
         return torch.from_numpy(value.numpy())
     shape = list(value.shape())
     size = 2 * int(torch.Size(shape).numel())
-    raw = bytearray(ctypes.string_at(value.data_ptr(), size)) if size else bytearray()
-    return (
-        torch.frombuffer(raw, dtype=torch.bfloat16).reshape(shape) if size else torch.empty(shape, dtype=torch.bfloat16)
-    )
+    if not size:  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=torch.bfloat16)
+    return torch.frombuffer(bytearray(ctypes.string_at(value.data_ptr(), size)), dtype=torch.bfloat16).reshape(shape)
