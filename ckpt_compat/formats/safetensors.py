@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ckpt_compat.compare import aliasing_groups
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats.base import Format, Loaded, ModelFactory, Unsupported
 
@@ -37,12 +38,13 @@ def _refusal(exc: Exception, state: Mapping[str, Any]) -> Unsupported | None:
     if "share memory" in text or "None is covering the entire storage" in text:
         # safetensors names the keys as Python sets, whose order changes with the hash seed: the
         # groups come from the state dict instead, sorted, so a report repeats.
-        groups = _storage_groups(state)
+        shared = sorted(sorted(g) for g in aliasing_groups(state))
         if "None is covering the entire storage" in text:
-            uncovered = [g for g in groups if not any(_covers(state[k]) for k in g)]
+            alone = [[k] for k, t in state.items() if isinstance(t, torch.Tensor) and not any(k in g for g in shared)]
+            uncovered = sorted(g for g in shared + alone if not any(_covers(state[k]) for k in g))
             what = "no tensor covers the whole of its storage: " + ", ".join(f"({', '.join(g)})" for g in uncovered)
         else:
-            what = "tensors sharing a storage: " + ", ".join(f"({', '.join(g)})" for g in groups if len(g) > 1)
+            what = "tensors sharing a storage: " + ", ".join(f"({', '.join(g)})" for g in shared)
         return Unsupported(f"safetensors refuses tensors that share memory (ties, views) by design — {what}")
     if "non contiguous tensor" in text:
         return Unsupported(
@@ -59,16 +61,8 @@ def _raise_refusal(exc: Exception, state: Mapping[str, Any]) -> None:
         raise refusal from None
 
 
-def _storage_groups(state: Mapping[str, Any]) -> list[list[str]]:
-    """The keys of ``state``'s tensors grouped by the storage they view, each group sorted."""
-    groups: dict[tuple[str, int], list[str]] = {}
-    for key, t in state.items():
-        if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr():
-            groups.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append(key)
-    return sorted(sorted(g) for g in groups.values())
-
-
 def _covers(t: torch.Tensor) -> bool:
+    """Whether ``t`` views the whole of its storage (a zero-byte tensor does)."""
     storage = t.untyped_storage()
     return t.data_ptr() == storage.data_ptr() and t.numel() * t.element_size() == storage.nbytes()
 
