@@ -30,7 +30,7 @@ def supports_assign() -> bool:
     return "assign" in inspect.signature(nn.Module.load_state_dict).parameters
 
 
-def _with_metadata(state: Mapping[str, Any], items: Any) -> OrderedDict[str, Any]:
+def with_metadata(state: Mapping[str, Any], items: Any) -> OrderedDict[str, Any]:
     """A new state dict that keeps the original's ``_metadata`` (module versions matter to loads)."""
     out: OrderedDict[str, Any] = OrderedDict(items)
     metadata = getattr(state, "_metadata", None)
@@ -107,7 +107,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
         dropped = {candidates[0], candidates[-1]}
         expect(
             f"dropped={sorted(dropped)}",
-            _with_metadata(state, ((k, v) for k, v in state.items() if k not in dropped)),
+            with_metadata(state, ((k, v) for k, v in state.items() if k not in dropped)),
             dropped,
             set(),
         )
@@ -115,7 +115,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
         new_name = renamed + "_renamed"
         expect(
             f"renamed={renamed!r}",
-            _with_metadata(state, ((new_name if k == renamed else k, v) for k, v in state.items())),
+            with_metadata(state, ((new_name if k == renamed else k, v) for k, v in state.items())),
             {renamed},
             {new_name},
         )
@@ -123,7 +123,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
     extra = {EXTRA_KEY} | ({f"{prefix}.{EXTRA_KEY}"} if prefix else set())
     expect(
         f"extra={sorted(extra)}",
-        _with_metadata(state, [*state.items(), *((k, torch.zeros(1)) for k in sorted(extra))]),
+        with_metadata(state, [*state.items(), *((k, torch.zeros(1)) for k in sorted(extra))]),
         set(),
         extra,
     )
@@ -135,7 +135,7 @@ def non_strict_loads(model: nn.Module, state: Mapping[str, Any]) -> list[Differe
         wrong = torch.zeros((*value.shape, 2, 2), dtype=value.dtype, device="meta" if value.is_meta else "cpu")
         try:
             model.load_state_dict(
-                _with_metadata(state, ((k, wrong if k == target else v) for k, v in state.items())), strict=False
+                with_metadata(state, ((k, wrong if k == target else v) for k, v in state.items())), strict=False
             )
         except RuntimeError as exc:
             if "size mismatch" not in str(exc):

@@ -10,7 +10,7 @@ the forward output against the original model's, bit for bit.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from ckpt_compat.devices import MAP_LOCATION_KINDS, MapLocation, available_devic
 from ckpt_compat.differences import Difference
 from ckpt_compat.dtypes import UnknownDType
 from ckpt_compat.errorinfo import ErrorInfo
+from ckpt_compat.fingerprint import state_fingerprint
 from ckpt_compat.formats import Format, Unsupported, Untrusted
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import SpecError
@@ -57,6 +58,9 @@ class Subject(Protocol):
         ...
 
 
+LoadingChecks = tuple[list[Difference], list[str], list[str]]  # differences, notes, checks that ran
+
+
 @dataclass(frozen=True)
 class Expected:
     """What a spec means on the running torch: its state, hidden buffers and forward outputs."""
@@ -72,6 +76,10 @@ class Expected:
     references: Mapping[str, str] = field(default_factory=dict)  # see `references`
     # Builds the model on the CPU again, for `float64_leaves` (rarely needed: not kept built).
     rebuild: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
+    # The loading checks' results by (aliasing, `state_fingerprint` of the loaded state): every
+    # load of this spec that gives the same state (another load option, format or producer) would
+    # give the same results. Only `_loading_checks` of the spec this was built from writes here.
+    loading_checks: dict[Hashable, LoadingChecks] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, spec: Subject, device: str = "cpu") -> Expected:
@@ -367,13 +375,27 @@ def _name_persisted_buffers(
 def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mapping[str, Any]:
     if len(items) == len(state):
         return state
-    return loading._with_metadata(state, items.items())
+    return loading.with_metadata(state, items.items())
 
 
 def _loading_checks(
     spec: Subject, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
-) -> tuple[list[Difference], list[str], list[str]]:
-    """Differences, notes and the names of the checks that ran."""
+) -> LoadingChecks:
+    """Differences, notes and the names of the checks that ran; for a state the format gave as a
+    state dict (``module`` None), those of an earlier load with the same fingerprint."""
+    fingerprint = state_fingerprint(state) if module is None else None
+    if fingerprint is None:
+        return _run_loading_checks(spec, expected, module, state, aliasing=aliasing)
+    key = (aliasing, fingerprint)
+    if key not in expected.loading_checks:
+        expected.loading_checks[key] = _run_loading_checks(spec, expected, None, state, aliasing=aliasing)
+    differences, notes, ran = expected.loading_checks[key]
+    return list(differences), list(notes), list(ran)
+
+
+def _run_loading_checks(
+    spec: Subject, expected: Expected, module: nn.Module | None, state: Mapping[str, Any], *, aliasing: bool
+) -> LoadingChecks:
     differences: list[Difference] = []
     ran = ["forward", "non_strict"]
     # The non-strict loads judge key sets and shapes, never values: the strict load's target serves

@@ -16,6 +16,7 @@ from ckpt_compat.compare import tensor_bytes
 from ckpt_compat.devices import MapLocation
 from ckpt_compat.formats import Format, Loaded, get_format
 from ckpt_compat.formats.base import ModelFactory
+from ckpt_compat.loading import with_metadata
 
 
 def flip_bit(path: Path, needle: bytes, byte: int = 0, bit: int = 0) -> int:
@@ -30,7 +31,11 @@ def flip_bit(path: Path, needle: bytes, byte: int = 0, bit: int = 0) -> int:
 
 
 class Faulty(Format):
-    """Delegates to ``inner`` and applies ``after_save(model, path)`` / ``after_load(state)``."""
+    """Delegates to ``inner`` and applies ``after_save(model, path)`` / ``after_load(state)``.
+
+    With ``only``, every load variant of ``inner`` is checked and ``after_load`` applies in that
+    variant alone: the others load the file as it is.
+    """
 
     suffix = ".bin"
 
@@ -40,6 +45,7 @@ class Faulty(Format):
         *,
         after_save: Callable[[nn.Module, Path], None] | None = None,
         after_load: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        only: Mapping[str, Any] | None = None,
     ) -> None:
         self.inner = get_format(inner)
         self.name = f"faulty_{inner}"  # type: ignore[misc]
@@ -47,10 +53,11 @@ class Faulty(Format):
         self.suffix = self.inner.suffix  # type: ignore[misc]
         self.holds = self.inner.holds  # type: ignore[misc]
         self.map_location_kinds = self.inner.map_location_kinds  # type: ignore[misc]
-        self.after_save, self.after_load = after_save, after_load
+        self.after_save, self.after_load, self.only = after_save, after_load, only
 
     def load_variants(self) -> list[dict[str, Any]]:
-        return self.inner.load_variants()[:1]
+        variants = self.inner.load_variants()
+        return variants if self.only is not None else variants[:1]
 
     def save(self, model: nn.Module, path: Path, inputs: Any = None) -> None:
         self.inner.save(model, path, inputs)
@@ -70,9 +77,11 @@ class Faulty(Format):
         trusted: bool,
     ) -> Loaded:
         loaded = self.inner.load(path, options, map_location, fresh_model, trusted=trusted)
-        if self.after_load is None:
+        if self.after_load is None or (self.only is not None and dict(options) != dict(self.only)):
             return loaded
-        return Loaded(self.after_load(dict(loaded.state_dict)), loaded.module)
+        # The corrupted state keeps the loaded one's ``_metadata``: only the planted fault differs.
+        state = loaded.state_dict
+        return Loaded(with_metadata(state, self.after_load(dict(state)).items()), loaded.module)
 
 
 def flip_bit_of(key: str, byte: int = 0, bit: int = 0) -> Callable[[nn.Module, Path], None]:
@@ -92,3 +101,20 @@ def untie(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 def retype(key: str, dtype: torch.dtype) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda state: {k: (v.to(dtype) if k == key else v) for k, v in state.items()}
+
+
+def restride(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The same values of a 2-d tensor in column-major order."""
+    return lambda state: {k: (v.t().contiguous().t() if k == key else v) for k, v in state.items()}
+
+
+def nudge(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Element 0 of ``key`` one ulp up: a value a bitwise check catches and a tolerance would not."""
+
+    def corrupt(state: dict[str, Any]) -> dict[str, Any]:
+        t = state[key].clone()
+        flat = t.view(-1)
+        flat[0] = torch.nextafter(flat[0], torch.tensor(float("inf"), dtype=t.dtype))
+        return {**state, key: t}
+
+    return corrupt

@@ -11,8 +11,8 @@ import torch
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import available_formats, get_format
 from ckpt_compat.results import Outcome
-from ckpt_compat.roundtrip import check_spec
-from tests.faults import Faulty, drop, flip_bit_of, retype, untie
+from ckpt_compat.roundtrip import Expected, SavedFile, check_file, check_spec
+from tests.faults import Faulty, drop, flip_bit_of, nudge, retype, untie
 from tests.samples import bag, load
 
 
@@ -89,6 +89,54 @@ def test_a_wrong_dtype_is_a_mismatch(tmp_path: Path) -> None:
     assert cell.outcome is Outcome.MISMATCH
     dtype = {(d.kind, d.path): (d.expected, d.actual) for d in cell.differences}
     assert dtype["dtype", ("state_dict", "fc.bias")] == ("float32", "float64")
+
+
+# Where the loading checks (strict load, assign=True onto meta, the forward pass) report.
+LOADING_ROOTS = {"loaded_model.state_dict", "assigned.state_dict", "forward"}
+LOAD_FAULTS = {
+    "a value one ulp off": ("plain", nudge("fc.weight")),
+    "a dtype": ("plain", retype("fc.bias", torch.float64)),
+    "a lost tie": ("tied", untie("lm.head.weight")),
+}
+
+
+@pytest.mark.parametrize("fault", LOAD_FAULTS, ids=list(LOAD_FAULTS))
+def test_one_load_variant_with_a_fault_gets_loading_checks_of_its_own(fault: str, tmp_path: Path) -> None:
+    """The loading checks' results are reused between loads whose states have one fingerprint
+    (torch_zip's variants usually load the same state): a variant whose state differs in one
+    property gets its own, whether it loads before the clean variants or after them."""
+    variants = get_format("torch_zip").load_variants()
+    if len(variants) < 2:
+        pytest.skip(f"torch {torch.__version__} has one load variant of torch_zip")
+    name, corrupt = LOAD_FAULTS[fault]
+    found = []
+    for only in (variants[0], variants[-1]):
+        fmt = Faulty("torch_zip", after_load=corrupt, only=only)
+        checked = [r for r in check_spec(load(name), [fmt], tmp_path, consumers=["cpu"]) if "strict_load" in r.checks]
+        assert len(checked) == len(variants)
+        faulty = [r for r in checked if {k: v for k, v in r.cell.options.items() if k != "map_location"} == only]
+        assert len(faulty) == 1
+        found.append([d for d in faulty[0].differences if d.root in LOADING_ROOTS])
+        assert found[-1], f"the fault in {only} is not seen by the loading checks"
+        assert [d for r in checked if r is not faulty[0] for d in r.differences] == []
+    assert found[0] == found[1]
+
+
+def test_loads_that_give_one_state_run_the_loading_checks_once(tmp_path: Path) -> None:
+    from ckpt_compat.results import Endpoint
+
+    fmt = get_format("torch_zip")
+    if len(fmt.load_variants()) < 2:
+        pytest.skip(f"torch {torch.__version__} has one load variant of torch_zip")
+    spec = load("tied")
+    expected = Expected.build(spec)
+    path = tmp_path / "tied.pt"
+    fmt.save(spec.model(), path)
+    cells = check_file(SavedFile(spec, fmt, path, Endpoint(torch.__version__, "cpu"), expected), ["cpu"])
+    checked = [r for r in cells if "strict_load" in r.checks]
+    assert len(checked) == len(fmt.load_variants())
+    assert all(r.outcome is Outcome.OK for r in cells)
+    assert len(expected.loading_checks) == 1
 
 
 def test_every_device_and_map_location_spelling_is_a_cell(tmp_path: Path) -> None:
