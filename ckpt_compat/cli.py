@@ -7,6 +7,7 @@ line on stderr and exit code 2; a run that finds an unexpected outcome exits 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -443,22 +444,36 @@ def _finish(report: Report, out: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return _in_pool(args, RUN_TIMEOUT, _run_in, names=True, preload=("ckpt_compat.propcheck", "ckpt_compat.report"))
+
+
+def _in_pool(
+    args: argparse.Namespace,
+    timeout: float,
+    then: Callable[[Pool, argparse.Namespace, float], int],
+    *,
+    names: bool,
+    preload: tuple[str, ...],
+) -> int:
+    """``then(pool, args, started)`` with ``args.jobs`` workers, under their answer on which
+    formats are usable here; ``args.out`` is proved writable first."""
     from ckpt_compat.isolation import Pool
     from ckpt_compat.workers import ARGV, AVAILABILITY
 
     started = time.perf_counter()
     _writable_dir(args.out)
-    with Pool(ARGV, jobs=args.jobs, timeout=RUN_TIMEOUT).start() as pool:  # they import torch meanwhile
+    with Pool(ARGV, jobs=args.jobs, timeout=timeout).start() as pool:  # they import torch meanwhile
         found = pool.submit(AVAILABILITY)  # and then every format's packages, to say which are usable
-        # Meanwhile: this process imports torch, the registry and the run's modules, and a bad
+        # Meanwhile: this process imports torch, the registry and the command's modules, and a bad
         # --formats fails now, not after the workers' answer.
-        check_format_names(args.formats)
-        import ckpt_compat.propcheck
-        import ckpt_compat.report  # noqa: F401
+        if names:
+            check_format_names(args.formats)
+        for module in preload:
+            importlib.import_module(module)
         from ckpt_compat.formats import availability_from
 
         with availability_from(found.result()):
-            return _run_in(pool, args, started)
+            return then(pool, args, started)
 
 
 def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
@@ -604,20 +619,8 @@ RUN_TIMEOUT = 900.0  # seconds to check one spec in every format (a heavy one ta
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from ckpt_compat.isolation import Pool
-    from ckpt_compat.workers import ARGV, AVAILABILITY
-
-    started = time.perf_counter()
-    _writable_dir(args.out)
-    with Pool(ARGV, jobs=args.jobs, timeout=PRODUCE_TIMEOUT).start() as pool:  # they import torch meanwhile
-        found = pool.submit(AVAILABILITY)
-        if args.all_formats_except is None:  # meanwhile (see _run)
-            check_format_names(args.formats)
-        import ckpt_compat.corpus  # noqa: F401
-        from ckpt_compat.formats import availability_from
-
-        with availability_from(found.result()):
-            return _produce_in(pool, args, started)
+    names = args.all_formats_except is None
+    return _in_pool(args, PRODUCE_TIMEOUT, _produce_in, names=names, preload=("ckpt_compat.corpus",))
 
 
 def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
