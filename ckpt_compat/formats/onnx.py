@@ -239,7 +239,7 @@ def _runtime(path: Path, model: Any) -> Any:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # the runtime rejects the exported model: a finding, not a load error
         reason = f"onnxruntime {onnxruntime.__version__} cannot load the exported model — {first_line(exc)}"
-        reason += _node_input_types(model, exc)
+        reason += _node_input_types(model, exc) + _schema_refusal(model, exc)
 
         def refuse(inputs: Any) -> list[Any]:
             raise RuntimeError(reason)
@@ -262,18 +262,20 @@ def _runtime(path: Path, model: Any) -> Any:
 
 # ORT's CPU provider registers most ops for a few element types only; its refusal names the node,
 # not the type, so the type is read off the model.
-_NO_KERNEL = re.compile(r"NOT_IMPLEMENTED : Could not find an implementation for \S+ node with name '([^']*)'")
+_NO_KERNEL = re.compile(r"NOT_IMPLEMENTED : Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'")
+_FLOATING = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _node_input_types(model: Any, exc: BaseException) -> str:
     """Where ONNX Runtime has no kernel for a node, the element types of the node's floating-point
     inputs as the model declares them (``" (its floating-point inputs: tensor(float16))"``), so that
-    a known issue can say which precision lacks kernels; else nothing."""
+    a known issue can say which precision lacks kernels; else nothing. A node ONNX Runtime made by
+    expanding a function op (Gelu into Erf, ...) has no name: then the graph's function op nodes
+    whose body holds that op are named with their inputs' types."""
     from onnx import TensorProto, shape_inference
 
     found = _NO_KERNEL.search(str(exc))
-    node = next((n for n in model.graph.node if found and n.name == found.group(1)), None)
-    if node is None:
+    if found is None:
         return ""
     with contextlib.suppress(Exception):  # the exporter declares most values; inference adds the rest
         model = shape_inference.infer_shapes(model)
@@ -282,12 +284,67 @@ def _node_input_types(model: Any, exc: BaseException) -> str:
         **{v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)},
         **{i.name: i.data_type for i in graph.initializer},
     }
-    floating = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-    types = sorted({declared[i] for i in node.input if declared.get(i) in floating})
-    if not types:
+    op, name = found.groups()
+    nodes = [n for n in graph.node if n.name == name]
+    expanded = not nodes and not name
+    if expanded:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        nodes = [n for n in graph.node if op in _function_body_ops(n, declared, opset)]
+    types = sorted({declared[i] for n in nodes for i in n.input if declared.get(i) in _FLOATING})
+    if not nodes or not types:
         return ""
     names = ", ".join(f"tensor({TensorProto.DataType.Name(t).lower()})" for t in types)
+    if expanded:
+        where = ", ".join(f"{n.op_type} '{n.name}'" for n in nodes)
+        return f" (expanded from {where}, whose floating-point inputs are: {names})"
     return f" (its floating-point inputs: {names})"
+
+
+# ONNX's checker in ORT refuses a value whose type the op's schema does not list for that input.
+_TYPE_ERROR = re.compile(
+    r"Type Error: Type '(tensor\(\w+\))' of input parameter \((.*)\) of operator \((\w+)\) in node \((.*)\) is invalid"
+)
+
+
+def _schema_refusal(model: Any, exc: BaseException) -> str:
+    """Where ONNX Runtime refuses a node's input type, whether the op's ONNX schema at the model's
+    opset lists that type for that input (``" (ONNX's Conv schema at opset 18 takes no
+    tensor(bfloat16) for that input)"``): a schema fact, not an exporter that declared a wrong type."""
+    from onnx import defs
+
+    found = _TYPE_ERROR.search(str(exc))
+    node = next((n for n in model.graph.node if found and n.name == found.group(4)), None)
+    if found is None or node is None or found.group(2) not in node.input:
+        return ""
+    opset = next((o.version for o in model.opset_import if o.domain == node.domain), 0)
+    try:
+        schema: Any = defs.get_schema(node.op_type, opset, node.domain)
+    except Exception:  # no schema at that opset: nothing to say
+        return ""
+    formal = schema.inputs[min(list(node.input).index(found.group(2)), len(schema.inputs) - 1)]
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    if found.group(1) in allowed.get(formal.type_str, {formal.type_str}):
+        return ""
+    return f" (ONNX's {node.op_type} schema at opset {opset} takes no {found.group(1)} for that input)"
+
+
+def _function_body_ops(node: Any, declared: dict[str, int], opset: int) -> set[str]:
+    """The op types in the body ONNX gives ``node``'s op as a function at ``opset`` (for the
+    input types ``declared``); empty for an op that is not a function."""
+    from onnx import FunctionProto, defs, helper
+
+    try:
+        schema: Any = defs.get_schema(node.op_type, opset, node.domain)  # its stubs lack the function API
+        if schema.has_function:
+            body = schema.function_body
+        elif schema.has_context_dependent_function:
+            types = [helper.make_tensor_type_proto(declared[i], None).SerializeToString() for i in node.input if i]
+            body = FunctionProto.FromString(schema.get_context_dependent_function(node.SerializeToString(), types))
+        else:
+            return set()
+    except Exception:  # no schema at this opset, an input of unknown type: not a function we can expand
+        return set()
+    return {n.op_type for n in body.node}
 
 
 def _ort_value(t: torch.Tensor) -> Any:
