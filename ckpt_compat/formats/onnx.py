@@ -285,7 +285,8 @@ def _node_input_types(model: Any, exc: BaseException) -> str:
         **{i.name: i.data_type for i in graph.initializer},
     }
     op, name = found.groups()
-    nodes = [n for n in graph.node if n.name == name]
+    # By name and type: nameless nodes of other ops say nothing about this one.
+    nodes = [n for n in graph.node if n.name == name and n.op_type == op]
     expanded = not nodes and not name
     if expanded:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
