@@ -8,6 +8,7 @@ import torch
 
 from ckpt_compat.compare import compare_state_dicts
 from ckpt_compat.devices import MapLocation
+from ckpt_compat.differences import Difference
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import (
     UnknownFormat,
@@ -233,41 +234,46 @@ def test_onnx_runtime_takes_and_gives_bfloat16(tmp_path: Path) -> None:
     assert cell.outcome.value == "ok" and "program" in cell.checks, cell.detail
 
 
+def _refused_program(name: str, tmp_path: Path, ends: str) -> tuple[CellResult, Difference, str]:
+    """The ONNX round trip of tests/specs/``name``.json, which ONNX Runtime refuses: the cell (that
+    `onnxruntime-rejects-exported-model` explains), its difference at ``program`` and that
+    difference's message, which ends with what the regex ``ends`` matches."""
+    import re
+
+    cell = _onnx_round_trip(name, tmp_path)
+    [raised] = [d for d in cell.differences if d.path == ("program",)]
+    assert raised.error is not None and re.search(f"{ends}$", raised.error.message), raised.error
+    assert "onnxruntime-rejects-exported-model" in Expectations.load().judge_one(cell).causes
+    return cell, raised, raised.error.message
+
+
+def _explained_with(cell: CellResult, raised: Difference, message: str) -> bool:
+    """Whether the known issues explain ``cell`` with its refusal's message made ``message``."""
+    from dataclasses import replace
+
+    assert raised.error is not None
+    refused = replace(raised, error=replace(raised.error, message=message))
+    return Expectations.load().judge_one(replace(cell, differences=(refused,))).explained
+
+
 def test_onnx_runtime_without_a_kernel_says_which_precision(tmp_path: Path) -> None:
     """ONNX Runtime's CPU provider has no float64 PRelu; its refusal names the node only, and the
     cell says the node's input type, so that a float32 node without a kernel is no known issue."""
-    from dataclasses import replace
-
-    cell = _onnx_round_trip("float64-prelu", tmp_path)
-    [raised] = [d for d in cell.differences if d.path == ("program",)]
-    assert raised.error is not None and raised.error.message.endswith(
-        "for PRelu(16) node with name 'node_prelu' (its floating-point inputs: tensor(double))"
-    ), raised.error
-    known = Expectations.load()
-    assert "onnxruntime-rejects-exported-model" in known.judge_one(cell).causes
-    in_float32 = replace(raised, error=replace(raised.error, message=raised.error.message.replace("double", "float")))
-    assert not known.judge_one(replace(cell, differences=(in_float32,))).explained
+    ends = r"for PRelu\(16\) node with name 'node_prelu' \(its floating-point inputs: tensor\(double\)\)"
+    cell, raised, message = _refused_program("float64-prelu", tmp_path, ends)
+    assert not _explained_with(cell, raised, message.replace("double", "float"))
 
 
 def test_onnx_runtime_without_a_kernel_in_an_expanded_function_names_the_function(tmp_path: Path) -> None:
     """ONNX Runtime has no float64 Gelu: it expands the function into its body, then has no float64
     Erf either, and names that node '' (it is in no graph). The cell names the Gelu node whose body
     holds it, with its input type, and is explained; the same refusal in float32 is not."""
-    import re
-    from dataclasses import replace
-
-    cell = _onnx_round_trip("float64-gelu", tmp_path)
-    [raised] = [d for d in cell.differences if d.path == ("program",)]
-    assert raised.error is not None
-    assert re.search(
+    ends = (
         r"for Erf\(\d+\) node with name '' \(expanded from Gelu '[^']*', whose floating-point inputs are: "
-        r"tensor\(double\)\)$",
-        raised.error.message,
-    ), raised.error
-    known = Expectations.load()
-    assert "onnxruntime-rejects-exported-model" in known.judge_one(cell).causes
-    in_float32 = replace(raised, error=replace(raised.error, message=raised.error.message.replace("double", "float")))
-    assert not known.judge_one(replace(cell, differences=(in_float32,))).explained
+        r"tensor\(double\)\)"
+    )
+    cell, raised, message = _refused_program("float64-gelu", tmp_path, ends)
+    assert not _explained_with(cell, raised, message.replace("double", "float"))
 
 
 def test_onnx_runtime_refusing_a_type_the_op_schema_lacks_is_known_and_another_is_not(tmp_path: Path) -> None:
@@ -275,20 +281,11 @@ def test_onnx_runtime_refusing_a_type_the_op_schema_lacks_is_known_and_another_i
     the model as it loads it, and the cell says what the schema (onnx.defs) lists. The known issue
     explains that refusal only: the same refusal without the schema's word (a bfloat16 input where
     the schema lists bfloat16, an exporter declaring a wrong type) is not explained."""
-    import re
-    from dataclasses import replace
-
-    cell = _onnx_round_trip("bfloat16-conv", tmp_path)
-    [raised] = [d for d in cell.differences if d.path == ("program",)]
-    assert raised.error is not None
-    message = raised.error.message
-    assert "of operator (Conv) in node" in message, raised.error
-    schema = r"\(ONNX's Conv schema at opset \d+ takes no tensor\(bfloat16\) for that input\)$"
-    assert re.search(schema, message), message
-    known = Expectations.load()
-    assert "onnxruntime-rejects-exported-model" in known.judge_one(cell).causes
-    listed = replace(raised, error=replace(raised.error, message=message[: message.rindex(" (ONNX's")]))
-    assert not known.judge_one(replace(cell, differences=(listed,))).explained
+    ends = (
+        r"of operator \(Conv\) in node .*\(ONNX's Conv schema at opset \d+ takes no tensor\(bfloat16\) for that input\)"
+    )
+    cell, raised, message = _refused_program("bfloat16-conv", tmp_path, ends)
+    assert not _explained_with(cell, raised, message[: message.rindex(" (ONNX's")])
 
 
 def test_onnx_runtime_runs_the_graph_as_the_file_holds_it(tmp_path: Path) -> None:
