@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -76,37 +74,21 @@ def workload_file(scratch: Path) -> FileFactory:
 
 @pytest.fixture(scope="session")
 def limit_file(workload_file: FileFactory) -> tuple[Path, Path]:
-    """``(file, reference)``: the same-pass read limits' file, as many bytes as the workloads."""
+    """``(file, reference)``: the read limits' file, as many bytes as the workloads."""
     _, reference = workload_file("transformer", "float32", "torch_zip")
     path = reference.with_name(f"limit{bench.suffix(bench.RAW)}")
     return bench.save_here(bench.RAW, torch.load(reference, weights_only=True), path), reference
 
 
-def limit_round(limit_file: tuple[Path, Path], op_id: str, cache: str) -> dict[str, Any]:
-    """One round of a same-pass limit: a read of the limit file (warm or cold), or a write of as
-    many bytes to a file of its own."""
-    path, reference = limit_file
-    if op_id == "raw:write":
-        target = path.with_name(f"limit-written{bench.suffix(bench.RAW)}")
-        done = bench.fresh(op_id, target, reference)
-        bench.remove(target)
-        return done
-    return bench.fresh(op_id, path, reference, cold=cache == "cold")
-
-
-# Rounds taken one test at a time (a result's live round, a save) share a limit round taken at most
-# this long before them: their pass is this window (the interleaved passes take their own).
-LIVE_PASS_SECONDS = 30.0
-_recent: dict[tuple[Path, str, str], tuple[float, dict[str, Any]]] = {}
-
-
-def live_limit_round(limit_file: tuple[Path, Path], op_id: str, cache: str) -> dict[str, Any]:
-    """The limit round for a round taken now: the last one of its kind if it is recent enough."""
-    key = (limit_file[0], op_id, cache)
-    taken = _recent.get(key)
-    if taken is None or time.monotonic() - taken[0] > LIVE_PASS_SECONDS:
-        taken = _recent[key] = (time.monotonic(), limit_round(limit_file, op_id, cache))
-    return taken[1]
+def limit_of(limit_file: tuple[Path, Path], op_id: str, cache: str) -> tuple[str, Path]:
+    """The limit a round of ``op_id`` in ``cache`` is judged against, as `bench.fresh` takes it
+    (taken in the round's own child, right after the operation): a read of the limit file, or a
+    write of as many bytes to a file of its own."""
+    limit_op, _ = bench.limit_for(bench.OPS[op_id], cache)
+    path, _ = limit_file
+    if bench.OPS[limit_op].saves:
+        return limit_op, path.with_name(f"limit-written{bench.suffix(bench.RAW)}")
+    return limit_op, path
 
 
 def rounds_for(benchmark: object) -> int:

@@ -2,7 +2,7 @@
 
     python benchmarks/repeatability.py A.json B.json [--markdown]
 
-For every load result in both runs: the change of its median per-pass ratio to the same-pass limit
+For every load result in both runs: the change of its median per-round ratio to its limit
 (the figure that must repeat) and of its median time, and whether it repeats: a warm result within
 5%, a cold one within 5% or within its own measured spread (the larger inter-quartile range of the
 two runs' ratios, relative to the median). Prints one line per result, then the counts; exits 1

@@ -2,7 +2,8 @@
 
 pytest-benchmark's own timer includes the child's interpreter start; the figures to read are in
 ``extra_info`` (``ckpt_compat.bench.result_info``): the child-measured rounds, median and IQR, GB/s,
-each round's ratio to the limit taken in the same pass, and the child's peak RSS over the operation.
+each round's ratio to its limit (a raw read taken in the same child right after it), and the
+child's peak RSS over the operation.
 Run: ``python -m pytest benchmarks --benchmark-json out.json`` (``CKPT_COMPAT_BENCH_MIB=256`` for
 the published sizes), then ``ckpt-compat bench-report out.json``.
 """
@@ -22,8 +23,7 @@ from benchmarks.conftest import (
     PROGRAMS,
     SIZE_MIB,
     FileFactory,
-    limit_round,
-    live_limit_round,
+    limit_of,
     skip_unless_available,
 )
 from ckpt_compat import bench
@@ -65,11 +65,6 @@ def _wanted(case: Case, done: list[dict[str, Any]]) -> int:
     return (MORE_ROUNDS if fast or noisy else LOAD_ROUNDS) - 1
 
 
-def _limit_key(op_id: str, cache: str) -> Case:
-    limit_op, limit_cache = bench.limit_for(bench.OPS[op_id], cache)
-    return ("limit", "-", limit_op, limit_cache)
-
-
 Schedule = bench.Schedule[Case, dict[str, Any]]
 
 
@@ -79,8 +74,8 @@ def interleaved_rounds(
 ) -> Schedule:
     """Every selected load's rounds but one, taken interleaved across all of them
     (``bench.interleaved``): a burst of noise on the machine then costs each result a round, not
-    a whole result. Every pass also takes one round of each limit the selected loads are judged
-    against. Nothing under ``--benchmark-disable`` (the smoke run takes its one round live).
+    a whole result. Each round takes its own limit in its child (`limit_of`). Nothing under
+    ``--benchmark-disable`` (the smoke run takes its one round live).
     ``limits`` first: the session's figures are measured before the rounds, not in between."""
     if request.config.getoption("benchmark_disable", False):
         return bench.Schedule()
@@ -90,16 +85,15 @@ def interleaved_rounds(
         if getattr(item, "originalname", None) == "test_load"
     ]
     trials = {}
-    limit_trials = {}
     for kind, dtype, op_id, cache in selected:
         op = bench.OPS[op_id]
         if bench.why_unavailable(op) is None:
             path, reference = workload_file(kind, dtype, op.format)
-            cold = cache == "cold"
-            trials[kind, dtype, op_id, cache] = functools.partial(bench.fresh, op_id, path, reference, cold=cold)
-            limit = _limit_key(op_id, cache)
-            limit_trials[limit] = functools.partial(limit_round, limit_file, limit[2], limit[3])
-    return bench.interleaved(trials, _wanted, seed=SEED, every_pass=limit_trials)
+            limit = limit_of(limit_file, op_id, cache)
+            trials[kind, dtype, op_id, cache] = functools.partial(
+                bench.fresh, op_id, path, reference, cold=cache == "cold", limit=limit
+            )
+    return bench.interleaved(trials, _wanted, seed=SEED)
 
 
 @pytest.mark.parametrize(("kind", "dtype", "op_id", "cache"), _cases())
@@ -117,16 +111,13 @@ def test_load(  # type: ignore[no-untyped-def]
     op = bench.OPS[op_id]
     skip_unless_available(op)
     path, reference = workload_file(kind, dtype, op.format)
-    limit = _limit_key(op_id, cache)
-    pairs = interleaved_rounds.same_pass((kind, dtype, op_id, cache), limit)
-    rounds, limit_rounds = [r for r, _ in pairs], [lr for _, lr in pairs]
+    rounds = list(interleaved_rounds.rounds.get((kind, dtype, op_id, cache), []))
 
     def live() -> None:
-        """The last round runs here, after a limit round at most LIVE_PASS_SECONDS old, so
-        pytest-benchmark's own table times a child too (its figure includes the interpreter start;
-        the ones to read are in extra_info)."""
-        limit_rounds.append(live_limit_round(limit_file, limit[2], limit[3]))
-        rounds.append(bench.fresh(op_id, path, reference, cold=cache == "cold"))
+        """The last round runs here, so pytest-benchmark's own table times a child too (its figure
+        includes the interpreter start; the ones to read are in extra_info)."""
+        limit = limit_of(limit_file, op_id, cache)
+        rounds.append(bench.fresh(op_id, path, reference, cold=cache == "cold", limit=limit))
 
     benchmark.pedantic(live, rounds=1, iterations=1)
     info = bench.result_info(
@@ -137,7 +128,7 @@ def test_load(  # type: ignore[no-untyped-def]
         cache=cache,
         limits=limits,
         size_mib=SIZE_MIB,
-        limit_rounds=limit_rounds,
+        limit_rounds=[r["limit"] for r in rounds],
     )
     benchmark.extra_info.update(info, schedule={"interleaved_rounds": len(rounds) - 1, "seed": SEED})
     # Every round loaded the same thing: all its tensors (or its subset), every byte.
@@ -145,7 +136,7 @@ def test_load(  # type: ignore[no-untyped-def]
     assert info["bytes"] > 0 and info["median_s"] > 0 and len(info["pass_ratios"]) == len(rounds)
     # And every round (and its limit round) started from the page cache it claims: all of the file,
     # or none of it.
-    resident = [r["resident_before"] for r in rounds + limit_rounds if r["resident_before"] is not None]
+    resident = [r["resident_before"] for r in rounds + [r["limit"] for r in rounds] if r["resident_before"] is not None]
     wrong = [f for f in resident if (f < 0.999 if cache == "warm" else f > 0.001)]
     assert not wrong, (
         f"{cache} rounds of {path} started with {wrong} of its pages in the page cache; a disk "

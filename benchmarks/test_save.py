@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import PROGRAMS, SIZE_MIB, FileFactory, live_limit_round, rounds_for, skip_unless_available
+from benchmarks.conftest import PROGRAMS, SIZE_MIB, FileFactory, limit_of, rounds_for, skip_unless_available
 from ckpt_compat import bench
 
 # Programs, not checkpoints: TorchScript and torch.export hold a model, not 30k loose adapters.
@@ -29,12 +29,10 @@ def test_save(  # type: ignore[no-untyped-def]
     _, reference = workload_file(kind, "float32", "torch_zip")
     target = reference.with_name(f"{kind}-saved{bench.suffix(op.format)}")
     rounds: list[dict[str, Any]] = []
-    limit_rounds: list[dict[str, Any]] = []
 
     def save() -> None:
-        """A write + fsync of as many bytes first (the save's same-pass limit), then the save."""
-        limit_rounds.append(live_limit_round(limit_file, "raw:write", "-"))
-        rounds.append(bench.fresh(op_id, target, reference))
+        """The save, then in the same child a write + fsync of as many bytes (its limit)."""
+        rounds.append(bench.fresh(op_id, target, reference, limit=limit_of(limit_file, op_id, "-")))
 
     benchmark.pedantic(save, rounds=rounds_for(benchmark), iterations=1)
     bench.remove(target)
@@ -46,7 +44,7 @@ def test_save(  # type: ignore[no-untyped-def]
         cache="-",
         limits=limits,
         size_mib=SIZE_MIB,
-        limit_rounds=limit_rounds,
+        limit_rounds=[r["limit"] for r in rounds],
     )
     benchmark.extra_info.update(info)
     assert len({r["bytes"] for r in rounds}) == 1  # every round wrote the same file

@@ -300,7 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_gate = commands.add_parser(
         "bench-gate",
         help="exit 1 if CURRENT is slower than BASELINE beyond --max-slowdown and the measured noise "
-        "(by the ratio to the limits measured in the same pass)",
+        "(by the ratio to the limit measured with each round)",
     )
     bench_gate.add_argument("baseline", type=Path, metavar="BASELINE", help="pytest --benchmark-json file")
     bench_gate.add_argument("current", type=Path, metavar="CURRENT", help="pytest --benchmark-json file")
@@ -314,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_gate.add_argument(
         "--absolute",
         action="store_true",
-        help="compare median times instead of the per-pass ratios to the same-pass limits",
+        help="compare median times instead of the per-round ratios to the limits",
     )
     bench_gate.add_argument(
         "--max-limit-change",
@@ -885,9 +885,9 @@ def _bench_gate(args: argparse.Namespace) -> int:
     # A shift shared by every result is the machine (or a change that slows everything): say so.
     shift = statistics.median(c.slowdown for c in changes)
     verdict = "FAILED" if regressed else "passed"
-    basis = "ratios to the same-pass limits" + (f" ({by_time} without limits: times)" if by_time else "")
+    basis = "ratios to each round's limit" + (f" ({by_time} without limits: times)" if by_time else "")
     if args.absolute or by_time == len(changes):
-        basis = "times" + ("" if args.absolute else " (no same-pass limits in these runs)")
+        basis = "times" + ("" if args.absolute else " (no limits in these runs)")
     print(
         f"bench-gate {verdict}: {len(changes)} results compared on {basis} (torch {baseline.torch} -> "
         f"{current.torch}), {len(regressed)} slower than {args.max_slowdown:.0%} beyond noise; largest change "

@@ -180,20 +180,27 @@ def test_interleaved_asks_again_as_rounds_come_in() -> None:
     assert len(rounds["fast"]) == 5 and len(rounds["slow"]) == 2
 
 
-def test_every_pass_takes_one_round_of_each_limit_and_pairs_it_with_the_results_of_its_pass() -> None:
-    log: list[str] = []
-    trials = {key: (lambda key=key: log.append(key) or len(log)) for key in "ab"}
-    limit = {"L": lambda: log.append("L") or len(log)}
-    wants = {"a": 3, "b": 1}
-    schedule = bench.interleaved(trials, lambda key, done: wants[key], seed=3, every_pass=limit)
-    assert len(schedule.rounds["L"]) == 3  # one per pass: three passes, while "a" wanted rounds
-    assert schedule.passes == {"a": [0, 1, 2], "b": [0], "L": [0, 1, 2]}
-    pairs = schedule.same_pass("a", "L")
-    assert [limit_round for _, limit_round in pairs] == schedule.rounds["L"]
-    passes = [log[:3], log[3:5], log[5:]]  # every pass holds its limit round, shuffled in
-    assert [sorted(p) for p in passes] == [["L", "a", "b"], ["L", "a"], ["L", "a"]]
-    assert any(p[0] != "L" for p in passes) or any(p[-1] != "L" for p in passes)
-    assert schedule.same_pass("a", "missing") == []
+def test_a_round_takes_its_limit_in_its_own_child_from_the_same_cache_state(scratch: Path) -> None:
+    """The limit a round is judged against is measured in the round's child right after the
+    operation, on its own file, put in the round's page cache state first; a written one is removed."""
+    reference = bench.write_reference(bench.workload("transformer", 2**20), scratch / "t.pt")
+    limit_file = bench.save_here(bench.RAW, torch.load(reference, weights_only=True), scratch / "limit.bin")
+    size = limit_file.stat().st_size
+    warm = bench.fresh("torch_zip:load", reference, reference, limit=("raw:read", limit_file))
+    assert warm["limit"]["bytes"] == size and warm["limit"]["seconds"] > 0
+    assert warm["limit"]["tensors"] == 1 and warm["tensors"] == len(torch.load(reference, weights_only=True))
+    assert warm["limit"]["resident_before"] == 1.0
+    written = scratch / "limit-written.bin"
+    saved = bench.fresh("torch_zip:save", scratch / "saved.pt", reference, limit=("raw:write", written))
+    assert saved["limit"]["bytes"] == size and not written.exists()
+    with pytest.raises(ValueError, match="unknown limit op 'raw:nope'"):
+        bench.fresh("torch_zip:load", reference, reference, limit=("raw:nope", limit_file))
+    cold = bench.fresh("torch_zip:load", reference, reference, cold=True, limit=("raw:read", limit_file))
+    if cold["limit"]["resident_before"] is None or cold["resident_before"]:
+        pytest.skip(f"{scratch} cannot drop its page cache, or there is no mincore")
+    assert cold["limit"]["resident_before"] == 0.0
+    # ... and it read the limit file from the disk (pgpgin: KiB the system read in, during the limit).
+    assert cold["limit"]["kernel"].get("pgpgin", size) >= 0.9 * size / 1024
 
 
 def test_limit_ops_are_raw_reads_and_writes_of_the_same_bytes(scratch: Path) -> None:
@@ -268,15 +275,15 @@ def test_fresh_rounds_record_their_page_cache_state(scratch: Path) -> None:
     assert warm["resident_before"] == 1.0 and cold["resident_before"] == 0.0
 
 
-def test_a_result_pairs_each_round_with_its_same_pass_limit_round(scratch: Path) -> None:
-    """What the report and the gate read: per-pass ratios from real rounds, each over its own limit round."""
+def test_a_result_pairs_each_round_with_its_own_limit_round(scratch: Path) -> None:
+    """What the report and the gate read: per-round ratios from real rounds, each over its own limit."""
     import statistics
 
     reference = bench.write_reference(bench.workload("transformer", 2**20), scratch / "t.pt")
     op = bench.OPS["torch_zip:load"]
     assert bench.limit_for(op, "warm") == ("raw:read", "warm")
-    rounds = [bench.fresh(op.id, reference, reference) for _ in range(3)]
-    limit_rounds = [bench.fresh("raw:read", reference, reference) for _ in range(3)]
+    rounds = [bench.fresh(op.id, reference, reference, limit=("raw:read", reference)) for _ in range(3)]
+    limit_rounds = [r["limit"] for r in rounds]
     info = bench.result_info(
         op,
         rounds,

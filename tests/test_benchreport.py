@@ -60,7 +60,7 @@ def test_report_has_the_tables_and_plots(run_json: Path, tmp_path: Path, capsys:
     assert f"({percent(mmap['ratio_median'])} ±{percent(half)})" in honest
     for heading in (
         "## The machine's limits",
-        "Same-pass limits: a raw read or write",
+        "The limits the results are judged against: a raw read or write",
         "| torch | raw:read cold | raw:read warm | raw:read_into warm | raw:write |",
         "## The honest comparison",
         "## Load, transformer-like",
@@ -95,7 +95,7 @@ def test_gate_by_absolute_times_fails_a_slowdown_and_names_it(
     assert main(["bench-gate", str(run_json), str(current), "--absolute", "--max-slowdown", "250%"]) == 0
     # By ratio (the default), times alone moving is no regression: the limits did not move with them...
     assert main(["bench-gate", str(run_json), str(current), "--max-slowdown", "10%"]) == 0
-    assert "compared on ratios to the same-pass limits" in capsys.readouterr().out
+    assert "compared on ratios to each round's limit" in capsys.readouterr().out
 
 
 def test_gate_says_machine_changed_when_the_limits_moved(
@@ -195,4 +195,4 @@ def test_schema_1_runs_are_read_in_todays_names_and_gated_on_times(capsys: pytes
     assert "safetensors" not in {r["format"] for r in run.results}
     assert main(["bench-gate", str(old), str(old)]) == 0
     out = capsys.readouterr().out
-    assert "61 results compared on times (no same-pass limits in these runs)" in out
+    assert "61 results compared on times (no limits in these runs)" in out

@@ -5,11 +5,12 @@
 - A lazy mmap is not a load until its bytes are read: a load op is "complete" when it ends with
   every byte in memory; lazy ops say so in their name (`ops`, derived from the format registry).
 - The page cache is put in the same state before every load round, and proven (`pagecache`).
-- Rounds are taken in interleaved passes, and every pass also takes the **limits** its results are
-  judged against (`schedule`, `limits`): a raw read or write of a file of the same size, in a fresh
-  child, in the same cache state. The ratio of a round to its same-pass limit takes out the
-  machine's speed as a whole (another disk, a slower session); noise from one second to the next it
-  cannot, a pass being minutes long (`stats`, `result`; docs/benchmarks/repeatability.md).
+- Rounds are taken in interleaved passes (`schedule`), and every round also takes the **limit** it
+  is judged against (`limits`): a raw read or write of a file of the same size, in the same cache
+  state, in the round's own child right after the operation. The ratio of a round to its limit
+  takes out the machine's speed as a whole (another disk, a slower session) and, the two being a
+  second apart, much of its noise from one second to the next (`stats`, `result`;
+  docs/benchmarks/repeatability.md).
 - `report` and `plots` turn stored results into tables and figures; `gate` compares two runs.
 """
 

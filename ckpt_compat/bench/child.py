@@ -125,13 +125,27 @@ def _delay(op_id: str) -> float:
     return float(fraction) if name == op_id and fraction else 0.0
 
 
-def run_op(op_id: str, path: str, reference: str) -> dict[str, Any]:
+def run_op(op_id: str, path: str, reference: str, limit: tuple[str, str] | None = None) -> dict[str, Any]:
     """Run ``op_id`` once in this process and measure it: what a fresh child does.
 
     ``reference``: the torch_zip file of the workload (a save op saves what it holds; a load op
     reads its layout from ``<reference>.layout.json``). Returns seconds, bytes, tensor count, RSS,
-    and the kernel counters' change over the operation.
+    and the kernel counters' change over the operation. ``limit``: (raw op id, its file), measured
+    the same way right after the operation, under ``"limit"``: the round's own limit, taken within
+    a second of it in the same process (a limit round in another child, minutes away, shared none
+    of this VM's second-to-second noise: docs/benchmarks/repeatability.md).
     """
+    measured, result = _measure(op_id, path, reference)
+    if limit is not None:
+        # The operation's result stays alive meanwhile: the limit's fresh memory is new memory
+        # too, not the pages the operation just freed.
+        measured["limit"], _ = _measure(limit[0], limit[1], reference)
+    del result
+    return measured
+
+
+def _measure(op_id: str, path: str, reference: str) -> tuple[dict[str, Any], Any]:
+    """One timed ``op_id`` and what it returned (a load's state, kept alive by the caller)."""
     op = OPS[op_id]
     target = Path(path)
     delay = _delay(op_id)
@@ -158,7 +172,7 @@ def run_op(op_id: str, path: str, reference: str) -> dict[str, Any]:
         done, size = 0, size_on_disk(target)
     else:
         done, size = len(result), nbytes(result)
-    return {
+    measured = {
         "seconds": seconds,
         "bytes": size,
         "tensors": done,
@@ -167,35 +181,73 @@ def run_op(op_id: str, path: str, reference: str) -> dict[str, Any]:
         "peak_rss_reset": peak_reset,
         "kernel": {k: round(after[k] - v, 6) for k, v in counters.items() if k in after},
     }
+    return measured, result
 
 
-def fresh(op_id: str, path: Path, reference: Path, *, cold: bool = False, timeout: float = 600) -> dict[str, Any]:
+def _prepare_cache(op_id: str, path: Path, cold: bool) -> float | None:
+    """Put ``path`` in the state a round of ``op_id`` starts from; the fraction of it resident."""
+    if OPS[op_id].saves:
+        remove(path)
+        return None
+    if cold:
+        make_cold(path)
+    else:
+        make_warm(path)
+    return resident_fraction(path)
+
+
+def fresh(
+    op_id: str,
+    path: Path,
+    reference: Path,
+    *,
+    cold: bool = False,
+    limit: tuple[str, Path] | None = None,
+    timeout: float = 600,
+) -> dict[str, Any]:
     """One round of ``op_id`` on ``path`` in a new ``python`` process. A load starts from the same
     page cache state every round (``make_cold`` or ``make_warm``); ``resident_before`` in its
     result is the fraction of the file's pages in the page cache just before the child starts. A
     save writes ``path`` (removed first, left for the caller). The clock starts after the imports.
+    ``limit``: (raw op id, file), taken in the same child right after the operation (`run_op`),
+    its file in the same cache state (a written limit file is removed after).
     """
     op = OPS.get(op_id)
     if op is None:
         raise ValueError(f"unknown op {op_id!r}; known: {', '.join(OPS)}")
-    if op.saves:
-        remove(path)
-    elif cold:
-        make_cold(path)
-    else:
-        make_warm(path)
-    resident = None if op.saves else resident_fraction(path)
-    result: dict[str, Any] = _in_new_python(op_id, path, reference, rounds=None, timeout=timeout)
+    if limit is not None and limit[0] not in OPS:
+        raise ValueError(f"unknown limit op {limit[0]!r}; known: {', '.join(OPS)}")
+    resident = _prepare_cache(op_id, path, cold)
+    limit_resident = None if limit is None else _prepare_cache(limit[0], limit[1], cold)
+    result: dict[str, Any] = _in_new_python(op_id, path, reference, rounds=None, timeout=timeout, limit=limit)
     result["resident_before"] = resident
+    if limit is not None:
+        result["limit"]["resident_before"] = limit_resident
+        if OPS[limit[0]].saves:
+            remove(limit[1])
     return result
 
 
-def _in_new_python(op_id: str, path: Path, reference: Path, *, rounds: int | None, timeout: float) -> Any:
+def _in_new_python(
+    op_id: str,
+    path: Path,
+    reference: Path,
+    *,
+    rounds: int | None,
+    timeout: float,
+    limit: tuple[str, Path] | None = None,
+) -> Any:
     """Run ``op_id`` in a new interpreter (`isolation`, no memory limit: workloads are large);
     one result, or a list of ``rounds``. A failure is one line."""
     from ckpt_compat.isolation import Failure, call_once
 
-    request = {"op": op_id, "path": str(path), "reference": str(reference), "rounds": rounds}
+    request = {
+        "op": op_id,
+        "path": str(path),
+        "reference": str(reference),
+        "rounds": rounds,
+        "limit": None if limit is None else [limit[0], str(limit[1])],
+    }
     answer = call_once(ARGV, request, timeout=timeout, memory=None)
     if isinstance(answer, Failure):
         why = answer.message.rsplit(" | ", 1)[-1]
@@ -207,7 +259,8 @@ def _child(request: dict[str, Any]) -> Any:
     """In the child: ``run_op`` once, or ``rounds`` times in this one process."""
     args = (request["op"], request["path"], request["reference"])
     if request["rounds"] is None:
-        return run_op(*args)
+        limit = request.get("limit")
+        return run_op(*args, limit=None if limit is None else (str(limit[0]), str(limit[1])))
     return [run_op(*args) for _ in range(int(request["rounds"]))]
 
 

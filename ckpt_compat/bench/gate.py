@@ -1,10 +1,11 @@
 """The regression gate: is a run slower than a baseline, beyond its threshold and its own noise?
 
-By default a result is compared by its **per-pass ratio** to the same-pass limit (a raw read or
-write taken in the same pass as each of its rounds): when the machine's speed as a whole differs
-between the runs, both move together and the ratio does not. (Second-to-second noise is not shared
-by a limit round minutes away; each result's own noise band covers it.) ``absolute=True`` compares the
-median times. Before any result, the limits themselves are compared: a run whose limits moved more
+By default a result is compared by its **per-round ratio** to its limit (a raw read or write of
+as many bytes, taken in each round's child right after the operation): when the machine's speed
+differs, as a whole or from one second to the next, both move together and the ratio moves less.
+(Schema 2 files took the limit in the same pass, minutes away: it shared no second-to-second
+noise; each result's own noise band covers what is left.) ``absolute=True`` compares the median
+times. Before any result, the limits themselves are compared: a run whose limits moved more
 than the gate accepts ran on a changed machine (another disk, a host under load), and neither its
 ratios nor its times say anything about the code.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ckpt_compat.bench.runs import Run, key, same_pass_limits
+from ckpt_compat.bench.runs import Run, key, limit_figures
 from ckpt_compat.bench.stats import Summary
 
 TIMED = ("load", "save", "sweep")  # kinds whose rounds are seconds, compared by the gate
@@ -23,7 +24,7 @@ TIMED = ("load", "save", "sweep")  # kinds whose rounds are seconds, compared by
 @dataclass(frozen=True)
 class Change:
     """One result in both runs: how much slower the current one is, and how noisy both are.
-    ``measure``: "ratio" (per-pass ratios to the limit, higher is faster) or "time" (seconds)."""
+    ``measure``: "ratio" (per-round ratios to the limit, higher is faster) or "time" (seconds)."""
 
     key: tuple[str, ...]
     baseline: Summary
@@ -70,7 +71,7 @@ def _summary(result: dict[str, object], measure: str) -> Summary:
 
 def compare(baseline: Run, current: Run, *, absolute: bool = False) -> tuple[list[Change], list[tuple[str, ...]]]:
     """Changes for every timed result in both runs, and the keys only one of them has. A result
-    without same-pass limits in either run (a per-tensor sweep, a schema 1 file) is compared on
+    without limits in either run (a per-tensor sweep, a schema 1 file) is compared on
     its times even by ratio."""
     before = {key(r): r for r in baseline.results if r.get("kind") in TIMED}
     after = {key(r): r for r in current.results if r.get("kind") in TIMED}
@@ -84,7 +85,7 @@ def compare(baseline: Run, current: Run, *, absolute: bool = False) -> tuple[lis
 
 @dataclass(frozen=True)
 class LimitShift:
-    """One same-pass limit in both runs (median GB/s over the passes)."""
+    """One limit in both runs (median GB/s over its rounds)."""
 
     name: str
     baseline: Summary
@@ -99,6 +100,6 @@ class LimitShift:
 
 
 def limit_shifts(baseline: Run, current: Run) -> list[LimitShift]:
-    """How each same-pass limit moved between the runs (none for runs without them)."""
-    before, after = same_pass_limits(baseline), same_pass_limits(current)
+    """How each limit moved between the runs (none for runs without them)."""
+    before, after = limit_figures(baseline), limit_figures(current)
     return [LimitShift(name, before[name], after[name]) for name in sorted(before.keys() & after.keys())]

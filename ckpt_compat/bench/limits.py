@@ -1,11 +1,11 @@
 """The machine's limits: what it reaches at all, so every result is also a fraction of it.
 
 Two kinds. The session's figures (`physical_limits`: memcpy, first-touch allocation, raw write and
-read, best of 3 in this process) describe the machine once. The **same-pass limits** are what a
-result is judged against: a ``raw`` op (`ops.LIMIT_OPS`) in a fresh child, of a file of the
-workload's size, in the same page cache state, taken in the same pass of the interleaved schedule
-as the result's round; their ratio takes out a change of the machine's speed as a whole (not the
-second-to-second noise of a shared VM: a pass lasts minutes, docs/benchmarks/repeatability.md).
+read, best of 3 in this process) describe the machine once. The **round limits** are what a result
+is judged against: a ``raw`` op (`ops.LIMIT_OPS`) of a file of the workload's size, in the same
+page cache state, taken in each round's child right after the operation (`child.run_op`). Taken in
+a child of its own in the same pass (schema 2), a limit shared none of a shared VM's second-to-second
+noise with the round (docs/benchmarks/repeatability.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ckpt_compat.bench.stats import GB
 
 
 def limit_for(op: Op, cache: str) -> tuple[str, str]:
-    """The same-pass limit ``op`` is judged against, as (raw op id, cache): a save writes with
+    """The limit ``op`` is judged against, as (raw op id, cache): a save writes with
     fsync, a load into preallocated memory reads into it, any other load reads into fresh memory
     (cold for a cold round)."""
     if op.saves:
@@ -35,7 +35,7 @@ def limit_for(op: Op, cache: str) -> tuple[str, str]:
     return "raw:read", cache
 
 
-# The session's figure for each same-pass limit (raw op, cache).
+# The session's figure for each round limit (raw op, cache).
 SESSION_FIGURE = {
     ("raw:write", "-"): "write_fsync",
     ("raw:read", "cold"): "read_cold",
@@ -57,7 +57,7 @@ class Limits:
     read_cold: float  # into fresh memory, the file's pages evicted first
 
     def for_op(self, op: Op, cold: bool) -> tuple[str, float]:
-        """The session figure of the same-pass limit `limit_for` names."""
+        """The session figure of the round limit `limit_for` names."""
         name = SESSION_FIGURE[limit_for(op, "cold" if cold else "warm")]
         return name, getattr(self, name)
 

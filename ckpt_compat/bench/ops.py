@@ -6,7 +6,7 @@ out (`Format.bench_note`: an alias of another format's bytes, a program with no 
 Where users call a library directly (``torch.load``, ``safetensors.torch.load_file``), the op times
 that call instead of our adapter, and a few formats add the load paths people choose between (mmap
 + touch, into a preallocated model, a lazy subset). ``raw`` ops are the machine's limits: a plain
-read or write of a file of the same size, taken in the same pass as the results judged against them.
+read or write of a file of the same size, taken in each round's child right after the operation.
 """
 
 from __future__ import annotations

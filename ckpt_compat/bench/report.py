@@ -14,12 +14,12 @@ from ckpt_compat.atomic import write_text
 from ckpt_compat.bench import spread
 from ckpt_compat.bench.ops import OPS
 from ckpt_compat.bench.plots import plot
-from ckpt_compat.bench.runs import FORMAT_LOADS, Run, index, key, same_pass_limits, short
+from ckpt_compat.bench.runs import FORMAT_LOADS, Run, index, key, limit_figures, short
 from ckpt_compat.bench.stats import Fit
 
 
 def _gbps(r: dict[str, Any] | None, *, ratio: bool = True) -> str:
-    """GB/s, then (in brackets) the median of the per-pass ratios to the same-pass limit with half
+    """GB/s, then (in brackets) the median of the per-round ratios to the round's limit with half
     their inter-quartile range (schema 1: the ratio to the session's limit); ±x% after the GB/s is
     half the inter-quartile range of the times where it is 10% or more."""
     if r is None:
@@ -68,11 +68,13 @@ def markdown(runs: Sequence[Run], plots: Sequence[Path] = ()) -> str:
     lines += [
         "Each figure is the median of fresh-process rounds, timed inside the child after its imports: "
         "GB/s (±x%: half the inter-quartile range of the times, where it is 10% or more), then in brackets "
-        "the median of the **per-pass ratios** to the machine's limit taken in the same pass of the "
-        "interleaved schedule, ± half their inter-quartile range. The limit is a raw read of a file of the "
-        "same size into fresh memory (loads), into preallocated memory (warm `into`), in the same page "
-        "cache state (cold loads), or a write + fsync (saves), each in a fresh child like the results. "
-        "The ratio takes out a change of the machine's speed as a whole. `touch` reads every byte. "
+        "the median of the **per-round ratios** to the machine's limit, ± half their inter-quartile range. "
+        "The limit is a raw read of a file of the same size into fresh memory (loads), into preallocated "
+        "memory (warm `into`), in the same page cache state (cold loads), or a write + fsync (saves), taken "
+        "in each round's own child right after the operation (schema 2 files: in a child of its own in the "
+        "same pass of the interleaved schedule). The ratio takes out a change of the machine's speed, as a "
+        "whole and, for loads bound by the same memory and disk as the limit, from one second to the next. "
+        "`touch` reads every byte. "
         "Lazy ops (an untouched mmap) are listed to show what they defer, not as loads. Peak RSS over op "
         "is the child's VmHWM growth during the operation (reset just before it; mapped file pages count "
         "once read); for `into` ops, on top of the preallocated state dict they fill.",
@@ -161,8 +163,8 @@ def _per_format_section(runs: Sequence[Run], loads: dict[tuple[str, ...], dict[s
     lines = [
         f"## Per format: load + touch vs the raw-read limit (torch {short(last)}, float32)",
         "",
-        "GB/s (median per-pass ratio to the same-pass raw read of a file of the same size, warm or cold as "
-        "the column says).",
+        "GB/s (median per-round ratio to the raw read of a file of the same size taken with each round, "
+        "warm or cold as the column says).",
         "",
     ]
     return [*lines, *_table(["op", *(f"{k} {c}" for k, c in columns)], rows), ""]
@@ -236,13 +238,14 @@ def _limits_section(runs: Sequence[Run]) -> list[str]:
         if limits:
             rows.append([short(run.torch), *(f"{limits.get(n, float('nan')):.2f}" for n in names)])
     lines = ["## The machine's limits, measured in each session (GB/s)", "", *_table(["torch", *names], rows), ""]
-    same_pass = {run.torch: same_pass_limits(run) for run in runs}
-    found = sorted({name for limits in same_pass.values() for name in limits})
+    taken = {run.torch: limit_figures(run) for run in runs}
+    found = sorted({name for limits in taken.values() for name in limits})
     if not found:
         return lines if rows else []
     lines += [
-        "Same-pass limits: a raw read or write of a file of the workload's size in a fresh child, one "
-        "round in every pass of the schedule; median GB/s over the passes (± half the inter-quartile range).",
+        "The limits the results are judged against: a raw read or write of a file of the workload's size, "
+        "taken with every round (schema 2: one round in every pass of the schedule); median GB/s over those "
+        "rounds (± half the inter-quartile range).",
         "",
     ]
     cells = [
@@ -250,7 +253,7 @@ def _limits_section(runs: Sequence[Run]) -> list[str]:
             short(torch),
             *(f"{s.median:.2f} ±{s.spread / 2:.0%}" if (s := limits.get(name)) else "n/a" for name in found),
         ]
-        for torch, limits in same_pass.items()
+        for torch, limits in taken.items()
     ]
     return [*lines, *_table(["torch", *found], cells), ""]
 

@@ -1,9 +1,11 @@
 """One benchmark result as it is stored (pytest-benchmark's ``extra_info``): the schema lives here.
 
-Schema 2 adds the same-pass limits: every round of a load or save carries the limit round taken
-in its pass (``limit_rounds``), and the result its per-pass ratios (``pass_ratios``: throughput /
-the limit's throughput) with their median and quartiles. Schema 1 files (no same-pass limits) are
-still read; the gate compares them on absolute times only.
+Schema 2 adds the limits: every round of a load or save carries the limit round it is judged
+against (``limit_rounds``), and the result its per-round ratios (``pass_ratios``: throughput / the
+limit's throughput) with their median and quartiles. In schema 2 the limit round was taken in a
+child of its own in the same pass of the schedule; in schema 3 it is taken in the round's own
+child, right after the operation (``limit_taken``). Schema 1 files (no limits) are still read; the
+gate compares them on absolute times only.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from ckpt_compat.bench.limits import Limits, limit_for
 from ckpt_compat.bench.ops import Op
 from ckpt_compat.bench.stats import GB, Summary, throughput_ratio
 
-SCHEMA = "ckpt-compat/bench/2"
-READABLE = ("ckpt-compat/bench/1", SCHEMA)
+SCHEMA = "ckpt-compat/bench/3"
+READABLE = ("ckpt-compat/bench/1", "ckpt-compat/bench/2", SCHEMA)
+LIMIT_TAKEN = "in the round's child, right after the operation"  # schema 2: "in the same pass"
 RENAMED_FORMATS = {"safetensors": "safetensors_file", "torchscript": "torchscript_script"}  # schema 1: own names
 
 
@@ -50,7 +53,7 @@ def result_info(
     limit_rounds: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Everything about one benchmark result: the rounds as the child measured them, each with its
-    same-pass limit round, so ``ckpt-compat bench-report`` can recompute any figure."""
+    limit round, so ``ckpt-compat bench-report`` can recompute any figure."""
     summary = Summary.of(r["seconds"] for r in rounds)
     ratios = pass_ratios(rounds, limit_rounds)
     ratio = Summary.of(ratios)
@@ -83,6 +86,7 @@ def result_info(
         "ratio_to_limit": gbps / limit,
         "limit_op": limit_op,
         "limit_cache": limit_cache,
+        "limit_taken": LIMIT_TAKEN,
         "limit_rounds": [{"seconds": r["seconds"], "bytes": r["bytes"]} for r in limit_rounds],
         "pass_ratios": ratios,
         "ratio_median": ratio.median,

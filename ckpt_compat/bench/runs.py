@@ -108,9 +108,9 @@ FORMAT_LOADS = (
 )
 
 
-def same_pass_limits(run: Run) -> dict[str, Summary]:
-    """GB/s of each same-pass limit over the run (``raw:read warm``, ...), from the limit rounds
-    its results carry: one round serves every result of its pass, so each is counted once."""
+def limit_figures(run: Run) -> dict[str, Summary]:
+    """GB/s of each limit over the run (``raw:read warm``, ...), from the limit rounds its results
+    carry (in a schema 2 file one round served every result of its pass: each is counted once)."""
     rounds: dict[str, set[tuple[float, int]]] = {}
     for r in run.results:
         for limit in r.get("limit_rounds") or []:

@@ -1,4 +1,4 @@
-"""The order rounds are taken in: interleaved passes, with the limits taken in every pass."""
+"""The order rounds are taken in: interleaved passes."""
 
 from __future__ import annotations
 
@@ -18,22 +18,12 @@ class Schedule(Generic[Key, Round]):
     rounds: dict[Key, list[Round]] = field(default_factory=dict)
     passes: dict[Key, list[int]] = field(default_factory=dict)
 
-    def same_pass(self, key: Key, limit: Key) -> list[tuple[Round, Round]]:
-        """Each round of ``key`` with the round of ``limit`` taken in the same pass."""
-        by_pass = dict(zip(self.passes.get(limit, []), self.rounds.get(limit, []), strict=True))
-        return [
-            (r, by_pass[p])
-            for p, r in zip(self.passes.get(key, []), self.rounds.get(key, []), strict=True)
-            if p in by_pass
-        ]
-
 
 def interleaved(
     trials: Mapping[Key, Callable[[], Round]],
     rounds: Callable[[Key, list[Round]], int],
     *,
     seed: int = 0,
-    every_pass: Mapping[Key, Callable[[], Round]] | None = None,
 ) -> Schedule[Key, Round]:
     """Run every trial its number of rounds, **interleaved**: pass after pass, each pass one round
     of every trial that still wants one, in a new random order (seeded) each pass.
@@ -46,22 +36,16 @@ def interleaved(
 
     ``rounds(key, done)`` says how many rounds ``key`` wants, knowing its rounds so far (so a
     result can ask for more once it proves to be fast and jittery); it is asked again every pass.
-    ``every_pass``: trials taken once in every pass, shuffled in with the others (the limits the
-    pass's results are judged against, minutes from them rather than a session away).
     """
     order = random.Random(seed)
-    limits = dict(every_pass or {})
-    done: Schedule[Key, Round] = Schedule(
-        {key: [] for key in [*trials, *limits]}, {key: [] for key in [*trials, *limits]}
-    )
+    done: Schedule[Key, Round] = Schedule({key: [] for key in trials}, {key: [] for key in trials})
     number = 0
     while True:
         due = [key for key in trials if len(done.rounds[key]) < rounds(key, done.rounds[key])]
         if not due:
             return done
-        due += list(limits)
         order.shuffle(due)
         for key in due:
-            done.rounds[key].append((trials[key] if key in trials else limits[key])())
+            done.rounds[key].append(trials[key]())
             done.passes[key].append(number)
         number += 1

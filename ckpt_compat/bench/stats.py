@@ -1,4 +1,4 @@
-"""Statistics of benchmark rounds: median and quartiles, the per-tensor fit, same-pass ratios."""
+"""Statistics of benchmark rounds: median and quartiles, the per-tensor fit, ratios to a limit."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Summary:
 
 
 def throughput_ratio(nbytes: int, seconds: float, limit_bytes: int, limit_seconds: float) -> float:
-    """A round's throughput as a fraction of its limit round's (taken in the same pass): what a
+    """A round's throughput as a fraction of its limit round's (taken with it): what a
     change of the machine's speed as a whole moves both of."""
     return (nbytes / seconds) / (limit_bytes / limit_seconds)
 
