@@ -289,8 +289,7 @@ def _node_input_types(model: Any, exc: BaseException) -> str:
     nodes = [n for n in graph.node if n.name == name and n.op_type == op]
     expanded = not nodes and not name
     if expanded:
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        nodes = [n for n in graph.node if op in _function_body_ops(n, declared, opset)]
+        nodes = [n for n in graph.node if op in _function_body_ops(n, declared, _opset(model, n.domain))]
     types = sorted({declared[i] for n in nodes for i in n.input if declared.get(i) in _FLOATING})
     if not nodes or not types:
         return ""
@@ -317,7 +316,7 @@ def _schema_refusal(model: Any, exc: BaseException) -> str:
     node = next((n for n in model.graph.node if found and n.name == found.group(4)), None)
     if found is None or node is None or found.group(2) not in node.input:
         return ""
-    opset = next((o.version for o in model.opset_import if o.domain == node.domain), 0)
+    opset = _opset(model, node.domain)
     try:
         schema: Any = defs.get_schema(node.op_type, opset, node.domain)
     except Exception:  # no schema at that opset: nothing to say
@@ -327,6 +326,12 @@ def _schema_refusal(model: Any, exc: BaseException) -> str:
     if found.group(1) in allowed.get(formal.type_str, {formal.type_str}):
         return ""
     return f" (ONNX's {node.op_type} schema at opset {opset} takes no {found.group(1)} for that input)"
+
+
+def _opset(model: Any, domain: str) -> int:
+    """The opset version ``model`` imports for ``domain`` ("" and "ai.onnx" name the same one); 0 if none."""
+    same = {"", "ai.onnx"} if domain in ("", "ai.onnx") else {domain}
+    return next((o.version for o in model.opset_import if o.domain in same), 0)
 
 
 def _function_body_ops(node: Any, declared: dict[str, int], opset: int) -> set[str]:
