@@ -255,7 +255,13 @@ def _runtime(path: Path, model: Any) -> Any:
         else:
             flat = [t for _, x in leaf_blocks(inputs) for t in (x if isinstance(x, tuple) else (x,))]
         feeds = {n: _ort_value(t) for n, t in zip(names, flat, strict=False)}
-        return [_from_ort_value(v) for v in session.run_with_ort_values(None, feeds)]
+        try:
+            outputs = session.run_with_ort_values(None, feeds)
+        except Exception as exc:
+            if facts := _lstm_state_sizes(model, exc):  # the same exception type, with the graph's facts
+                raise type(exc)(f"{exc}{facts}") from exc
+            raise
+        return [_from_ort_value(v) for v in outputs]
 
     return call
 
@@ -298,6 +304,47 @@ def _node_input_types(model: Any, exc: BaseException) -> str:
         where = ", ".join(f"{n.op_type} '{n.name}'" for n in nodes)
         return f" (expanded from {where}, whose floating-point inputs are: {names})"
     return f" (its floating-point inputs: {names})"
+
+
+# ORT checks an LSTM node's initial cell state against its hidden_size attribute when it runs.
+_LSTM_CELL_STATE = re.compile(r"running LSTM node\. Name:'([^']*)' Status Message: Input initial_c must have shape")
+
+
+def _lstm_state_sizes(model: Any, exc: BaseException) -> str:
+    """Where ONNX Runtime refuses an LSTM node's initial cell state, the shapes the graph gives its
+    initial hidden and cell states when their sizes differ and the hidden one is the node's
+    hidden_size (``" (its initial_h has shape [1, 2, 1] and initial_c [1, 2, 2]: ...)"``): an LSTM
+    with a projection, which the ONNX op does not have, exported as one without. Else nothing."""
+    from onnx import helper
+
+    found = _LSTM_CELL_STATE.search(str(exc))
+    node = next((n for n in model.graph.node if found and n.name == found.group(1) and n.op_type == "LSTM"), None)
+    if node is None or len(node.input) < 7:
+        return ""
+    shapes = _shapes(model)
+    h, c = shapes.get(node.input[5]), shapes.get(node.input[6])
+    hidden = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "hidden_size"), None)
+    if not h or not c or h[-1] == c[-1] or h[-1] != hidden:
+        return ""
+    return (
+        f" (its initial_h has shape {h} and initial_c {c}: hidden and cell states of different sizes, "
+        "which only an LSTM with a projection has)"
+    )
+
+
+def _shapes(model: Any) -> dict[str, list[int]]:
+    """The fully known shapes of the graph's values, as declared or inferred."""
+    from onnx import shape_inference
+
+    with contextlib.suppress(Exception):
+        model = shape_inference.infer_shapes(model)
+    graph = model.graph
+    out = {i.name: list(i.dims) for i in graph.initializer}
+    for v in (*graph.input, *graph.value_info, *graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+        if v.type.tensor_type.HasField("shape") and all(d > 0 for d in dims):
+            out[v.name] = dims
+    return out
 
 
 # ONNX's checker in ORT refuses a value whose type the op's schema does not list for that input.
