@@ -14,15 +14,30 @@ from ckpt_compat.bench.runs import read_run
 from ckpt_compat.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-# A real run of the whole suite at the published settings (256 MiB, 5 / 9 / 3 rounds, same-pass limits):
-# the report and the gate are tested on what the harness wrote. The harness that writes such a file is
+# Real runs of the whole suite at the published settings (256 MiB, 5 / 9 / 3 rounds): the report and
+# the gate are tested on what the harness wrote, with the limit taken in each round's child (schema 3,
+# the published 2.13 run) and in the same pass (schema 2). The harness that writes such a file is
 # tested in test_bench.py, and CI runs the pipeline end to end (benchmarks -> bench-report -> bench-gate).
-RUN = ROOT / "docs" / "benchmarks" / "results" / "repeatability" / "ratio-a-2.13cpu.json"
+RUN = ROOT / "docs" / "benchmarks" / "2026-12" / "results" / "torch-2.13.json"
+SAME_PASS_RUN = ROOT / "docs" / "benchmarks" / "results" / "repeatability" / "ratio-a-2.13cpu.json"
 
 
-@pytest.fixture
-def run_json() -> Path:
-    return RUN
+@pytest.fixture(params=[RUN, SAME_PASS_RUN], ids=["schema-3", "schema-2"])
+def run_json(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.param
+    return path
+
+
+def test_the_published_run_took_a_limit_in_every_round() -> None:
+    """Schema 3: every load and save round carries its own limit round, taken in its child."""
+    from ckpt_compat.bench.result import LIMIT_TAKEN, SCHEMA
+
+    timed = [r for r in read_run(RUN).results if r["kind"] in ("load", "save")]
+    assert timed and all(r["schema"] == SCHEMA and r["limit_taken"] == LIMIT_TAKEN for r in timed)
+    assert all(len(r["limit_rounds"]) == len(r["child_seconds"]) == len(r["pass_ratios"]) for r in timed)
+    # Distinct limit rounds: one per result round, not one per pass shared by the pass's results.
+    limits = [(lim["seconds"], lim["bytes"]) for r in timed for lim in r["limit_rounds"]]
+    assert len(set(limits)) == len(limits)
 
 
 def _edit(source: Path, target: Path, change: Any) -> Path:
