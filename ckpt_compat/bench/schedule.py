@@ -13,10 +13,9 @@ Round = TypeVar("Round")
 
 @dataclass
 class Schedule(Generic[Key, Round]):
-    """Rounds by trial, each with the pass it was taken in."""
+    """Rounds by trial, in the order they were taken."""
 
     rounds: dict[Key, list[Round]] = field(default_factory=dict)
-    passes: dict[Key, list[int]] = field(default_factory=dict)
 
 
 def interleaved(
@@ -38,8 +37,7 @@ def interleaved(
     result can ask for more once it proves to be fast and jittery); it is asked again every pass.
     """
     order = random.Random(seed)
-    done: Schedule[Key, Round] = Schedule({key: [] for key in trials}, {key: [] for key in trials})
-    number = 0
+    done: Schedule[Key, Round] = Schedule({key: [] for key in trials})
     while True:
         due = [key for key in trials if len(done.rounds[key]) < rounds(key, done.rounds[key])]
         if not due:
@@ -47,5 +45,3 @@ def interleaved(
         order.shuffle(due)
         for key in due:
             done.rounds[key].append(trials[key]())
-            done.passes[key].append(number)
-        number += 1
