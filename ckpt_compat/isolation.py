@@ -9,6 +9,10 @@ What must go away even when ckpt-compat itself is SIGKILLed (children, their own
 dirs and half-written files) is registered with the *janitor*: a tiny process, in a session of
 its own, that holds the read end of a pipe. When the pipe closes, however the parent ended, it
 kills the registered process groups and removes the registered paths.
+
+A `Pool`'s workers, and their restarts, are forks of one `forkserver.Forkserver` that imported
+the workers' packages once; a lone `Child` or `call_once` is one only when given a server
+(`security` gives its attacks one; the benchmarks' rounds are fresh interpreters on purpose).
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ckpt_compat.forkserver import Forkserver
 
 TEMP_PREFIX = "ckpt-compat-"
 MEMORY_LIMIT = 16 * 2**30  # default data (heap) limit of a child: generous for a checkpoint load
@@ -163,6 +170,23 @@ def _limit_memory(limit: int | None) -> None:
         resource.setrlimit(kind, (cap, hard))
 
 
+class _Process(Protocol):
+    """What `Child` uses of its process: a `subprocess.Popen` or a `forkserver.Forked`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def stdin(self) -> IO[str] | None: ...
+
+    @property
+    def stdout(self) -> IO[str] | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Failure:
     """A child that did not answer: ``kind`` is crash, timeout or out_of_memory."""
@@ -181,7 +205,8 @@ class Child:
 
     ``argv`` is a module and its arguments (``["ckpt_compat.workers"]``), run as
     ``python -m`` after the child has contained itself; the module must call `serve`.
-    Restarted on the next request after it crashed or timed out.
+    Restarted on the next request after it crashed or timed out. With a ``forkserver`` (a
+    `forkserver.Forkserver` for the same module) each start is a fork of it where possible.
     """
 
     def __init__(
@@ -191,9 +216,11 @@ class Child:
         timeout: float,
         memory: int | None = MEMORY_LIMIT,
         env: dict[str, str] | None = None,
+        forkserver: Forkserver | None = None,
     ) -> None:
         self.argv, self.timeout, self.memory, self.env = list(argv), timeout, memory, dict(env or {})
-        self.proc: subprocess.Popen[str] | None = None
+        self.forkserver = forkserver
+        self.proc: _Process | None = None
         self.stderr: IO[str] | None = None
         self.tmp: Path | None = None
         self._stopping = threading.Lock()
@@ -204,21 +231,27 @@ class Child:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> _Process:
         self.tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         remove_on_exit(self.tmp)
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the child
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
-        env[_MEMORY_ENV] = str(self.memory or 0)
-        # The child contains itself (below) before it imports anything: no preexec_fn, which is
-        # unsafe in a parent that runs threads (torch's).
-        self.proc = subprocess.Popen(
+        forked = None
+        if self.forkserver is not None:
+            try:
+                forked = self.forkserver.spawn(self.argv, env=env, memory=self.memory, stderr=self.stderr.fileno())
+            except BaseException:  # the pool stopped meanwhile: nothing to start, nothing left behind
+                self.stop()
+                raise
+        # Else the child contains itself (`run_contained`) before it imports anything: no
+        # preexec_fn, which is unsafe in a parent that runs threads (torch's).
+        self.proc = forked or subprocess.Popen(
             [sys.executable, "-m", "ckpt_compat.isolation", *self.argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,
-            env=env,
+            env={**env, _MEMORY_ENV: str(self.memory or 0)},
             start_new_session=True,
         )
         _janitor.tell("group", self.proc.pid)
@@ -232,7 +265,10 @@ class Child:
             self.proc, self.stderr, self.tmp = None, None, None
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the child and whatever it started
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the child and whatever it started
+                except ProcessLookupError:  # a forked child not yet in its own session
+                    os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             _janitor.tell("done", proc.pid)
         if stderr is not None:
@@ -307,6 +343,8 @@ class Pool:
         memory: int | None = MEMORY_LIMIT,
         env: dict[str, str] | None = None,
     ) -> None:
+        from ckpt_compat.forkserver import Forkserver
+
         cores = usable_cores()
         self.jobs = max(1, jobs or cores)
         # Workers side by side each get their share of the cores: OpenMP threads that outnumber
@@ -317,8 +355,11 @@ class Pool:
         # the tied tensors) then read the same whichever worker wrote them.
         inherited = os.environ.get("PYTHONHASHSEED", "random")
         share["PYTHONHASHSEED"] = inherited if inherited.isdigit() else str(random.randrange(1, 2**32))
+        # The workers (and their restarts) are forks of one server that imported once.
+        self.forkserver = Forkserver(argv[0], env={**share, **(env or {})})
         self.children = [
-            Child(argv, timeout=timeout, memory=memory, env={**share, **(env or {})}) for _ in range(self.jobs)
+            Child(argv, timeout=timeout, memory=memory, env={**share, **(env or {})}, forkserver=self.forkserver)
+            for _ in range(self.jobs)
         ]
         self._idle: queue.Queue[Child] = queue.Queue()
         for child in self.children:  # each starts its process on its first task
@@ -334,15 +375,16 @@ class Pool:
         self.stop()
 
     def start(self) -> Pool:
-        """Start every worker now, so they import while this process prepares the work."""
-        for child in self.children:
-            child.start()
+        """Start the fork server now, so it imports while this process prepares the work (the
+        workers are forked on their first task)."""
+        self.forkserver.start()
         return self
 
     def stop(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for child in self.children:
             child.stop()
+        self.forkserver.stop()
 
     def request(self, message: Any) -> Any | Failure:
         """One task on the next idle worker."""
@@ -417,21 +459,29 @@ def serve(handle: Any) -> None:
         protocol.flush()
 
 
-def call_once(argv: Sequence[str], message: Any, *, timeout: float, memory: int | None = MEMORY_LIMIT) -> Any | Failure:
-    """One request to a fresh child, which is then stopped."""
-    with Child(argv, timeout=timeout, memory=memory) as child:
+def call_once(
+    argv: Sequence[str],
+    message: Any,
+    *,
+    timeout: float,
+    memory: int | None = MEMORY_LIMIT,
+    forkserver: Forkserver | None = None,
+) -> Any | Failure:
+    """One request to a fresh child (a fork of ``forkserver`` where possible), which is then stopped."""
+    with Child(argv, timeout=timeout, memory=memory, forkserver=forkserver) as child:
         return child.request(message)
 
 
-def _main() -> None:
-    """``python -m ckpt_compat.isolation MODULE ARGS...``: contain this process, then run MODULE."""
+def run_contained(argv: Sequence[str], memory: int | None) -> None:
+    """Contain this process (it dies with its parent, its heap is limited), then run ``python -m
+    argv...`` in it: an exec'd child does so first thing, a forked one right after the fork."""
     import runpy
 
     die_with_parent()
-    _limit_memory(int(os.environ.pop(_MEMORY_ENV, "0")) or None)
-    sys.argv = sys.argv[1:]
+    _limit_memory(memory)
+    sys.argv = list(argv)
     runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
-    _main()
+    run_contained(sys.argv[1:], int(os.environ.pop(_MEMORY_ENV, "0")) or None)

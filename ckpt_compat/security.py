@@ -85,17 +85,25 @@ def check_payloads(
 
     import torch
 
+    from ckpt_compat.forkserver import Forkserver
     from ckpt_compat.isolation import call_once, usable_cores
     from ckpt_compat.payloads import PAYLOADS
 
     here = Endpoint(torch.__version__, "cpu")
     chosen = names or list(PAYLOADS)
 
-    def attack(name: str) -> Any:
-        return call_once(["ckpt_compat.security", "--child"], name, timeout=timeout, memory=MEMORY)
+    # Each child is a fork of a server that imported torch and the readers and did nothing else:
+    # fresh for each attack, without an interpreter's imports each.
+    with Forkserver("ckpt_compat.security") as server:
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, jobs or usable_cores())) as side_by_side:
-        answers = list(side_by_side.map(attack, chosen))
+        def attack(name: str) -> Any:
+            return call_once(
+                ["ckpt_compat.security", "--child"], name, timeout=timeout, memory=MEMORY, forkserver=server
+            )
+
+        server.start()
+        with concurrent.futures.ThreadPoolExecutor(max(1, jobs or usable_cores())) as side_by_side:
+            answers = list(side_by_side.map(attack, chosen))
     return [
         _result(Cell(SPEC_ID, name, here, here, options(name)), answer, PAYLOADS[name].executes)
         for name, answer in zip(chosen, answers, strict=True)
@@ -125,6 +133,18 @@ def _result(cell: Cell, answer: Any, executes: bool) -> CellResult:
             return CellResult(cell, Outcome.LOAD_ERROR, error=ErrorInfo("PayloadInert", note))
         return CellResult(cell, Outcome.OK, notes=(note,))
     return CellResult(cell, Outcome.OK, notes=(f"blocked: {short(str(error), 300)}",))
+
+
+def preload() -> None:
+    """What the fork server for the attacks imports once (`forkserver`): torch, the payloads and
+    the readers they are loaded with."""
+    import torch  # noqa: F401
+
+    from ckpt_compat import payloads  # noqa: F401
+    from ckpt_compat.formats import availability, get_format
+
+    for reader in _READERS.values():
+        availability(get_format(reader))
 
 
 if __name__ == "__main__":

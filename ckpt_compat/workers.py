@@ -35,6 +35,12 @@ def handle(message: dict[str, Any]) -> Any:
         return {"error": ErrorInfo.of(exc).to_json()}
 
 
+def preload() -> None:
+    """What a fork server for these workers imports once (`forkserver`): torch and every format's
+    packages, which every worker imports anyway (`AVAILABILITY` is asked first)."""
+    handle(AVAILABILITY)
+
+
 if __name__ == "__main__":
     import torch  # noqa: F401 - now, while the parent prepares the work, not on the first task
 

@@ -22,8 +22,9 @@ def cmdline(pid: int) -> str:
 
 
 def descendants(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` or whose session ``pid`` leads."""
-    found = []
+    """Live processes below ``pid``: its children and theirs (a fork server's workers), and the
+    processes of any session one of them leads."""
+    links: list[tuple[int, int, int]] = []  # (pid, parent, session)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -31,6 +32,12 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat[1]) == pid or int(stat[3]) == pid:
-            found.append(int(entry.name))
-    return found
+        links.append((int(entry.name), int(stat[1]), int(stat[3])))
+    found: list[int] = []
+    above = {pid}
+    while True:
+        new = [p for p, parent, session in links if (parent in above or session in above) and p not in above]
+        if not new:
+            return found
+        found += new
+        above.update(new)

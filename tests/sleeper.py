@@ -11,10 +11,33 @@ from typing import Any
 from ckpt_compat.isolation import serve
 
 
+def preload() -> None:
+    """What a fork server for sleepers runs once: it says so in the file its test names."""
+    log = os.environ.get("CKPT_COMPAT_TEST_PRELOAD_LOG")
+    if log:
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\n")
+    time.sleep(float(os.environ.get("CKPT_COMPAT_TEST_PRELOAD_SECONDS", "0")))  # imports that take long
+
+
 def handle(message: dict[str, Any]) -> Any:
     action = message["do"]
     if action == "echo":
         return {"pid": os.getpid(), "tmp": os.environ.get("TMPDIR")}
+    if action == "contained":  # what a contained child should be, as this process finds itself
+        import resource
+        import tempfile
+
+        return {
+            "pid": os.getpid(),
+            "parent": os.getppid(),
+            "session": os.getsid(0),
+            "tempdir": tempfile.gettempdir(),
+            "tmp": os.environ.get("TMPDIR"),
+            "marker": os.environ.get("CKPT_COMPAT_TEST_MARKER"),
+            "heap": resource.getrlimit(resource.RLIMIT_DATA)[0],
+            "stdin": os.readlink("/proc/self/fd/0"),
+        }
     if action == "hang":
         time.sleep(3600)
     if action == "die":
@@ -24,7 +47,7 @@ def handle(message: dict[str, Any]) -> Any:
         return len(bytearray(message["bytes"]))
     if action == "spawn":  # a grandchild, as torch.multiprocessing starts them
         grandchild = subprocess.Popen(["sleep", "3600"])
-        return {"pid": os.getpid(), "grandchild": grandchild.pid}
+        return {"pid": os.getpid(), "grandchild": grandchild.pid, "parent": os.getppid()}
     if action == "write to stdout":  # as C++ (Gloo) and forked processes (DCP's ranks) do
         os.write(1, b"[Gloo] Rank 1 is connected to 1 peer ranks\n")
         pid = os.fork()

@@ -85,7 +85,12 @@ def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, 
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline:
-        workers = [p for p in descendants(proc.pid) if "ckpt_compat.isolation" in cmdline(p)]
+        # An exec'd worker runs ckpt_compat.isolation; a forked one, and its server, show the server's command.
+        workers = [
+            p
+            for p in descendants(proc.pid)
+            if any(m in cmdline(p) for m in ("ckpt_compat.isolation", "ckpt_compat.forkserver"))
+        ]
         if workers and set(temp.glob("ckpt-compat-*")) - before:
             break
         time.sleep(0.05)

@@ -1,0 +1,274 @@
+"""Fresh contained children at the cost of a fork: a *fork server* imports a module's packages
+once (its ``preload()``: torch, every format's packages), then forks each child `isolation.Child`
+asks it for.
+
+Why: every worker of every command, every restart after a crash, and every hostile payload's
+fresh child paid the imports again: 1-3 s for torch, about 5 s with MLflow, ONNX and DCP, per
+process. A forked child is as fresh as an exec'd one where it matters: nothing but imports ran in
+the server (no file was read, no payload ran, CUDA was not initialised, which `_fork` checks), and
+the child contains itself as an exec'd one does (`isolation`): a session of its own,
+PR_SET_PDEATHSIG (on the server, which has it on the command), its memory limit, its private
+TMPDIR, the standard streams its parent gave it. The server keeps the environment its parent's
+children get (the hash seed and the OpenMP thread count are read at startup, so the server is
+started with them).
+
+Where the platform lacks what this needs (fork, SCM_RIGHTS, pidfd_open: Linux >= 5.3) or the
+server cannot start or answer, `Forkserver.spawn` returns None and the caller starts an
+interpreter as before: slower, never different.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import IO, Any
+
+PRELOAD_TIMEOUT = 600.0  # seconds the server may take to import before a spawn gives up on it
+
+
+def supported() -> bool:
+    """Whether this platform can fork children from a server and watch them from here."""
+    if sys.platform != "linux" or not hasattr(socket, "send_fds") or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # ENOSYS before Linux 5.3
+    except OSError:
+        return False
+    return True
+
+
+class Stopped(RuntimeError):
+    """A spawn asked of a stopped `Forkserver`."""
+
+
+class Forked:
+    """A child the server forked, as `isolation.Child` uses a `subprocess.Popen`: ``pid``,
+    ``stdin`` / ``stdout`` (its protocol, text), `poll` and `wait`. This process is not its
+    parent, so it watches it through a pidfd and asks the server for its exit status."""
+
+    def __init__(self, server: Forkserver, pid: int, stdin: IO[str], stdout: IO[str]) -> None:
+        self.server, self.pid, self.stdin, self.stdout = server, pid, stdin, stdout
+        self.returncode: int | None = None
+        self._pidfd = os.pidfd_open(pid)  # a zombie until the server reaps it: the pid cannot be reused
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+            self.wait()
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            select.select([self._pidfd], [], [])  # readable once the process has exited
+            self.returncode = self.server.reap(self.pid)
+            os.close(self._pidfd)
+            for stream in (self.stdin, self.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return self.returncode
+
+
+class Forkserver:
+    """The server process for children running ``module``, started with ``env`` added to this
+    process's environment (on `start` or the first `spawn`) and stopped by `stop`."""
+
+    def __init__(self, module: str, *, env: dict[str, str] | None = None) -> None:
+        self.module, self.env = module, dict(env or {})
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._broken = not supported()
+        self._stopped = threading.Event()
+
+    def __enter__(self) -> Forkserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the server now (it imports while this process works); never waits for it."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._proc is not None or self._broken or self._stopped.is_set():
+            return
+        from ckpt_compat.isolation import _janitor
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.settimeout(PRELOAD_TIMEOUT)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_compat.forkserver", str(theirs.fileno()), self.module],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # its children get their own; a server that fails is not used
+            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        theirs.close()
+        _janitor.tell("group", self._proc.pid)
+        self._sock = ours
+
+    def _ask(self, request: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any] | None:
+        """The server's answer, or None (then it is broken for good, and stopped)."""
+        self._start()
+        if self._sock is not None and not self._broken:
+            try:
+                socket.send_fds(self._sock, [json.dumps(request).encode()], list(fds))
+                answer = self._sock.recv(65536)
+                if answer:
+                    decoded: dict[str, Any] = json.loads(answer)
+                    return decoded
+            except (OSError, ValueError):
+                pass
+        self._broken = True
+        self._stop()
+        return None
+
+    def spawn(self, argv: Sequence[str], *, env: dict[str, str], memory: int | None, stderr: int) -> Forked | None:
+        """A forked child running ``python -m argv...`` with exactly ``env``, ``memory`` as its heap
+        limit and ``stderr`` (a descriptor) as its standard error; None where forking is not possible
+        (the caller starts an interpreter instead). Raises `Stopped` once `stop` was called: a pool
+        that stops while its workers wait for the server's imports starts nothing more."""
+        child_in, to_child = os.pipe()
+        from_child, child_out = os.pipe()
+        try:
+            with self._lock:
+                request = {"argv": list(argv), "env": env, "memory": memory}
+                answer = self._ask(request, (child_in, child_out, stderr))
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        if answer is None or "pid" not in answer:
+            os.close(to_child)
+            os.close(from_child)
+            if self._stopped.is_set():
+                raise Stopped(f"the fork server for {self.module} was stopped")
+            return None
+        stdin = open(to_child, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the child
+        stdout = open(from_child, encoding="utf-8")  # noqa: SIM115
+        return Forked(self, int(answer["pid"]), stdin, stdout)
+
+    def reap(self, pid: int) -> int:
+        """The exit status of ``pid`` (exited: its pidfd said so), as `subprocess.Popen.returncode`."""
+        with self._lock:
+            answer = self._ask({"reap": pid})
+        # A server that is gone took its children with it (PR_SET_PDEATHSIG: SIGKILL).
+        return int(answer["code"]) if answer is not None else -signal.SIGKILL
+
+    def stop(self) -> None:
+        """Stop the server, and with it any spawn waiting on its imports (without waiting for them)."""
+        self._stopped.set()
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # a spawn blocked on its answer gets end of file
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        sock, proc = self._sock, self._proc
+        self._sock, self._proc = None, None
+        if sock is not None:
+            sock.close()  # the server's end of file: it exits, its remaining children with it
+        if proc is not None:
+            from ckpt_compat.isolation import _janitor
+
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _janitor.tell("done", proc.pid)
+
+
+def _fork(request: dict[str, Any], fds: list[int], server: socket.socket) -> dict[str, Any]:
+    """In the server: fork the requested child; its pid."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
+        return {"refused": "CUDA is initialised in the fork server"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return {"pid": pid}
+    code = 1
+    try:
+        server.close()
+        os.setsid()
+        for target, fd in zip((0, 1, 2), fds, strict=True):
+            os.dup2(fd, target)
+        for fd in fds:
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        import tempfile
+
+        tempfile.tempdir = None  # found again, from this child's TMPDIR
+        sys.modules.pop(request["argv"][0], None)  # the server imported it; the child runs it as __main__
+        from ckpt_compat.isolation import run_contained
+
+        run_contained(request["argv"], request["memory"])
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)  # never back into the server's loop
+
+
+def _serve(fd: int, module: str) -> None:
+    """The server: preload ``module``, then answer spawn and reap requests until end of file."""
+    from ckpt_compat.isolation import die_with_parent
+
+    die_with_parent()
+    # Python >= 3.12 warns on forking a process with threads; numpy's OpenBLAS has one, and
+    # forks cleanly (its pthread_atfork handlers), as torch's DataLoader workers rely on.
+    warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning)
+    preload = getattr(importlib.import_module(module), "preload", None)
+    if callable(preload):
+        preload()
+    # What the imports made lives as long as every child: kept out of the children's collections,
+    # which would otherwise walk (and so copy) every page of it again in each child.
+    gc.freeze()
+    server = socket.socket(fileno=fd)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(server, 65536, 3)
+        except OSError:
+            return
+        if not data:
+            return  # the parent stopped the pool, or died
+        request = json.loads(data)
+        if "reap" in request:
+            try:
+                _, status = os.waitpid(int(request["reap"]), 0)
+                answer: dict[str, Any] = {"code": os.waitstatus_to_exitcode(status)}
+            except ChildProcessError:  # not ours, or reaped already: the caller's bug, said as a kill
+                answer = {"code": -signal.SIGKILL}
+        else:
+            answer = _fork(request, fds, server)
+        for received in fds:
+            os.close(received)
+        server.send(json.dumps(answer).encode())
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2])

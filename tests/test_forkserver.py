@@ -1,0 +1,131 @@
+"""The fork server: a pool's workers and their restarts are forks of one process that imported
+once, contained exactly as an exec'd child is; where forking is not possible, an exec'd child."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ckpt_compat.forkserver import Forkserver, Stopped, supported
+from ckpt_compat.isolation import Child, Failure, Pool
+from tests.processes import alive
+
+SLEEPER = ["tests.sleeper"]
+pytestmark = pytest.mark.skipif(not supported(), reason="no fork server on this platform (Linux >= 5.3 only)")
+
+
+def _preloads(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def test_workers_and_restarts_are_forks_of_one_server_that_imported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "preloads"
+    monkeypatch.setenv("CKPT_COMPAT_TEST_PRELOAD_LOG", str(log))
+    with Pool(SLEEPER, jobs=2, timeout=60, memory=2**30, env={"CKPT_COMPAT_TEST_MARKER": "pool"}).start() as pool:
+        first = pool.map([{"do": "contained"}] * 4)
+        died = pool.request({"do": "die"})
+        again = pool.map([{"do": "contained"}] * 4)
+        server = pool.forkserver._proc
+        assert server is not None
+    assert isinstance(died, Failure) and "exit code 7" in died.message and "dying on purpose" in died.message
+    pids = {a["pid"] for a in first + again}
+    assert len(pids) == 3  # two workers, one of them restarted after it died
+    assert _preloads(log) == [server.pid]  # one import for all three
+    for answer in first + again:
+        assert answer["parent"] == server.pid and answer["session"] == answer["pid"]  # forked, own session
+        assert answer["tempdir"] == answer["tmp"] and Path(answer["tmp"]).name.startswith("ckpt-compat-")
+        assert answer["marker"] == "pool" and answer["heap"] == 2**30
+        assert answer["stdin"].startswith("pipe:")
+    assert not alive(server.pid) and not any(alive(p) for p in pids)
+
+
+def test_a_forked_child_fails_as_an_execd_one_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash, out of memory and timeout come back as the same `Failure`s, and the child's private
+    temp dir goes with it."""
+    monkeypatch.setenv("CKPT_COMPAT_TEST_PRELOAD_LOG", str(tmp_path / "preloads"))
+    with Forkserver(SLEEPER[0]) as server, Child(SLEEPER, timeout=60, memory=2**30, forkserver=server) as child:
+        answer = child.request({"do": "contained"})
+        assert server._proc is not None and answer["parent"] == server._proc.pid
+        oom = child.request({"do": "allocate", "bytes": 4 * 2**30})
+        assert isinstance(oom, Failure) and oom.kind == "out_of_memory", oom
+        assert not Path(answer["tmp"]).exists()
+        assert child.request({"do": "allocate", "bytes": 2**20}) == 2**20
+        child.timeout = 0.5
+        hung = child.request({"do": "hang"})
+        assert isinstance(hung, Failure) and hung.kind == "timeout"
+        child.timeout = 60
+        assert child.request({"do": "echo"})["pid"] != answer["pid"]
+
+
+def test_without_a_working_server_the_child_is_an_interpreter_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    (tmp_path / "failing_preload.py").write_text(
+        "def preload():\n    raise RuntimeError('a preload that fails')\n"
+        "if __name__ == '__main__':\n    from tests.sleeper import handle\n"
+        "    from ckpt_compat.isolation import serve\n    serve(handle)\n"
+    )
+    with Forkserver("failing_preload") as server, Child(["failing_preload"], timeout=60, forkserver=server) as child:
+        answer = child.request({"do": "contained"})
+    assert answer["parent"] == os.getpid() and answer["session"] == answer["pid"]
+
+
+def test_a_pool_stopped_while_its_server_imports_stops_now_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A usage error found while the workers' imports run (a bad --spec) must not wait for them."""
+    monkeypatch.setenv("CKPT_COMPAT_TEST_PRELOAD_SECONDS", "3600")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    pool = Pool(SLEEPER, jobs=2, timeout=60).start()
+    waiting = pool.submit({"do": "echo"})
+    deadline = time.monotonic() + 60
+    while pool.forkserver._proc is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server = pool.forkserver._proc
+    assert server is not None and alive(server.pid)
+    stopping = threading.Thread(target=pool.stop)
+    stopping.start()
+    stopping.join(60)
+    assert not stopping.is_alive(), "stop waited for the server's imports"
+    with pytest.raises(Stopped):
+        waiting.result(60)
+    assert not alive(server.pid) and list(tmp_path.iterdir()) == []  # no worker, no temp dir
+
+
+_PARENT = """
+import json
+from ckpt_compat.isolation import Pool
+pool = Pool(["tests.sleeper"], jobs=1, timeout=600).start()
+answer = pool.request({"do": "spawn"})
+print(json.dumps({**answer, "server": pool.forkserver._proc.pid}), flush=True)
+pool.request({"do": "hang"})
+"""
+
+
+def test_nothing_a_pool_forked_outlives_its_sigkilled_parent() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert parent.stdout is not None
+    started = json.loads(parent.stdout.readline())
+    assert started["parent"] == started["server"]
+    processes = [started["pid"], started["grandchild"], started["server"]]
+    assert all(alive(p) for p in processes)
+    time.sleep(0.5)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in processes), "a forked worker, its child or the server outlived the parent"
