@@ -81,17 +81,26 @@ def scratch_writes() -> Iterator[None]:
 
 
 def fsync_path(path: Path) -> None:
-    """Flush ``path`` (a file, or every file in a directory tree, then the directory) to disk
-    (not inside `scratch_writes`)."""
+    """Flush what is about to be renamed into place to disk (not inside `scratch_writes`): a file,
+    or a new directory tree: every file and every directory in it (their entries), then itself."""
     if not _DURABLE.get():
         return
     if path.is_dir():
         for child in path.rglob("*"):
-            if child.is_file():
-                fsync_path(child)
-        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    else:
-        flags = os.O_RDONLY
+            if child.is_file() or (child.is_dir() and not child.is_symlink()):
+                _fsync(child)
+    _fsync(path)
+
+
+def fsync_entries(directory: Path) -> None:
+    """Flush ``directory``'s own entries (a name renamed into it) to disk, not its files: those
+    are someone else's (the destination of ``--out results.json`` may be a whole repository)."""
+    if _DURABLE.get():
+        _fsync(directory)
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
@@ -114,7 +123,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.chmod(tmp, _FILE_MODE)
         fsync_path(tmp)
         os.replace(tmp, path)
-        fsync_path(path.parent)
+        fsync_entries(path.parent)
     except BaseException as exc:
         why = storage_failure(exc)
         if why and not isinstance(exc, WriteFailed):
@@ -188,7 +197,7 @@ def swap_in(new: Path, path: Path) -> None:
         if path.exists():
             shutil.rmtree(path)
         os.replace(new, path)
-    fsync_path(path.parent)
+    fsync_entries(path.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
