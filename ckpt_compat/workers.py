@@ -8,6 +8,7 @@ here, by name, never imported from a name a message carries.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -37,8 +38,12 @@ def handle(message: dict[str, Any]) -> Any:
 
 def preload() -> None:
     """What a fork server for these workers imports once (`forkserver`): torch and every format's
-    packages, which every worker imports anyway (`AVAILABILITY` is asked first)."""
+    packages, which every worker imports anyway (`AVAILABILITY` is asked first), and dynamo, which
+    torch.export's load and export and the ONNX exporter import on first use (~0.7 s a worker).
+    Not ONNX Runtime: it starts a thread at import, and a thread does not survive a fork."""
     handle(AVAILABILITY)
+    with contextlib.suppress(ImportError):  # a torch without it has no torch.export either
+        import torch._dynamo  # noqa: F401
 
 
 if __name__ == "__main__":
