@@ -1,7 +1,7 @@
 """How long the harness itself takes, as a user runs it: wall seconds of each command, measured
 one after another on this machine, printed as a table (and written as JSON with ``--json``).
 
-    python benchmarks/harness_speed.py                 # run (--jobs 1 and default), produce, verify
+    python benchmarks/harness_speed.py                 # run (--jobs 1 and default), produce, verify, security
     python benchmarks/harness_speed.py --pytest        # ... and the test suite
     python benchmarks/harness_speed.py --only run      # one of them
 
@@ -32,6 +32,7 @@ def _commands(scratch: Path) -> dict[str, list[str]]:
         "run --jobs 1": [*cli, "run", "-q", "--jobs", "1", "--out", str(scratch / "run1")],
         "produce": [*cli, "produce", "-q", "--out", str(corpus)],
         "verify fixtures + corpus": [*cli, "verify", str(corpus), "--trust", "-q", "--out", str(scratch / "v.json")],
+        "security": [*cli, "security", "--out", str(scratch / "security.json")],
         # The README's test command.
         "pytest": [sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile", "-q", "-p", "no:cacheprovider"],
     }
