@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 
 def alive(pid: int) -> bool:
@@ -41,3 +48,24 @@ def descendants(pid: int) -> list[int]:
             return found
         found += new
         above.update(new)
+
+
+def start_parent(script: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``python -c script`` in a session of its own, and the JSON line it prints once its children run."""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert parent.stdout is not None
+    return parent, json.loads(parent.stdout.readline())
+
+
+def sigkill(parent: subprocess.Popen[str]) -> None:
+    time.sleep(0.5)  # its child is busy on "hang": it will not notice a closed stdin by itself
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+
+def wait_gone(pids: list[int], seconds: float = 10) -> bool:
+    """Whether every one of ``pids`` is gone within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)

@@ -3,11 +3,7 @@ once, contained exactly as an exec'd child is; where forking is not possible, an
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +12,7 @@ import pytest
 
 from ckpt_compat.forkserver import Forkserver, Stopped, supported
 from ckpt_compat.isolation import Child, Failure, Pool
-from tests.processes import alive
+from tests.processes import alive, sigkill, start_parent, wait_gone
 
 SLEEPER = ["tests.sleeper"]
 pytestmark = pytest.mark.skipif(not supported(), reason="no fork server on this platform (Linux >= 5.3 only)")
@@ -114,18 +110,9 @@ pool.request({"do": "hang"})
 
 
 def test_nothing_a_pool_forked_outlives_its_sigkilled_parent() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    assert parent.stdout is not None
-    started = json.loads(parent.stdout.readline())
+    parent, started = start_parent(_PARENT)
     assert started["parent"] == started["server"]
     processes = [started["pid"], started["grandchild"], started["server"]]
     assert all(alive(p) for p in processes)
-    time.sleep(0.5)
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in processes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(p) for p in processes), "a forked worker, its child or the server outlived the parent"
+    sigkill(parent)
+    assert wait_gone(processes), "a forked worker, its child or the server outlived the parent"

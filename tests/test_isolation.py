@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from ckpt_compat.isolation import Child, Failure, call_once, scratch_dir
-from tests.processes import alive
+from tests.processes import alive, sigkill, start_parent, wait_gone
 
 SLEEPER = ["tests.sleeper"]
-
-
-def _wait_gone(pids: list[int], seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not any(alive(p) for p in pids)
 
 
 def test_answers_timeouts_crashes_and_memory_are_values() -> None:
@@ -67,16 +56,10 @@ with scratch_dir() as scratch:
 
 
 def test_nothing_outlives_a_sigkilled_parent() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    assert parent.stdout is not None
-    started = json.loads(parent.stdout.readline())
+    parent, started = start_parent(_PARENT)
     assert alive(started["pid"]) and alive(started["grandchild"])
-    time.sleep(0.5)  # the child is busy on "hang": it will not notice a closed stdin by itself
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
-    assert _wait_gone([started["pid"], started["grandchild"]]), "a child outlived its SIGKILLed parent"
+    sigkill(parent)
+    assert wait_gone([started["pid"], started["grandchild"]]), "a child outlived its SIGKILLed parent"
     deadline = time.monotonic() + 10
     while (Path(started["scratch"]).exists() or Path(started["tmp"]).exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
