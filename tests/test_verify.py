@@ -13,7 +13,7 @@ import torch
 from ckpt_compat.corpus import MANIFEST, corpus_specs, find_corpora, produce
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import get_format
-from ckpt_compat.results import Outcome
+from ckpt_compat.results import CellResult, Outcome
 from ckpt_compat.verify import Task, Worker, verify
 from tests.faults import flip_bit
 
@@ -27,6 +27,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     specs = {k: v for k, v in corpus_specs().items() if k in SPECS}
     produce(root, [get_format(f) for f in FORMATS if not get_format(f).why_not_usable()], specs=specs)
     return root
+
+
+@pytest.fixture(scope="module")
+def verified(corpus: Path) -> list[CellResult]:
+    """The clean corpus verified on the CPU by two workers, once for every test that only reads it."""
+    return verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=2)
 
 
 def _copy(corpus: Path, dest: Path) -> Path:
@@ -100,13 +106,13 @@ def test_tampering_is_caught_for_exactly_that_file(
         assert all(d.elements is None and d.max_abs is None for r in bad for d in r.differences if d.root == "manifest")
 
 
-def test_gate_fails_on_tampering_and_passes_clean(corpus: Path, tmp_path: Path) -> None:
+def test_gate_fails_on_tampering_and_passes_clean(corpus: Path, verified: list[CellResult], tmp_path: Path) -> None:
     results, _ = _tamper_and_verify(corpus, tmp_path, "flip")
     from ckpt_compat.report import Report
 
     bad, clean = tmp_path / "bad.json", tmp_path / "clean.json"
     Report(results, {}, Expectations.load()).write_results(bad)
-    Report(verify([corpus], trusted=lambda _: True, consumers=["cpu"]), {}, Expectations.load()).write_results(clean)
+    Report(verified, {}, Expectations.load()).write_results(clean)
     gate = [sys.executable, "-m", "ckpt_compat.cli", "gate"]
     failed = subprocess.run([*gate, str(bad)], capture_output=True, text=True)
     passed = subprocess.run([*gate, str(clean)], capture_output=True, text=True)
@@ -138,8 +144,10 @@ def test_worker_timeout_and_crash_are_outcomes_and_the_worker_restarts(corpus: P
         assert isinstance(worker.run(task), list)
 
 
-def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(corpus: Path, tmp_path: Path) -> None:
-    results = verify([corpus], trusted=lambda _: True, consumers=["cpu"])
+def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(
+    corpus: Path, verified: list[CellResult], tmp_path: Path
+) -> None:
+    results = verified
     checks = {r.cell.options.get("check") for r in results}
     assert {"resume", "bundle", "stream"} <= checks
     resumed = [r for r in results if r.cell.options.get("check") == "resume" and r.outcome is Outcome.OK]
@@ -177,9 +185,9 @@ def test_a_broken_training_reference_fails_its_cells_not_the_worker(corpus: Path
     assert all(r.error is not None and r.error.message.startswith("reference.pt: ") for r in results)
 
 
-def test_two_workers_give_the_same_results_as_one(corpus: Path) -> None:
+def test_two_workers_give_the_same_results_as_one(corpus: Path, verified: list[CellResult]) -> None:
     one = verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=1)
-    two = verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=2)
+    two = verified
     assert len(one) > 20
     assert [r.to_json() for r in two] == [r.to_json() for r in one]
 
@@ -217,7 +225,9 @@ def test_a_changed_file_keeps_an_unsafe_or_failed_verdict_and_fails_an_ok_one() 
     assert all(_with_difference(r, changed).differences[0] is changed for r in (unsafe, failed))
 
 
-def test_a_failed_save_is_judged_once_under_the_producers_torch(corpus: Path, tmp_path: Path) -> None:
+def test_a_failed_save_is_judged_once_under_the_producers_torch(
+    corpus: Path, verified: list[CellResult], tmp_path: Path
+) -> None:
     """A produce whose save failed writes no file; unless verify judges that failure, an exporter
     a pin broke writes nothing and the matrix passes with fewer cells."""
     from ckpt_compat.corpus import Manifest
@@ -225,7 +235,7 @@ def test_a_failed_save_is_judged_once_under_the_producers_torch(corpus: Path, tm
     manifest = Manifest.read(corpus)
     failed = {(e.spec_id, e.format): e for e in manifest.entries if e.file is None}
     assert failed and all(e.error is not None for e in failed.values())  # tied: safetensors refuses shared memory
-    results = verify([corpus], trusted=lambda _: True, consumers=["cpu"])
+    results = verified
     saves = [r for r in results if (r.cell.spec_id, r.cell.format) in failed]
     here = manifest.producer
     assert [(r.cell.spec_id, r.cell.format) for r in saves] == list(failed)
