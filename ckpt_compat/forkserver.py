@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 PRELOAD_TIMEOUT = 600.0  # seconds the server may take to import before a spawn gives up on it
+MESSAGE_BYTES = 2**20  # a spawn request carries the child's whole environment (a CI runner's is large)
 
 
 def supported() -> bool:
@@ -251,7 +252,7 @@ def _serve(fd: int, module: str) -> None:
     server = socket.socket(fileno=fd)
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(server, 65536, 3)
+            data, fds, _, _ = socket.recv_fds(server, MESSAGE_BYTES, 3)
         except OSError:
             return
         if not data:

@@ -45,6 +45,15 @@ def test_workers_and_restarts_are_forks_of_one_server_that_imported_once(
     assert not alive(server.pid) and not any(alive(p) for p in pids)
 
 
+def test_a_large_environment_still_forks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawn request carries the child's whole environment; a CI runner's can be 100 KB."""
+    for i in range(15):
+        monkeypatch.setenv(f"CKPT_COMPAT_TEST_LARGE_{i}", "x" * 10_000)
+    with Forkserver(SLEEPER[0]) as server, Child(SLEEPER, timeout=60, forkserver=server) as child:
+        answer = child.request({"do": "contained"})
+        assert server._proc is not None and answer["parent"] == server._proc.pid
+
+
 def test_a_forked_child_fails_as_an_execd_one_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash, out of memory and timeout come back as the same `Failure`s, and the child's private
     temp dir goes with it."""
