@@ -355,10 +355,11 @@ class Pool:
         # the tied tensors) then read the same whichever worker wrote them.
         inherited = os.environ.get("PYTHONHASHSEED", "random")
         share["PYTHONHASHSEED"] = inherited if inherited.isdigit() else str(random.randrange(1, 2**32))
+        shared = {**share, **(env or {})}
         # The workers (and their restarts) are forks of one server that imported once.
-        self.forkserver = Forkserver(argv[0], env={**share, **(env or {})})
+        self.forkserver = Forkserver(argv[0], env=shared)
         self.children = [
-            Child(argv, timeout=timeout, memory=memory, env={**share, **(env or {})}, forkserver=self.forkserver)
+            Child(argv, timeout=timeout, memory=memory, env=shared, forkserver=self.forkserver)
             for _ in range(self.jobs)
         ]
         self._idle: queue.Queue[Child] = queue.Queue()
