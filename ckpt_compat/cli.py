@@ -7,6 +7,7 @@ line on stderr and exit code 2; a run that finds an unexpected outcome exits 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import math
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ckpt_compat.expectations import Expectations, Verdict
     from ckpt_compat.formats import Format
     from ckpt_compat.isolation import Pool
+    from ckpt_compat.progress import Progress
     from ckpt_compat.report import Report
     from ckpt_compat.results import CellResult
     from ckpt_compat.specs import ModelSpec
@@ -444,7 +446,21 @@ def _finish(report: Report, out: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _in_pool(args, RUN_TIMEOUT, _run_in, names=True, preload=("ckpt_compat.propcheck", "ckpt_compat.report"))
+    from ckpt_compat.progress import Progress
+
+    progress = Progress(quiet=args.quiet, verbose=args.verbose)
+    drawn: list[ModelSpec] = []
+
+    def draw() -> None:  # the specs depend on neither the workers nor the formats they can use
+        from ckpt_compat.propcheck import draw_specs
+
+        importlib.import_module("ckpt_compat.report")
+        with progress.phase("draw"):
+            drawn.extend(draw_specs(args.examples, args.seed))
+
+    return _in_pool(
+        args, RUN_TIMEOUT, functools.partial(_run_in, progress=progress, drawn=drawn), names=True, meanwhile=draw
+    )
 
 
 def _in_pool(
@@ -453,10 +469,11 @@ def _in_pool(
     then: Callable[[Pool, argparse.Namespace, float], int],
     *,
     names: bool,
-    preload: tuple[str, ...],
+    meanwhile: Callable[[], object],
 ) -> int:
     """``then(pool, args, started)`` with ``args.jobs`` workers, under their answer on which
-    formats are usable here; ``args.out`` is proved writable first."""
+    formats are usable here; ``args.out`` is proved writable first. ``meanwhile``: what this
+    process does while the workers import (seconds, on a core that would otherwise wait)."""
     from ckpt_compat.isolation import Pool
     from ckpt_compat.workers import ARGV, AVAILABILITY
 
@@ -468,15 +485,14 @@ def _in_pool(
         # --formats fails now, not after the workers' answer.
         if names:
             check_format_names(args.formats)
-        for module in preload:
-            importlib.import_module(module)
+        meanwhile()
         from ckpt_compat.formats import availability_from
 
         with availability_from(found.result()):
             return then(pool, args, started)
 
 
-def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
+def _run_in(pool: Pool, args: argparse.Namespace, started: float, *, progress: Progress, drawn: list[ModelSpec]) -> int:
     formats = _select_formats(args.formats)
     out: Path = args.out  # proved writable before the workers started
     expectations = _expectations(args.expectations)
@@ -484,12 +500,10 @@ def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     import torch
 
     from ckpt_compat.distributed import RESHARD_SPEC
-    from ckpt_compat.progress import Progress
     from ckpt_compat.propcheck import OBJECT_CHECKS, run_property
     from ckpt_compat.report import Report
     from ckpt_compat.training import TRAINING_SPEC
 
-    progress = Progress(quiet=args.quiet, verbose=args.verbose)
     progress.say(
         f"ckpt-compat run: torch {torch.__version__}, formats {', '.join(f.name for f in formats)}, "
         f"{args.examples} examples, seed {args.seed}, {pool.jobs} worker(s); training checkpoints, "
@@ -504,6 +518,7 @@ def _run_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
         progress=progress,
         shrink_seconds=args.shrink_seconds,
         objects=OBJECT_CHECKS,
+        specs=drawn,
     )
     if any(f.name == "dcp" for f in formats):
         result.specs[RESHARD_SPEC.id] = RESHARD_SPEC
@@ -620,7 +635,9 @@ RUN_TIMEOUT = 900.0  # seconds to check one spec in every format (a heavy one ta
 
 def _produce(args: argparse.Namespace) -> int:
     names = args.all_formats_except is None
-    return _in_pool(args, PRODUCE_TIMEOUT, _produce_in, names=names, preload=("ckpt_compat.corpus",))
+    return _in_pool(
+        args, PRODUCE_TIMEOUT, _produce_in, names=names, meanwhile=lambda: importlib.import_module("ckpt_compat.corpus")
+    )
 
 
 def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:

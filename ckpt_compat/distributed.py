@@ -1,6 +1,9 @@
 """DCP across world sizes: save with 2 processes, load with 1 and with 4 (resharding).
 
-Real processes on this machine (torch.multiprocessing, gloo backend, CPU). Every tensor of the
+Real processes on this machine (gloo backend, CPU): the check runs in a fresh contained process
+(a fork of the worker's fork server where there is one, `forkserver.Forkserver.inherited`), whose
+ranks are its forks (torch.multiprocessing, "fork": it has imported torch, DCP, DTensor and dynamo
+and started no thread, so each rank starts in milliseconds). Every tensor of the
 model is a DTensor sharded along dim 0 over the ranks (replicated when it has no dim 0); each
 loading rank's local shard is compared bit for bit with the same slice of the single-process
 reference, and the world-size-1 load with the whole reference.
@@ -12,7 +15,6 @@ import contextlib
 import inspect
 import json
 import logging
-import multiprocessing
 import os
 import tempfile
 import warnings
@@ -170,54 +172,84 @@ def _rank(rank: int, world: int, task: dict[str, Any]) -> None:
     os._exit(0)
 
 
+RESHARD_TIMEOUT = 600.0  # seconds for the whole check: three worlds of a small model
+
+
 def _world(world: int, task: dict[str, Any], workdir: Path) -> None:
     fd, store = tempfile.mkstemp(dir=workdir, prefix="store-")
     os.close(fd)
     os.unlink(store)  # the file store wants a path that does not exist yet
-    # A fork server that has imported torch, this module and DCP / DTensor (~0.9 s more) once forks
-    # every rank of every world: six fresh interpreters would each pay those imports.
-    dtensor = _dtensor_api()[0].__module__  # where this torch keeps DTensor
-    multiprocessing.set_forkserver_preload([__name__, "torch.distributed.checkpoint", dtensor])
+    # The ranks are forks of this process, so they import nothing: DCP, DTensor, and dynamo, which
+    # `distribute_tensor` (wrapped in torch._disable_dynamo) imports at its first call: 1.5-2 s of
+    # CPU in each rank otherwise.
+    import torch.distributed.checkpoint
+
+    _dtensor_api()
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
     from torch.multiprocessing.spawn import start_processes
 
-    start_processes(_rank, args=(world, {**task, "store": store}), nprocs=world, join=True, start_method="forkserver")  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns on forking with threads; OpenBLAS's forks cleanly (`forkserver`).
+        warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning)
+        start_processes(_rank, args=(world, {**task, "store": store}), nprocs=world, join=True, start_method="fork")  # type: ignore[no-untyped-call]
+
+
+def _cell(save_world: int, load_world: int) -> Cell:
+    here = Endpoint(torch.__version__, "cpu")
+    return Cell(RESHARD_SPEC.id, "dcp", here, here, {"save_world_size": save_world, "load_world_size": load_world})
 
 
 def check_reshard(workdir: Path, *, save_world: int = 2, load_worlds: tuple[int, ...] = (1, 4)) -> list[CellResult]:
-    """Cells for saving with ``save_world`` processes and loading with each of ``load_worlds``."""
-    here = Endpoint(torch.__version__, "cpu")
-    spec_id = RESHARD_SPEC.id
-
-    def cell(load_world: int) -> Cell:
-        return Cell(spec_id, "dcp", here, here, {"save_world_size": save_world, "load_world_size": load_world})
-
+    """Cells for saving with ``save_world`` processes and loading with each of ``load_worlds``, in a
+    fresh process: forking the ranks from one that has run nothing else (no thread, no process
+    group) is what makes the fork safe."""
     why = why_unavailable()
     if why:
-        return [CellResult(cell(w), Outcome.UNSUPPORTED, error=ErrorInfo("Unsupported", why)) for w in load_worlds]
+        return [
+            CellResult(_cell(save_world, w), Outcome.UNSUPPORTED, error=ErrorInfo("Unsupported", why))
+            for w in load_worlds
+        ]
+    from ckpt_compat.forkserver import Forkserver
+    from ckpt_compat.isolation import Failure, call_once
+
+    task = {"dir": str(workdir), "save_world": save_world, "load_worlds": list(load_worlds)}
+    answer = call_once(["ckpt_compat.distributed"], task, timeout=RESHARD_TIMEOUT, forkserver=Forkserver.inherited())
+    if isinstance(answer, Failure):
+        outcome = Outcome.TIMEOUT if answer.kind == "timeout" else Outcome.CRASH
+        error = ErrorInfo(answer.error_type, f"the resharding process failed ({answer.kind}): {answer.message}")
+        return [CellResult(_cell(save_world, w), outcome, error=error) for w in load_worlds]
+    return [CellResult.from_json(cell) for cell in answer]
+
+
+def _reshard(workdir: Path, save_world: int, load_worlds: tuple[int, ...]) -> list[CellResult]:
+    """`check_reshard`'s work, in its fresh process: the worlds of forked ranks first, then the
+    single-process load here (after which this process forks no more)."""
     checkpoint = workdir / "resharded.dcp"
     base = {"spec": RESHARD_SPEC.to_json(), "dir": str(checkpoint)}
     try:
         _world(save_world, {**base, "op": "save"}, workdir)
     except Exception as exc:
         prefix = f"world size {save_world}: "
-        return [CellResult.failed(cell(w), Outcome.SAVE_ERROR, exc, prefix=prefix) for w in load_worlds]
-    results = []
-    for world in load_worlds:
+        return [CellResult.failed(_cell(save_world, w), Outcome.SAVE_ERROR, exc, prefix=prefix) for w in load_worlds]
+    results: dict[int, CellResult] = {}
+    for world in sorted(load_worlds, key=lambda w: w == 1):
+        cell = _cell(save_world, world)
         out = workdir / f"load-{world}"
         out.mkdir()
         try:
             if world == 1:
-                results.append(_single_process(cell(world), checkpoint))
+                results[world] = _single_process(cell, checkpoint)
                 continue
             _world(world, {**base, "op": "load", "out": str(out)}, workdir)
         except Exception as exc:
-            results.append(CellResult.failed(cell(world), Outcome.LOAD_ERROR, exc, prefix=f"world size {world}: "))
+            results[world] = CellResult.failed(cell, Outcome.LOAD_ERROR, exc, prefix=f"world size {world}: ")
             continue
         problems = [
             Difference.from_json(p) for r in range(world) for p in json.loads((out / f"rank{r}.json").read_text())
         ]
-        results.append(CellResult.of(cell(world), problems, checks=("load", "state_dict")))
-    return results
+        results[world] = CellResult.of(cell, problems, checks=("load", "state_dict"))
+    return [results[w] for w in load_worlds]
 
 
 def _single_process(cell: Cell, checkpoint: Path) -> CellResult:
@@ -228,3 +260,14 @@ def _single_process(cell: Cell, checkpoint: Path) -> CellResult:
         dcp_load(template, checkpoint)
     problems = [d for k in full for d in compare_tensors(full[k], template[k], ("state_dict", k))]
     return CellResult.of(cell, problems, checks=("load", "state_dict"))
+
+
+def _reshard_task(message: dict[str, Any]) -> list[dict[str, Any]]:
+    cells = _reshard(Path(message["dir"]), int(message["save_world"]), tuple(message["load_worlds"]))
+    return [cell.to_json() for cell in cells]
+
+
+if __name__ == "__main__":
+    from ckpt_compat.isolation import serve
+
+    serve(_reshard_task)

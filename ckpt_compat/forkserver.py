@@ -12,6 +12,10 @@ TMPDIR, the standard streams its parent gave it. The server keeps the environmen
 children get (the hash seed and the OpenMP thread count are read at startup, so the server is
 started with them).
 
+A child may itself ask the server for children (`Forkserver.inherited`): a worker's fresh
+process for training resumes, DCP's ranks. The server forks them too, and kills those a child
+asked for when it goes (its connection closes), so they live no longer than it does.
+
 Where the platform lacks what this needs (fork, SCM_RIGHTS, pidfd_open: Linux >= 5.3) or the
 server cannot start or answer, `Forkserver.spawn` returns None and the caller starts an
 interpreter as before: slower, never different.
@@ -50,6 +54,12 @@ def supported() -> bool:
     return True
 
 
+# In a forked child: its own connection to the server that forked it (a descriptor), if it asked
+# for one. A module global, not the environment: an interpreter this child execs must not inherit it.
+_connection: int | None = None
+_inherited: Forkserver | None = None
+
+
 class Stopped(RuntimeError):
     """A spawn asked of a stopped `Forkserver`."""
 
@@ -84,13 +94,25 @@ class Forkserver:
     """The server process for children running ``module``, started with ``env`` added to this
     process's environment (on `start` or the first `spawn`) and stopped by `stop`."""
 
-    def __init__(self, module: str, *, env: dict[str, str] | None = None) -> None:
-        self.module, self.env = module, dict(env or {})
+    def __init__(self, module: str, *, env: dict[str, str] | None = None, serves_children: bool = False) -> None:
+        """``serves_children``: each child gets a connection of its own to the server, for
+        `inherited` (the server then also preloads for what they ask)."""
+        self.module, self.env, self.serves_children = module, dict(env or {}), serves_children
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._broken = not supported()
         self._stopped = threading.Event()
+
+    @classmethod
+    def inherited(cls) -> Forkserver | None:
+        """In a child forked by a server that ``serves_children``: that server, to fork this
+        process's own children (they go when this process goes); else None."""
+        global _inherited
+        if _inherited is None and _connection is not None:
+            _inherited = cls("", serves_children=True)
+            _inherited._sock = socket.socket(fileno=_connection)
+        return _inherited
 
     def __enter__(self) -> Forkserver:
         return self
@@ -104,7 +126,7 @@ class Forkserver:
             self._start()
 
     def _start(self) -> None:
-        if self._proc is not None or self._broken or self._stopped.is_set():
+        if self._proc is not None or self._sock is not None or self._broken or self._stopped.is_set():
             return
         from ckpt_compat.isolation import _janitor
 
@@ -148,7 +170,7 @@ class Forkserver:
         from_child, child_out = os.pipe()
         try:
             with self._lock:
-                request = {"argv": list(argv), "env": env, "memory": memory}
+                request = {"argv": list(argv), "env": env, "memory": memory, "connection": self.serves_children}
                 answer = self._ask(request, (child_in, child_out, stderr))
         finally:
             os.close(child_in)
@@ -194,19 +216,30 @@ class Forkserver:
             _janitor.tell("done", proc.pid)
 
 
-def _fork(request: dict[str, Any], fds: list[int], server: socket.socket) -> dict[str, Any]:
-    """In the server: fork the requested child; its pid."""
+def _fork(request: dict[str, Any], fds: list[int], connections: dict[socket.socket, set[int]]) -> dict[str, Any]:
+    """In the server: fork the requested child (with a connection of its own if it asks); its pid."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
         return {"refused": "CUDA is initialised in the fork server"}
+    ours, theirs = (
+        socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if request.get("connection") else (None, None)
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
+        if ours is not None and theirs is not None:
+            theirs.close()
+            connections[ours] = set()
         return {"pid": pid}
     code = 1
     try:
-        server.close()
+        for connection in connections:
+            connection.close()
+        if ours is not None and theirs is not None:
+            global _connection
+            ours.close()
+            _connection = theirs.detach()
         os.setsid()
         for target, fd in zip((0, 1, 2), fds, strict=True):
             os.dup2(fd, target)
@@ -235,8 +268,40 @@ def _fork(request: dict[str, Any], fds: list[int], server: socket.socket) -> dic
         os._exit(code)  # never back into the server's loop
 
 
+def _answer(
+    request: dict[str, Any], fds: list[int], asker: socket.socket, connections: dict[socket.socket, set[int]]
+) -> dict[str, Any]:
+    """In the server: one request of ``asker`` (a connection): a spawn, or a reap of its own child."""
+    mine = connections[asker]
+    if "reap" not in request:
+        answer = _fork(request, fds, connections)
+        if "pid" in answer:
+            mine.add(answer["pid"])
+        return answer
+    pid = int(request["reap"])
+    if pid not in mine:  # not its child, or reaped already: the caller's bug, said as a kill
+        return {"code": -signal.SIGKILL}
+    mine.discard(pid)
+    _, status = os.waitpid(pid, 0)
+    return {"code": os.waitstatus_to_exitcode(status)}
+
+
+def _drop(connection: socket.socket, children: set[int]) -> None:
+    """In the server: a child's connection closed (it ended): the children it asked for go too."""
+    connection.close()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:  # not yet in its own session
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
 def _serve(fd: int, module: str) -> None:
-    """The server: preload ``module``, then answer spawn and reap requests until end of file."""
+    """The server: preload ``module``, then answer spawn and reap requests, from its parent and
+    from the children it gave a connection, until its parent's end of file."""
     from ckpt_compat.isolation import die_with_parent
 
     die_with_parent()
@@ -249,27 +314,28 @@ def _serve(fd: int, module: str) -> None:
     # What the imports made lives as long as every child: kept out of the children's collections,
     # which would otherwise walk (and so copy) every page of it again in each child.
     gc.freeze()
-    server = socket.socket(fileno=fd)
+    parent = socket.socket(fileno=fd)
+    connections: dict[socket.socket, set[int]] = {parent: set()}  # each with the children it asked for
     while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(server, MESSAGE_BYTES, 3)
-        except OSError:
-            return
-        if not data:
-            return  # the parent stopped the pool, or died
-        request = json.loads(data)
-        if "reap" in request:
+        for asker in select.select(list(connections), [], [])[0]:
             try:
-                _, status = os.waitpid(int(request["reap"]), 0)
-                answer: dict[str, Any] = {"code": os.waitstatus_to_exitcode(status)}
-            except ChildProcessError:  # not ours, or reaped already: the caller's bug, said as a kill
-                answer = {"code": -signal.SIGKILL}
-        else:
-            answer = _fork(request, fds, server)
-        for received in fds:
-            os.close(received)
-        server.send(json.dumps(answer).encode())
+                data, fds, _, _ = socket.recv_fds(asker, MESSAGE_BYTES, 3)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                if asker is parent:
+                    return  # the parent stopped the pool, or died: every child dies with this process
+                _drop(asker, connections.pop(asker))
+                continue
+            answer = _answer(json.loads(data), fds, asker, connections)
+            for received in fds:
+                os.close(received)
+            asker.send(json.dumps(answer).encode())
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2])
+    # Served from the module as imported, not from __main__: a child's `_connection` must be the
+    # global its own code (`Forkserver.inherited`) reads.
+    from ckpt_compat import forkserver
+
+    forkserver._serve(int(sys.argv[1]), sys.argv[2])

@@ -10,9 +10,10 @@ dirs and half-written files) is registered with the *janitor*: a tiny process, i
 its own, that holds the read end of a pipe. When the pipe closes, however the parent ended, it
 kills the registered process groups and removes the registered paths.
 
-A `Pool`'s workers, and their restarts, are forks of one `forkserver.Forkserver` that imported
-the workers' packages once; a lone `Child` or `call_once` is one only when given a server
-(`security` gives its attacks one; the benchmarks' rounds are fresh interpreters on purpose).
+A `Pool`'s workers, their restarts and the children a worker starts are forks of one
+`forkserver.Forkserver` that imported the workers' packages once; a lone `Child` or `call_once`
+is one only when given a server (a worker gives its own children `Forkserver.inherited()`,
+`security` its attacks one; the benchmarks' rounds are fresh interpreters on purpose).
 """
 
 from __future__ import annotations
@@ -356,8 +357,9 @@ class Pool:
         inherited = os.environ.get("PYTHONHASHSEED", "random")
         share["PYTHONHASHSEED"] = inherited if inherited.isdigit() else str(random.randrange(1, 2**32))
         shared = {**share, **(env or {})}
-        # The workers (and their restarts) are forks of one server that imported once.
-        self.forkserver = Forkserver(argv[0], env=shared)
+        # The workers (and their restarts) are forks of one server that imported once; so are the
+        # processes a worker starts (`Forkserver.inherited`).
+        self.forkserver = Forkserver(argv[0], env=shared, serves_children=True)
         self.children = [
             Child(argv, timeout=timeout, memory=memory, env=shared, forkserver=self.forkserver)
             for _ in range(self.jobs)

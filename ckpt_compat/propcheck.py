@@ -266,11 +266,13 @@ def run_property(
     shrink_seconds: float = 30.0,
     heavy_examples: int = 8,
     objects: Sequence[str] = (),
+    specs: Sequence[ModelSpec] = (),
 ) -> PropertyRun:
     """``heavy_examples``: how many of the examples also go through the heavy formats
     (TorchScript, torch.export, ...), where light ones are checked too (else every example goes
     through them); a failure is shrunk with every format. ``objects``: the
-    whole-object checks (`OBJECT_CHECKS`) to run alongside, their cells appended."""
+    whole-object checks (`OBJECT_CHECKS`) to run alongside, their cells appended. ``specs``:
+    `draw_specs` of ``examples`` and ``seed_value``, drawn already (else drawn here)."""
     run = PropertyRun()
     checker = Checker(pool)
     progress = progress or Progress(quiet=True)
@@ -279,8 +281,9 @@ def run_property(
     # while hypothesis draws the specs.
     tasks = [t for t in (Task(_object_formats(check, formats), check=check) for check in objects) if t.formats]
     futures = [checker.submit(t) for t in tasks]
-    with progress.phase("draw"):
-        specs = draw_specs(examples, seed_value)
+    if not specs:
+        with progress.phase("draw"):
+            specs = draw_specs(examples, seed_value)
     # Heavy formats alone (``--formats onnx``): every example goes through them; sampling them
     # would check 8 specs of the examples asked for, and none in the light formats.
     every = max(1, examples // max(1, heavy_examples)) if light else 1

@@ -410,11 +410,15 @@ def _other_kernels(differences: list[Difference]) -> tuple[list[Difference], str
 
 
 def _run_fresh(tasks: list[ResumeTask]) -> list[dict[str, Any]]:
+    from ckpt_compat.forkserver import Forkserver
     from ckpt_compat.isolation import Failure, call_once
 
     if not tasks:
         return []
-    answers = call_once(["ckpt_compat.training"], [t.__dict__ for t in tasks], timeout=600)
+    # In a worker: a fork of its server, which ran nothing but imports (fresh where it matters).
+    answers = call_once(
+        ["ckpt_compat.training"], [t.__dict__ for t in tasks], timeout=600, forkserver=Forkserver.inherited()
+    )
     if isinstance(answers, Failure):
         died = ErrorInfo("ProcessDied", f"the resuming process failed ({answers.kind}): {answers.message}")
         return [{"error": died.to_json()}] * len(tasks)

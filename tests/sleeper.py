@@ -20,6 +20,9 @@ def preload() -> None:
     time.sleep(float(os.environ.get("CKPT_COMPAT_TEST_PRELOAD_SECONDS", "0")))  # imports that take long
 
 
+_kept: list[Any] = []  # children kept alive between requests
+
+
 def handle(message: dict[str, Any]) -> Any:
     action = message["do"]
     if action == "echo":
@@ -48,6 +51,19 @@ def handle(message: dict[str, Any]) -> Any:
     if action == "spawn":  # a grandchild, as torch.multiprocessing starts them
         grandchild = subprocess.Popen(["sleep", "3600"])
         return {"pid": os.getpid(), "grandchild": grandchild.pid, "parent": os.getppid()}
+    if action == "child":  # a child of its own, forked by this process's server where it has one
+        from ckpt_compat.forkserver import Forkserver
+        from ckpt_compat.isolation import call_once
+
+        server = Forkserver.inherited()
+        answer = call_once(["tests.sleeper"], {"do": "contained"}, timeout=60, forkserver=server)
+        return {"forked": server is not None, "child": answer}
+    if action == "keep a child":  # one that stays, for this process's end to take with it
+        from ckpt_compat.forkserver import Forkserver
+        from ckpt_compat.isolation import Child
+
+        _kept.append(Child(["tests.sleeper"], timeout=60, forkserver=Forkserver.inherited()))
+        return _kept[-1].request({"do": "contained"})
     if action == "write to stdout":  # as C++ (Gloo) and forked processes (DCP's ranks) do
         os.write(1, b"[Gloo] Rank 1 is connected to 1 peer ranks\n")
         pid = os.fork()

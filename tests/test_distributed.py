@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from ckpt_compat import distributed
-from ckpt_compat.results import Outcome
-from ckpt_compat.specs import build
-from tests.faults import flip_bit
+from ckpt_compat.isolation import Failure, call_once
+from ckpt_compat.results import CellResult, Outcome
 
 pytestmark = pytest.mark.skipif(distributed.why_unavailable() is not None, reason=str(distributed.why_unavailable()))
 
@@ -21,17 +19,22 @@ def test_two_ranks_reshard_to_one_and_four(tmp_path: Path) -> None:
     assert all(r.outcome is Outcome.OK for r in results), [r.detail for r in results]
 
 
-def test_a_corrupted_shard_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = distributed._world
-
-    def save_then_corrupt(world: int, task: dict, workdir: Path) -> None:
-        original(world, task, workdir)
-        if task["op"] == "save":  # flip a bit inside rank 0's shard of fc.weight (rows 0-4)
-            rows = build(distributed.RESHARD_SPEC).state_dict()["fc.weight"][:5]
-            flip_bit(Path(task["dir"]) / "__0_0.distcp", bytes(rows.contiguous().view(torch.uint8).numpy()), byte=3)
-
-    monkeypatch.setattr(distributed, "_world", save_then_corrupt)
-    results = distributed.check_reshard(tmp_path, load_worlds=(1,))
-    assert results[0].outcome is Outcome.MISMATCH
-    [d] = results[0].differences
+def test_a_corrupted_shard_is_caught(tmp_path: Path) -> None:
+    task = {"dir": str(tmp_path), "save_world": 2, "load_worlds": [1]}
+    answer = call_once(["tests.corrupt_reshard"], task, timeout=300)
+    assert not isinstance(answer, Failure), answer
+    [result] = [CellResult.from_json(cell) for cell in answer]
+    assert result.outcome is Outcome.MISMATCH
+    [d] = result.differences
     assert (d.kind, d.path, d.elements, d.total) == ("bytes", ("state_dict", "fc.weight"), 1, 60)
+
+
+def test_the_check_runs_in_a_process_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its ranks are forks of that process, never of the caller (a worker that runs threads)."""
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("a world was started in the calling process")
+
+    monkeypatch.setattr(distributed, "_world", not_here)
+    results = distributed.check_reshard(tmp_path)
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK], [r.detail for r in results]

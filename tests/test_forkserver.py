@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_compat.forkserver import Forkserver, Stopped, supported
-from ckpt_compat.isolation import Child, Failure, Pool
+from ckpt_compat.isolation import MEMORY_LIMIT, Child, Failure, Pool
 from tests.processes import alive, sigkill, start_parent, wait_gone
 
 SLEEPER = ["tests.sleeper"]
@@ -43,6 +43,43 @@ def test_workers_and_restarts_are_forks_of_one_server_that_imported_once(
         assert answer["marker"] == "pool" and answer["heap"] == 2**30
         assert answer["stdin"].startswith("pipe:")
     assert not alive(server.pid) and not any(alive(p) for p in pids)
+
+
+def test_a_workers_own_children_are_forks_of_its_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's fresh process (training resumes, DCP's ranks) is forked, not imported again."""
+    log = tmp_path / "preloads"
+    monkeypatch.setenv("CKPT_COMPAT_TEST_PRELOAD_LOG", str(log))
+    with Pool(SLEEPER, jobs=1, timeout=60, memory=2**30).start() as pool:
+        answer = pool.request({"do": "child"})
+        worker = pool.request({"do": "contained"})
+        server = pool.forkserver._proc
+        assert server is not None
+    nested = answer["child"]
+    assert answer["forked"] and nested["parent"] == server.pid and nested["pid"] != worker["pid"]
+    assert nested["session"] == nested["pid"] and nested["heap"] == MEMORY_LIMIT  # contained as any child
+    assert nested["tempdir"] == nested["tmp"] != worker["tmp"]
+    assert _preloads(log) == [server.pid]
+    assert not alive(nested["pid"]) and not alive(server.pid)
+
+
+def test_outside_a_forked_worker_there_is_no_server_to_inherit() -> None:
+    """The test process, and an exec'd child (which must not take a descriptor number from its
+    environment), start their children as interpreters."""
+    assert Forkserver.inherited() is None
+    with Child(SLEEPER, timeout=60) as child:
+        answer = child.request({"do": "child"})
+        assert not answer["forked"] and answer["child"]["parent"] == child.proc.pid  # type: ignore[union-attr]
+
+
+def test_a_workers_children_go_with_it() -> None:
+    """The server kills what a worker asked for when the worker ends, however it ends."""
+    with Pool(SLEEPER, jobs=1, timeout=60).start() as pool:
+        kept = pool.request({"do": "keep a child"})
+        assert alive(kept["pid"])
+        died = pool.request({"do": "die"})
+        assert isinstance(died, Failure)
+        assert wait_gone([kept["pid"]]), "a dead worker's child lives on"
+        assert pool.request({"do": "child"})["forked"]  # the server serves on
 
 
 def test_a_large_environment_still_forks(monkeypatch: pytest.MonkeyPatch) -> None:
