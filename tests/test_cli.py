@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +151,26 @@ def test_check_runs_the_round_trip_in_a_worker(
 def test_formats_lists_availability() -> None:
     result = cli("formats")
     assert result.returncode == 0 and "torch_zip" in result.stdout and "available" in result.stdout
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly() -> None:
+    """``ckpt-compat formats | head -1``: no internal error, the exit status of a tool SIGPIPE ended."""
+    root = Path(__file__).parents[1]
+    gone, stdout = os.pipe()
+    os.close(gone)  # every write to stdout fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ckpt_compat.cli", "formats"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    finally:
+        os.close(stdout)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
 
 
 def test_cross_version_commands_end_to_end(tmp_path: Path) -> None:
