@@ -127,10 +127,11 @@ def _entry_cells(corpus: Path, manifest: Any, index: int, *, trusted: bool, cons
     return check_file(saved, consumers, spellings=("str",))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=64)
 def _expected_of(spec_json: str) -> Expected:
     """What a generated spec means here, built once per worker for the spec's ~10 files (one task
-    each, given out in manifest order): its build and forward pass are the same for every format,
+    each, given out in manifest order) and the same spec in the other corpora (the committed ones
+    share their 43 specs): its build and forward pass are the same for every format and producer,
     and the checks only read it."""
     from ckpt_compat.roundtrip import Expected
     from ckpt_compat.specs import ModelSpec
