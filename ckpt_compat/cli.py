@@ -37,6 +37,8 @@ from ckpt_compat.cli_common import select_formats as _select_formats
 from ckpt_compat.cli_common import writable_dir as _writable_dir
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from ckpt_compat.expectations import Expectations, Verdict
     from ckpt_compat.formats import Format
     from ckpt_compat.isolation import Pool
@@ -686,8 +688,6 @@ def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ckpt_compat.corpus import ManifestError, find_corpora
-
     if args.out.is_dir():
         raise UsageError(
             f"--out {args.out}: a directory; --out names the results file to write, e.g. {args.out}/results.json"
@@ -695,10 +695,21 @@ def _verify(args: argparse.Namespace) -> int:
     for path in args.corpora:
         if not path.is_dir():
             raise UsageError(f"{path}: no such corpus directory; run `ckpt-compat produce --out {path}` first")
-    from ckpt_compat.trust import is_package_fixture, package_fixtures
-
     if args.fixtures is not None and not args.fixtures.is_dir():
         raise UsageError(f"--fixtures {args.fixtures}: no such directory")
+    from ckpt_compat.isolation import MEMORY_LIMIT, Pool
+    from ckpt_compat.workers import ARGV, AVAILABILITY
+
+    # The workers' fork server imports (seconds) while this process imports and reads the manifests.
+    with Pool(ARGV, jobs=args.jobs, timeout=args.timeout, memory=MEMORY_LIMIT).start() as pool:
+        found = pool.submit(AVAILABILITY)  # for the report: the workers import the formats' packages anyway
+        return _verify_in(pool, args, found)
+
+
+def _verify_in(pool: Pool, args: argparse.Namespace, found: concurrent.futures.Future[Any]) -> int:
+    from ckpt_compat.corpus import ManifestError, find_corpora
+    from ckpt_compat.trust import is_package_fixture, package_fixtures
+
     chosen = args.fixtures if args.fixtures is not None else package_fixtures()
     fixtures = [] if args.no_fixtures or chosen is None else [chosen.resolve()]
     unfinished: list[Path] = []
@@ -720,9 +731,7 @@ def _verify(args: argparse.Namespace) -> int:
     from ckpt_compat.corpus import Manifest
     from ckpt_compat.devices import available_devices
     from ckpt_compat.formats import availability_from
-    from ckpt_compat.isolation import MEMORY_LIMIT, Pool
     from ckpt_compat.verify import verify
-    from ckpt_compat.workers import ARGV, AVAILABILITY
 
     def trusted(corpus: Path) -> bool:  # never from a path relative to where the user stands
         return bool(args.trust) or is_package_fixture(corpus)
@@ -732,14 +741,13 @@ def _verify(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet).say  # a line per corpus: worth keeping in a log too
     progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")
     started = time.perf_counter()
-    with Pool(ARGV, jobs=args.jobs, timeout=args.timeout, memory=MEMORY_LIMIT).start() as pool:
-        found = pool.submit(AVAILABILITY)  # for the report: the workers import the formats' packages anyway
-        try:
-            specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
-            results = verify(corpora, trusted=trusted, consumers=available_devices(), progress=progress, pool=pool)
-        except ManifestError as exc:
-            raise UsageError(str(exc)) from None
-        learned = found.result()
+    try:
+        specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
+        results = verify(corpora, trusted=trusted, consumers=available_devices(), progress=progress, pool=pool)
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    learned = found.result()
+    pool.stop()
     with availability_from(learned):
         return _write_verified(args, corpora, results, specs, expectations, started)
 

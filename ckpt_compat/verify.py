@@ -321,7 +321,8 @@ def verify(
             progress(f"{corpus}: torch {manifest.torch} ({manifest.device}), {len(cells)} cells, {ok} ok")
 
     # One queue over every corpus: no worker waits at a corpus's end for another's slowest file.
-    tasks = [Task(str(c), i, trusted(c), tuple(consumers)).message() for c, i, _ in entries]
+    trust = {corpus: trusted(corpus) for corpus in manifests}
+    tasks = [Task(str(c), i, trust[c], tuple(consumers)).message() for c, i, _ in entries]
     if pool is not None:
         pool.map(tasks, done=done)
     else:
