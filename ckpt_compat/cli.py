@@ -786,15 +786,21 @@ def _security(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise UsageError(f"--out {args.out}: a directory; --out names the results file to write")
     _writable_dir(args.out.parent)
-    expectations = _expectations([])
+    from ckpt_compat.security import attack_server, check_payloads
 
-    import torch
+    server = attack_server()
+    server.start()  # it imports while this process does
+    try:
+        expectations = _expectations([])
 
-    from ckpt_compat.report import Report
-    from ckpt_compat.security import check_payloads
+        import torch
 
+        from ckpt_compat.report import Report
+    except BaseException:
+        server.stop()
+        raise
     started = time.perf_counter()
-    results = check_payloads(timeout=args.timeout)
+    results = check_payloads(timeout=args.timeout, server=server)
     report = Report(
         results,
         {},

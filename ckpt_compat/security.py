@@ -18,11 +18,14 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpt_compat.errorinfo import ErrorInfo, short
 from ckpt_compat.matrix import SECURITY_SPEC as SPEC_ID  # the release view sets these cells apart
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
+
+if TYPE_CHECKING:
+    from ckpt_compat.forkserver import Forkserver
 
 _READERS = {"torch.export.load": "torch_export", "dcp": "dcp"}  # the format whose reader a loader is
 MEMORY = 4 * 2**30  # a payload load gets this much heap
@@ -76,16 +79,28 @@ def options(name: str) -> dict[str, Any]:
     return {"loader": loader, "weights_only": True} if loader == "torch.load" else {"loader": loader}
 
 
+def attack_server() -> Forkserver:
+    """The fork server `check_payloads` forks its attacks from (start it early: it imports torch and
+    the readers, seconds, while the caller prepares)."""
+    from ckpt_compat.forkserver import Forkserver
+
+    return Forkserver("ckpt_compat.security")
+
+
 def check_payloads(
-    names: list[str] | None = None, *, timeout: float = TIMEOUT, jobs: int | None = None
+    names: list[str] | None = None,
+    *,
+    timeout: float = TIMEOUT,
+    jobs: int | None = None,
+    server: Forkserver | None = None,
 ) -> list[CellResult]:
     """One cell per payload class, each attack in a fresh contained child (code that ran leaves
-    nothing behind for the next); ``jobs`` children side by side (default: the usable cores)."""
+    nothing behind for the next); ``jobs`` children side by side (default: the usable cores).
+    ``server``: an `attack_server` to use and stop (default: one of its own)."""
     import concurrent.futures
 
     import torch
 
-    from ckpt_compat.forkserver import Forkserver
     from ckpt_compat.isolation import call_once, usable_cores
     from ckpt_compat.payloads import PAYLOADS
 
@@ -94,7 +109,7 @@ def check_payloads(
 
     # Each child is a fork of a server that imported torch and the readers and did nothing else:
     # fresh for each attack, without an interpreter's imports each.
-    with Forkserver("ckpt_compat.security") as server:
+    with server or attack_server() as server:
 
         def attack(name: str) -> Any:
             return call_once(
