@@ -95,8 +95,8 @@ class Forkserver:
     process's environment (on `start` or the first `spawn`) and stopped by `stop`."""
 
     def __init__(self, module: str, *, env: dict[str, str] | None = None, serves_children: bool = False) -> None:
-        """``serves_children``: each child gets a connection of its own to the server, for
-        `inherited` (the server then also preloads for what they ask)."""
+        """``serves_children``: each child gets a connection of its own to the server, through
+        which it asks for children of its own (`inherited`)."""
         self.module, self.env, self.serves_children = module, dict(env or {}), serves_children
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
