@@ -788,19 +788,16 @@ def _security(args: argparse.Namespace) -> int:
     _writable_dir(args.out.parent)
     from ckpt_compat.security import attack_server, check_payloads
 
-    server = attack_server()
-    server.start()  # it imports while this process does
-    try:
+    with attack_server() as server:
+        server.start()  # it imports while this process does
         expectations = _expectations([])
 
         import torch
 
         from ckpt_compat.report import Report
-    except BaseException:
-        server.stop()
-        raise
-    started = time.perf_counter()
-    results = check_payloads(timeout=args.timeout, server=server)
+
+        started = time.perf_counter()
+        results = check_payloads(timeout=args.timeout, server=server)
     report = Report(
         results,
         {},

@@ -221,25 +221,23 @@ def _fork(request: dict[str, Any], fds: list[int], connections: dict[socket.sock
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA
         return {"refused": "CUDA is initialised in the fork server"}
-    ours, theirs = (
-        socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if request.get("connection") else (None, None)
-    )
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if request.get("connection") else None
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        if ours is not None and theirs is not None:
-            theirs.close()
-            connections[ours] = set()
+        if pair is not None:
+            pair[1].close()
+            connections[pair[0]] = set()
         return {"pid": pid}
     code = 1
     try:
         for connection in connections:
             connection.close()
-        if ours is not None and theirs is not None:
+        if pair is not None:
             global _connection
-            ours.close()
-            _connection = theirs.detach()
+            pair[0].close()
+            _connection = pair[1].detach()
         os.setsid()
         for target, fd in zip((0, 1, 2), fds, strict=True):
             os.dup2(fd, target)
