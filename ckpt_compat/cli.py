@@ -137,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="hypothesis examples (model specs) to draw (default: 200, about a minute on 2 cores)",
     )
+    run.add_argument(
+        "--heavy-examples",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="how many of the examples also go through the heavy formats (TorchScript, torch.export, "
+        "DCP, ONNX: seconds per spec each); default: 8",
+    )
     run.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0, reproducible)")
     parallel(run)
     run.add_argument(
@@ -538,6 +546,7 @@ def _run_in(pool: Pool, args: argparse.Namespace, started: float, *, progress: P
         pool=pool,
         progress=progress,
         shrink_seconds=args.shrink_seconds,
+        heavy_examples=args.heavy_examples,
         objects=OBJECT_CHECKS,
         specs=drawn,
     )
@@ -552,6 +561,7 @@ def _run_in(pool: Pool, args: argparse.Namespace, started: float, *, progress: P
             "command": "run",
             "seed": args.seed,
             "examples": args.examples,
+            "heavy_examples": min(args.heavy_examples, args.examples),
             "examples_run": result.examples_run,
             "shrink_steps": result.shrink_steps,
             "seconds": round(time.perf_counter() - started, 2),

@@ -74,6 +74,9 @@ class Expected:
     # pickle carries them, so when they differ in a fresh model they explain a forward difference.
     plain: Mapping[str, torch.Tensor] = field(default_factory=dict)
     references: Mapping[str, str] = field(default_factory=dict)  # see `references`
+    # State-dict key or buffer -> class name of the module that holds it: a difference in a tensor says whose
+    # it is, so a known issue can name the block (a TensorBag's unread tensors, say).
+    owners: Mapping[str, str] = field(default_factory=dict)
     # Builds the model on the CPU again, for `float64_leaves` (rarely needed: not kept built).
     rebuild: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
     # The loading checks' results by (aliasing, `state_fingerprint` of the loaded state): every
@@ -87,14 +90,16 @@ class Expected:
         model = spec.model(device)
         reference = loading.forward_outputs(model if device == "cpu" else spec.model(), inputs)
         types = {path: type(model.get_submodule(path)).__name__ for path, _ in loading.leaf_blocks(inputs)}
+        state, hidden = model.state_dict(), non_persistent_buffers(model)
         return cls(
-            model.state_dict(),
-            non_persistent_buffers(model),
+            state,
+            hidden,
             reference,
             inputs,
             types,
             plain_tensors(model),
             references(model),
+            {k: type(model.get_submodule(k.rpartition(".")[0])).__name__ for k in [*state, *hidden]},
             rebuild=spec.model,
         )
 
@@ -276,9 +281,13 @@ def _check_load(cell: Cell, saved: SavedFile, variant: Mapping[str, Any], locati
                 {k: v for k, v in hidden.items() if k in expected.hidden or k not in expected.state},
                 ("buffers",),
             )
-        differences += _name_persisted_buffers(found, expected.hidden, state)
+        differences = _owned(differences + _name_persisted_buffers(found, expected.hidden, state), expected.owners)
         if consumer == "cpu" and location.kind == "str":
-            if not absent:  # a partial state dict cannot be loaded strictly; the values are compared above
+            # A partial state dict cannot be loaded strictly, and its values are compared above: the
+            # keys the comparison found missing are not reported again by every loading check.
+            if any(k not in state for k in want):
+                notes.append("loading checks not run: the loaded state dict lacks keys (above)")
+            elif not absent:
                 # Keys the state comparison already reported as unexpected are not reported again
                 # by every loading check.
                 known = _with_metadata_of(state, {k: v for k, v in state.items() if k in expected.state})
@@ -370,6 +379,17 @@ def _name_persisted_buffers(
         else:
             out.append(d)
     return out
+
+
+def _owned(differences: list[Difference], owners: Mapping[str, str]) -> list[Difference]:
+    """Each difference in a state-dict entry or buffer names the class of the module that holds it."""
+    roots = ("state_dict", "manifest", "buffers")
+    return [
+        d.with_block(owners[str(d.path[1])])
+        if d.block is None and d.root in roots and len(d.path) > 1 and d.path[1] in owners
+        else d
+        for d in differences
+    ]
 
 
 def _with_metadata_of(state: Mapping[str, Any], items: dict[str, Any]) -> Mapping[str, Any]:

@@ -83,13 +83,16 @@ def test_missing_spec_file_and_bad_examples(tmp_path: Path) -> None:
 
 
 def test_run_writes_the_report_and_exits_0(tmp_path: Path) -> None:
-    result = cli("run", "--examples", "6", "--out", str(tmp_path / "r"), "--verbose")
+    result = cli("run", "--examples", "6", "--heavy-examples", "3", "--out", str(tmp_path / "r"), "--verbose")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[   9/9] " in result.stderr and " training: " in result.stderr  # progress: 6 specs, 3 object checks
     assert "| torch_zip[weights_only] |" in result.stdout
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["summary"]["passed"] is True and data["run"]["examples_run"] == 6
     assert set(data["run"]["phases"]) == {"draw", "check"} and data["run"]["jobs"] >= 1
+    assert data["run"]["heavy_examples"] == 3  # every 6 // 3 = 2nd spec through the heavy formats
+    drawn = [c for c in data["cells"] if "check" not in c["options"]]  # not the training check's
+    assert len({c["spec_id"] for c in drawn if c["format"] == "torchscript_script"}) == 3
     ok_variants = {
         (c["format"], json.dumps({k: v for k, v in c["options"].items() if k != "map_location"}, sort_keys=True))
         for c in data["cells"]

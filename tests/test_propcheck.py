@@ -68,6 +68,10 @@ def test_heavy_formats_alone_check_every_example() -> None:
     assert run.examples_run == 12 == len(run.specs) == len({r.cell.spec_id for r in run.results})
     mixed = run_property([heavy, get_format("torch_zip")], examples=16, seed_value=1, expectations=Expectations.load())
     assert len({r.cell.spec_id for r in mixed.results if r.cell.format == heavy.name}) == 8  # every 16 // 8 = 2nd
+    fewer = run_property(
+        [heavy, get_format("torch_zip")], examples=16, seed_value=1, expectations=Expectations.load(), heavy_examples=4
+    )
+    assert len({r.cell.spec_id for r in fewer.results if r.cell.format == heavy.name}) == 4  # every 4th
 
 
 def test_a_killed_worker_costs_the_cells_of_its_own_spec_only() -> None:
