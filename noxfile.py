@@ -119,14 +119,14 @@ def run(session: nox.Session, torch: str) -> None:
 @nox.session
 @nox.parametrize("python,torch", VERSIONS)
 def release(session: nox.Session, torch: str) -> None:
-    """One release's own steps in one venv (`compat` runs these): its corpus into compat/corpora,
-    `ckpt-compat run` (drawn specs under this release, gated on the known issues: the corpora hold
-    a few fixed specs, and a release's own gap can hide from them) and its loaders' security verdicts."""
+    """One release's own steps in one venv (`compat` runs these): its corpus into compat/corpora, its
+    loaders' security verdicts, and `ckpt-compat run` (drawn specs under this release, gated on the
+    known issues: the corpora hold a few fixed specs, and a release's own gap can hide from them)."""
     install(session, torch)
     _produce(session, torch, COMPAT / "corpora")
+    _security(session, torch)
     runs = COMPAT / "runs" / f"torch-{torch}"
     session.run("ckpt-compat", "run", "--heavy-examples", "40", "--out", str(runs), "-q")
-    _security(session, torch)
 
 
 @nox.session

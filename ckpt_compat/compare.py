@@ -368,19 +368,28 @@ def compare_aliasing(
     expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor], root: str = "state_dict"
 ) -> list[Difference]:
     """Differences in which keys share storage: a lost tie or a new, unintended one. The path
-    names the group's first key; the detail lists the group."""
-    want, got = aliasing_groups(expected), aliasing_groups(actual)
+    names the group's first key; the detail lists the group.
+
+    Only keys both sides hold are compared (a key missing or added is reported as such): a
+    non-persistent buffer that a format persisted joins its storage's group, which is not a tie lost.
+    A group split in two is reported once, as lost."""
+    common = set(expected) & set(actual)
+    want, got = _groups_within(expected, common), _groups_within(actual, common)
     out = [
         Difference("aliasing", (root, min(g)), f"keys {sorted(g)} no longer share one storage")
         for g in sorted(want - got, key=sorted)
-        if g <= set(actual)
+        if not any(g <= h for h in got)
     ]
     out += [
         Difference("aliasing", (root, min(g)), f"keys {sorted(g)} share one storage that were separate")
         for g in sorted(got - want, key=sorted)
-        if g <= set(expected)
+        if not any(g <= h for h in want)
     ]
     return out
+
+
+def _groups_within(tensors: Mapping[str, torch.Tensor], keys: set[str]) -> frozenset[frozenset[str]]:
+    return frozenset(g & keys for g in aliasing_groups(tensors) if len(g & keys) > 1)
 
 
 def compare_state_dicts(

@@ -78,6 +78,24 @@ def test_lost_and_invented_ties() -> None:
     assert "share one storage that were separate" in d.detail
 
 
+def test_ties_are_compared_over_the_keys_both_sides_hold() -> None:
+    """A key only one side holds (a non-persistent buffer a format persisted, aliasing a parameter)
+    joins its storage's group: no tie was lost. A group split in two is one lost tie, not a new one."""
+    from ckpt_compat.compare import compare_aliasing
+
+    w = torch.ones(4)
+    expected = {"t0": w, "t2": w.view(4), "other": torch.zeros(2)}
+    assert compare_aliasing(expected, {**expected, "t3": w.view(4)}) == []
+    v = torch.ones(4)
+    three = {"a": v, "b": v.view(4), "c": v.view(4)}
+    split = {"a": v, "b": v.view(4), "c": v.clone()}
+    [d] = compare_aliasing(three, split)
+    assert d.detail == "keys ['a', 'b', 'c'] no longer share one storage"
+    [d] = compare_aliasing(split, three)
+    assert d.detail == "keys ['a', 'b', 'c'] share one storage that were separate"
+    assert compare_aliasing(three, {"a": v, "b": v.clone()})[0].detail == "keys ['a', 'b'] no longer share one storage"
+
+
 def test_odd_layouts_compare() -> None:
     strided = torch.zeros(4, dtype=torch.float16)[::2][:1]
     empty = torch.zeros(0, 3, dtype=torch.uint8)[:, ::2]

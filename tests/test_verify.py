@@ -88,7 +88,7 @@ def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tu
 @pytest.mark.parametrize(
     ("how", "outcome", "fragment"),
     [
-        ("flip", Outcome.MISMATCH, "manifest['linear.weight']: bytes: digest"),
+        ("flip", Outcome.MISMATCH, "manifest['linear.weight']: bytes: [Linear] digest"),
         ("delete", Outcome.KEYS, "manifest['bn1d.running_mean']: missing"),
         ("truncate", Outcome.LOAD_ERROR, "Error"),
         # Loads the same: only the file's digest in the manifest can tell.
