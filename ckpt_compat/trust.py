@@ -9,6 +9,8 @@ meet what the weights_only unpickler allows.
 
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -17,7 +19,9 @@ from ckpt_compat.identify import ZIP_ERRORS
 
 
 class OutsideCorpus(ValueError):
-    """A manifest names a file outside its corpus (absolute, ``..``, or a link leading out)."""
+    """A manifest names what no loader may be pointed at: a path outside its corpus (absolute,
+    ``..``, or a link leading out), or what is not a checkpoint's kind of file (a FIFO, a device or
+    a socket, which a read blocks on or never ends; a link inside a checkpoint folder)."""
 
 
 def package_fixtures() -> Path | None:
@@ -40,7 +44,45 @@ def inside(corpus: Path, name: str) -> Path:
     path = corpus / relative
     if not path.resolve().is_relative_to(corpus.resolve()):
         raise OutsideCorpus(f"{name!r} leads outside the corpus (a symbolic link)")
+    _regular_files(path, name)
     return path
+
+
+_PRODUCED = "a corpus holds only what `ckpt-compat produce` writes"
+
+
+def _regular_files(path: Path, name: str) -> None:
+    """``path`` is a regular file, or a folder (DCP, MLflow) of regular files and folders only: a
+    produced checkpoint never holds a FIFO, a device, a socket or a link, and a loader reading one
+    would block, never end, or read what the corpus does not hold. A path that is not there passes:
+    its cells say that loading it failed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if stat.S_ISDIR(mode):
+        for root, folders, files in os.walk(path):  # links are not followed: each is a member seen
+            for member in (*folders, *files):
+                inner = Path(root) / member
+                shown = f"{name}/{inner.relative_to(path).as_posix()}"
+                kind = _not_regular(inner.lstat().st_mode, allow_folder=True)
+                if kind:
+                    raise OutsideCorpus(f"{shown!r} is {kind}: {_PRODUCED} (a folder of regular files)")
+    elif kind := _not_regular(mode, allow_folder=False):
+        raise OutsideCorpus(f"{name!r} is {kind}, not a checkpoint file: {_PRODUCED}")
+
+
+def _not_regular(mode: int, *, allow_folder: bool) -> str | None:
+    if stat.S_ISREG(mode) or (allow_folder and stat.S_ISDIR(mode)):
+        return None
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ]
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
 def pickled_refusals(path: Path) -> list[str]:

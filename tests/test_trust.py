@@ -127,3 +127,35 @@ def test_truncated_files_never_load_as_ok(tmp_path: Path) -> None:
     # torch_zip and torch_legacy always write a file (safetensors refuses the tie on some torch);
     # every cut came back as cells, not as a dead worker.
     assert len(entries) >= 2 and judged == tried >= 2 * 40
+
+
+def test_what_a_read_blocks_on_is_refused_before_any_load(tmp_path: Path) -> None:
+    """A FIFO, a device, or a link inside a checkpoint folder: a loader would block on it, never
+    end, or read what the corpus does not hold (measured before: 120 s and a `timeout` cell per
+    FIFO). The manifest is refused with one line naming the member, before any worker starts."""
+    import os
+
+    corpus = tmp_path / "c"
+    formats = [get_format(n) for n in ("torch_zip", "dcp") if not get_format(n).why_not_usable()]
+    produce(corpus, formats, specs={"tied": corpus_specs()["tied"]}, objects=False)
+    zipped = corpus / "tied" / "torch_zip.pt"
+    zipped.unlink()
+    os.mkfifo(zipped)
+    with pytest.raises(ManifestError, match=r"'tied/torch_zip\.pt' is a FIFO, not a checkpoint file"):
+        Manifest.read(corpus)
+    done = _verify(str(corpus), "--no-fixtures", "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "is a FIFO" in done.stderr and not (tmp_path / "r.json").exists()
+    zipped.unlink()
+    zipped.symlink_to("/dev/zero")  # a link to a device leads outside the corpus as well
+    with pytest.raises(ManifestError, match="leads outside the corpus"):
+        Manifest.read(corpus)
+    zipped.unlink()
+    if get_format("dcp").why_not_usable():
+        return
+    folder = corpus / "tied" / "dcp.dcp"
+    member = next(p for p in folder.iterdir() if p.suffix == ".distcp")
+    member.rename(tmp_path / member.name)
+    member.symlink_to(tmp_path / member.name)
+    with pytest.raises(ManifestError, match=rf"'tied/dcp\.dcp/{member.name}' is a symbolic link"):
+        Manifest.read(corpus)
