@@ -225,7 +225,7 @@ def bench_report(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def compat(session: nox.Session) -> None:
-    """The whole cross-version protocol: each release's own steps (corpus, run, security), then
+    """The whole cross-version protocol: each release's own steps (corpus, security, run), then
     every release verifies every corpus, then report + gate."""
     for step in ("release", "verify"):
         for version in TORCH:
