@@ -99,7 +99,7 @@ class Expected:
             types,
             plain_tensors(model),
             references(model),
-            {k: type(model.get_submodule(k.rpartition(".")[0])).__name__ for k in [*state, *hidden]},
+            holders_of(model, [*state, *hidden]),
             rebuild=spec.model,
         )
 
@@ -379,6 +379,18 @@ def _name_persisted_buffers(
         else:
             out.append(d)
     return out
+
+
+def holders_of(model: nn.Module, keys: Iterable[str]) -> dict[str, str]:
+    """Key -> class name of the module that holds it. A key that names no module path (a user's
+    state-dict hook renamed it) has no owner here."""
+    found = {}
+    for key in keys:
+        try:
+            found[key] = type(model.get_submodule(key.rpartition(".")[0])).__name__
+        except AttributeError:
+            continue
+    return found
 
 
 def _owned(differences: list[Difference], owners: Mapping[str, str]) -> list[Difference]:

@@ -209,3 +209,23 @@ def test_a_program_raising_what_eager_raised_for_a_block_is_not_a_difference() -
     assert _compare_whole_call(expected, raising(RuntimeError(str(missing)))) == []
     [found] = _compare_whole_call(expected, raising(RuntimeError("index out of range")))
     assert found.kind == "raised" and found.path == ("program",)
+
+
+def test_a_key_that_names_no_module_has_no_holder() -> None:
+    """A user's state-dict hook may rename keys: the key's block is then unknown, not an error."""
+    from torch import nn
+
+    from ckpt_compat.roundtrip import holders_of
+
+    class Renamed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+            self._register_state_dict_hook(
+                lambda module, state, prefix, local: {"gone." + k: v for k, v in state.items()}
+            )
+
+    model = Renamed()
+    keys = list(model.state_dict())
+    assert keys == ["gone.inner.weight", "gone.inner.bias"]
+    assert holders_of(model, [*keys, "inner.weight", "top"]) == {"inner.weight": "Linear", "top": "Renamed"}
