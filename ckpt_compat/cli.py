@@ -752,8 +752,16 @@ def _verify_in(pool: Pool, args: argparse.Namespace, found: concurrent.futures.F
     progress(f"ckpt-compat verify: torch {torch.__version__}, {len(corpora)} corpus/corpora")
     started = time.perf_counter()
     try:
-        specs = {s.id: s for c in corpora for s in _manifest_specs(Manifest.read(c))}
-        results = verify(corpora, trusted=trusted, consumers=available_devices(), progress=progress, pool=pool)
+        manifests = {c: Manifest.read(c) for c in corpora}
+        specs = {s.id: s for m in manifests.values() for s in _manifest_specs(m)}
+        results = verify(
+            corpora,
+            trusted=trusted,
+            consumers=available_devices(),
+            progress=progress,
+            pool=pool,
+            read_manifests=manifests,
+        )
     except ManifestError as exc:
         raise UsageError(str(exc)) from None
     learned = found.result()

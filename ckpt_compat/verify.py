@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,16 +291,19 @@ def verify(
     progress: Progress = lambda _: None,
     jobs: int | None = None,
     pool: Pool | None = None,
+    read_manifests: Mapping[Path, Any] | None = None,
 ) -> list[CellResult]:
     """Every cell for every entry of every corpus, each file loaded in a contained worker; the
     entries of every corpus are spread over ``jobs`` workers (default: the usable cores), or over
     ``pool``'s (its own timeout then). The results come in corpus and entry order whatever the
-    number of workers."""
+    number of workers. ``read_manifests``: corpora's manifests the caller read already (the rest are
+    read here)."""
     from ckpt_compat.corpus import Manifest
     from ckpt_compat.isolation import MEMORY_LIMIT, Pool
     from ckpt_compat.workers import ARGV
 
-    manifests = {corpus: Manifest.read(corpus) for corpus in corpora}
+    read = read_manifests or {}
+    manifests = {corpus: read[corpus] if corpus in read else Manifest.read(corpus) for corpus in corpora}
     entries = [
         (corpus, index, entry)
         for corpus, manifest in manifests.items()
