@@ -278,14 +278,19 @@ class Child:
             shutil.rmtree(tmp, ignore_errors=True)
             forget(tmp)
 
-    def stderr_tail(self, lines: int = 5) -> str:
+    def stderr_tail(self, lines: int = 5, *, since: int = 0) -> str:
+        """The last ``lines`` non-blank lines the process wrote to stderr after byte ``since``."""
         stderr = self.stderr
         if stderr is None:
             return ""
         try:
-            stderr.seek(0)
-            kept = [line for line in stderr.read().splitlines() if line.strip()]
-        except ValueError:  # closed meanwhile: another thread stopped the child
+            fd = stderr.fileno()
+            end = os.fstat(fd).st_size
+            start = max(since, end - 2**16)  # the tail: a process may have written megabytes of warnings
+            # Read by offset, never seek: the process writes through the same open file.
+            text = os.pread(fd, end - start, start).decode(errors="replace")
+            kept = [line for line in text.splitlines() if line.strip()]
+        except (ValueError, OSError):  # closed meanwhile: another thread stopped the child
             return ""
         return " | ".join(kept[-lines:])
 
@@ -295,21 +300,26 @@ class Child:
             self._start()
 
     def request(self, message: Any) -> Any | Failure:
-        """Send ``message`` (JSON); the child's JSON answer, or a `Failure`."""
-        proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
-        assert proc.stdin is not None and proc.stdout is not None
+        """Send ``message`` (JSON); the child's JSON answer, or a `Failure`, whose message quotes
+        what the process wrote to stderr during this request only: a warning an earlier task
+        printed is not why this one failed (nor is an earlier, handled MemoryError a sign that
+        this one ran out of memory)."""
+        running = self.proc is not None and self.proc.poll() is None
+        proc = self.proc if running and self.proc is not None else self._start()
+        assert proc.stdin is not None and proc.stdout is not None and self.stderr is not None
+        since = os.fstat(self.stderr.fileno()).st_size if running else 0  # a new process's start is this request's
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(json.dumps(message) + "\n")
             proc.stdin.flush()
         ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
         if not ready:
-            tail = self.stderr_tail()
+            tail = self.stderr_tail(since=since)
             self.stop()
             return Failure("timeout", f"no answer within {self.timeout:g}s; the process was killed. {tail}".strip())
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()
-            tail = self.stderr_tail()
+            tail = self.stderr_tail(since=since)
             self.stop()
             oom = "MemoryError" in tail or "std::bad_alloc" in tail or "Cannot allocate memory" in tail
             if oom:
@@ -318,7 +328,7 @@ class Child:
         try:
             return json.loads(line)
         except ValueError:  # not an answer: the protocol is lost with this process
-            tail = self.stderr_tail()
+            tail = self.stderr_tail(since=since)
             self.stop()
             return Failure("crash", f"the process wrote {line[:200]!r} instead of an answer: {tail}".strip())
 

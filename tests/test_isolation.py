@@ -31,6 +31,26 @@ def test_answers_timeouts_crashes_and_memory_are_values() -> None:
     assert call_once(SLEEPER, {"do": "allocate", "bytes": 10}, timeout=60) == 10
 
 
+def test_a_failure_quotes_what_its_own_request_wrote_only() -> None:
+    """A worker serves many tasks: a warning an earlier one printed (seen: an LSTM oneDNN warning in
+    a timeout cell) is not why this one failed, and an earlier MemoryError, handled, does not make
+    this crash an out-of-memory one."""
+    with Child(SLEEPER, timeout=60) as child:
+        assert child.request({"do": "say", "text": "UserWarning: an earlier task's"}) == "said"
+        child.timeout = 0.5
+        hung = child.request({"do": "hang"})
+        assert isinstance(hung, Failure) and hung.kind == "timeout"
+        assert hung.message == "no answer within 0.5s; the process was killed."
+        child.timeout = 60
+        assert child.request({"do": "say", "text": "MemoryError: caught by the task"}) == "said"
+        died = child.request({"do": "die"})
+        assert isinstance(died, Failure) and died.kind == "crash", died
+        assert died.message == "the process died (exit code 7): dying on purpose"
+        # A process started by the request: what it wrote while starting is the request's.
+        assert child.request({"do": "say", "text": "a third task's"}) == "said"
+        assert "a third task's" in child.stderr_tail()
+
+
 def test_what_the_work_writes_to_stdout_never_reaches_the_protocol() -> None:
     """Gloo's C++ log, a forked process and a print all write to descriptor 1 (torch 2.8's DCP
     ranks broke the protocol so); a process that still answers garbage costs its own request."""
