@@ -17,6 +17,7 @@ from ckpt_compat.corpus import (
     produce,
 )
 from ckpt_compat.formats import available_formats, get_format
+from ckpt_compat.isolation import Pool
 from ckpt_compat.specs import build
 
 
@@ -93,16 +94,12 @@ def _without_digests(manifest: Manifest) -> dict[str, object]:
     return data
 
 
-def test_workers_side_by_side_write_the_corpus_this_process_writes(tmp_path: Path) -> None:
-    from ckpt_compat.isolation import Pool
-    from ckpt_compat.workers import ARGV
-
+def test_workers_side_by_side_write_the_corpus_this_process_writes(tmp_path: Path, workers: Pool) -> None:
     specs = {k: v for k, v in corpus_specs().items() if k in ("tied", "layouts", "nested", "dtype-complex128")}
     formats = [get_format(n) for n in ("torch_zip", "torch_legacy", "torchscript_trace")]
     here = produce(tmp_path / "here", formats, specs=specs)
-    with Pool(ARGV, jobs=2, timeout=300) as pool:
-        lines: list[str] = []
-        pooled = produce(tmp_path / "pooled", formats, specs=specs, pool=pool, progress=lines.append)
+    lines: list[str] = []
+    pooled = produce(tmp_path / "pooled", formats, specs=specs, pool=workers, progress=lines.append)
     # The same manifest, but for the file digests: each is of its own file's bytes, and legacy
     # pickles (storage keys from object ids) and TorchScript archives differ between two saves.
     assert _without_digests(pooled) == _without_digests(here)

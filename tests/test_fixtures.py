@@ -11,6 +11,7 @@ import pytest
 from ckpt_compat.corpus import Manifest, find_corpora
 from ckpt_compat.devices import available_devices
 from ckpt_compat.expectations import BUILTIN, Expectations
+from ckpt_compat.isolation import Pool
 from ckpt_compat.results import CellResult
 from ckpt_compat.verify import verify
 from ckpt_compat.versions import release
@@ -20,9 +21,9 @@ CORPORA = find_corpora([FIXTURES / "corpora"])
 
 
 @pytest.fixture(scope="module")
-def verified() -> list[CellResult]:
+def verified(workers: Pool) -> list[CellResult]:
     # Committed fixtures are trusted (reviewed in this repository), so whole-model pickles load too.
-    return verify(CORPORA, trusted=lambda _: True, consumers=available_devices())
+    return verify(CORPORA, trusted=lambda _: True, consumers=available_devices(), pool=workers)
 
 
 def test_fixtures_cover_five_releases_including_2_0_and_stay_small() -> None:

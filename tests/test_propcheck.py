@@ -15,7 +15,6 @@ from ckpt_compat.results import Outcome
 from ckpt_compat.roundtrip import check_spec
 from ckpt_compat.specs import ModelSpec
 from ckpt_compat.strategies import model_specs
-from ckpt_compat.workers import ARGV
 from tests.faults import Faulty
 
 
@@ -74,18 +73,18 @@ def test_heavy_formats_alone_check_every_example() -> None:
     assert len({r.cell.spec_id for r in fewer.results if r.cell.format == heavy.name}) == 4  # every 4th
 
 
-def test_a_killed_worker_costs_the_cells_of_its_own_spec_only() -> None:
+def test_a_killed_worker_costs_the_cells_of_its_own_spec_only(workers: Pool) -> None:
     formats = [get_format("torch_zip"), get_format("torch_legacy")]
     victim = draw_specs(6, 3)[2]
 
     def run(pool: Pool) -> PropertyRun:
-        with pool:
-            return run_property(
-                formats, examples=6, seed_value=3, expectations=Expectations.load(), pool=pool, shrink_seconds=0
-            )
+        return run_property(
+            formats, examples=6, seed_value=3, expectations=Expectations.load(), pool=pool, shrink_seconds=0
+        )
 
-    clean = run(Pool(ARGV, jobs=2, timeout=300))
-    killed = run(Pool(["tests.dying_worker"], jobs=2, timeout=300, env={"CKPT_COMPAT_TEST_DIE_ON": victim.id}))
+    clean = run(workers)
+    with Pool(["tests.dying_worker"], jobs=2, timeout=300, env={"CKPT_COMPAT_TEST_DIE_ON": victim.id}) as dying:
+        killed = run(dying)
     lost = [r for r in killed.results if r.cell.spec_id == victim.id]
     assert [r.cell.format for r in lost] == ["torch_zip", "torch_legacy"]  # one crash cell per format
     assert all(r.outcome is Outcome.CRASH and "signal SIGKILL" in r.detail for r in lost)

@@ -13,6 +13,7 @@ import torch
 from ckpt_compat.corpus import MANIFEST, corpus_specs, find_corpora, produce
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import get_format
+from ckpt_compat.isolation import Pool
 from ckpt_compat.results import CellResult, Outcome
 from ckpt_compat.verify import Task, Worker, verify
 from tests.faults import flip_bit
@@ -30,9 +31,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def verified(corpus: Path) -> list[CellResult]:
+def verified(corpus: Path, workers: Pool) -> list[CellResult]:
     """The clean corpus verified on the CPU by two workers, once for every test that only reads it."""
-    return verify([corpus], trusted=lambda _: True, consumers=["cpu"], jobs=2)
+    assert workers.jobs == 2
+    return verify([corpus], trusted=lambda _: True, consumers=["cpu"], pool=workers)
 
 
 def _copy(corpus: Path, dest: Path) -> Path:
@@ -54,14 +56,14 @@ def _unexplained(results: list) -> list:
     return [r for r in results if not expectations.judge_one(r).explained]
 
 
-def test_a_clean_corpus_verifies(corpus: Path) -> None:
-    results = verify([corpus], trusted=lambda _: True, consumers=["cpu", "meta"])
+def test_a_clean_corpus_verifies(corpus: Path, workers: Pool) -> None:
+    results = verify([corpus], trusted=lambda _: True, consumers=["cpu", "meta"], pool=workers)
     assert results and _unexplained(results) == []
     producers = {r.cell.producer.torch for r in results}
     assert producers == {torch.__version__}
 
 
-def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tuple[str, str]]:
+def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str, pool: Pool) -> tuple[list, tuple[str, str]]:
     work = _copy(corpus, tmp_path / "c")
     manifest = json.loads((work / MANIFEST).read_text())
     entry = next(e for e in manifest["entries"] if e["spec"] == "layers-float32" and e["format"] == "torch_zip")
@@ -81,7 +83,7 @@ def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tu
         assert torch.load(path, weights_only=True).keys() == torch.load(corpus / entry["file"]).keys()
     else:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    results = verify([work], trusted=lambda _: True, consumers=["cpu"])
+    results = verify([work], trusted=lambda _: True, consumers=["cpu"], pool=pool)
     return results, (entry["spec_id"], "torch_zip")
 
 
@@ -96,9 +98,9 @@ def _tamper_and_verify(corpus: Path, tmp_path: Path, how: str) -> tuple[list, tu
     ],
 )
 def test_tampering_is_caught_for_exactly_that_file(
-    corpus: Path, tmp_path: Path, how: str, outcome: Outcome, fragment: str
+    corpus: Path, tmp_path: Path, how: str, outcome: Outcome, fragment: str, workers: Pool
 ) -> None:
-    results, tampered = _tamper_and_verify(corpus, tmp_path, how)
+    results, tampered = _tamper_and_verify(corpus, tmp_path, how, workers)
     bad = _unexplained(results)
     assert bad and {(r.cell.spec_id, r.cell.format) for r in bad} == {tampered}
     assert all(r.outcome is outcome and fragment in r.detail for r in bad)
@@ -106,8 +108,10 @@ def test_tampering_is_caught_for_exactly_that_file(
         assert all(d.elements is None and d.max_abs is None for r in bad for d in r.differences if d.root == "manifest")
 
 
-def test_gate_fails_on_tampering_and_passes_clean(corpus: Path, verified: list[CellResult], tmp_path: Path) -> None:
-    results, _ = _tamper_and_verify(corpus, tmp_path, "flip")
+def test_gate_fails_on_tampering_and_passes_clean(
+    corpus: Path, verified: list[CellResult], tmp_path: Path, workers: Pool
+) -> None:
+    results, _ = _tamper_and_verify(corpus, tmp_path, "flip", workers)
     from ckpt_compat.report import Report
 
     bad, clean = tmp_path / "bad.json", tmp_path / "clean.json"
@@ -120,9 +124,9 @@ def test_gate_fails_on_tampering_and_passes_clean(corpus: Path, verified: list[C
     assert passed.returncode == 0 and "gate passed" in passed.stdout
 
 
-def test_untrusted_corpora_never_unpickle_modules(tmp_path: Path) -> None:
+def test_untrusted_corpora_never_unpickle_modules(tmp_path: Path, workers: Pool) -> None:
     produce(tmp_path, [get_format("torch_module")], specs={"tied": corpus_specs()["tied"]})
-    results = verify(find_corpora([tmp_path]), trusted=lambda _: False, consumers=["cpu"])
+    results = verify(find_corpora([tmp_path]), trusted=lambda _: False, consumers=["cpu"], pool=workers)
     refused = [r for r in results if r.cell.options.get("weights_only") is False]
     assert refused and all(r.outcome is Outcome.UNSUPPORTED and "pass --trust" in r.detail for r in refused)
 
@@ -145,7 +149,7 @@ def test_worker_timeout_and_crash_are_outcomes_and_the_worker_restarts(corpus: P
 
 
 def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(
-    corpus: Path, verified: list[CellResult], tmp_path: Path
+    corpus: Path, verified: list[CellResult], tmp_path: Path, workers: Pool
 ) -> None:
     results = verified
     checks = {r.cell.options.get("check") for r in results}
@@ -161,7 +165,7 @@ def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(
     torch.save(checkpoint, path)
     changed = [
         r
-        for r in verify([work], trusted=lambda _: True, consumers=["cpu"])
+        for r in verify([work], trusted=lambda _: True, consumers=["cpu"], pool=workers)
         if r.cell.format == "torch_zip"
         and r.cell.options.get("optimizer") == "adam"
         and r.cell.options.get("weights_only") is False
@@ -173,12 +177,14 @@ def test_whole_objects_verify_and_a_changed_optimizer_state_is_named(
     assert any(p[0] == "resume" for p in paths)  # and training on from it diverges
 
 
-def test_a_broken_training_reference_fails_its_cells_not_the_worker(corpus: Path, tmp_path: Path) -> None:
+def test_a_broken_training_reference_fails_its_cells_not_the_worker(
+    corpus: Path, tmp_path: Path, workers: Pool
+) -> None:
     work = _copy(corpus, tmp_path / "c")
     (work / "training-adam" / "reference.pt").write_bytes(b"not a checkpoint")
     results = [
         r
-        for r in verify([work], trusted=lambda _: False, consumers=["cpu"])
+        for r in verify([work], trusted=lambda _: False, consumers=["cpu"], pool=workers)
         if r.cell.options.get("optimizer") == "adam" and r.cell.options.get("check") == "resume"
     ]
     assert results and all(r.outcome is Outcome.LOAD_ERROR for r in results)
@@ -226,7 +232,7 @@ def test_a_changed_file_keeps_an_unsafe_or_failed_verdict_and_fails_an_ok_one() 
 
 
 def test_a_failed_save_is_judged_once_under_the_producers_torch(
-    corpus: Path, verified: list[CellResult], tmp_path: Path
+    corpus: Path, verified: list[CellResult], tmp_path: Path, workers: Pool
 ) -> None:
     """A produce whose save failed writes no file; unless verify judges that failure, an exporter
     a pin broke writes nothing and the matrix passes with fewer cells."""
@@ -249,7 +255,7 @@ def test_a_failed_save_is_judged_once_under_the_producers_torch(
     data = json.loads((other / MANIFEST).read_text())
     data["torch"] = "2.99.0"
     (other / MANIFEST).write_text(json.dumps(data))
-    again = verify([other], trusted=lambda _: True, consumers=["cpu"])
+    again = verify([other], trusted=lambda _: True, consumers=["cpu"], pool=workers)
     assert not [r for r in again if (r.cell.spec_id, r.cell.format) in failed]
     assert len(again) == len(results) - len(saves)
 
@@ -266,14 +272,16 @@ def test_a_failed_save_whose_error_does_not_read_is_a_bad_manifest(corpus: Path,
         Manifest.read(bad)
 
 
-def test_a_changed_training_reference_fails_the_cells_that_resume_against_it(corpus: Path, tmp_path: Path) -> None:
+def test_a_changed_training_reference_fails_the_cells_that_resume_against_it(
+    corpus: Path, tmp_path: Path, workers: Pool
+) -> None:
     """A reference changed along with the checkpoint could make a changed resume look right: its
     bytes are checked like the file's."""
     work = _copy(corpus, tmp_path / "c")
     path = work / "training-adam" / "reference.pt"
     reference = torch.load(path, weights_only=True)
     torch.save(reference, path, _use_new_zipfile_serialization=False)  # the same objects, other bytes
-    results = verify([work], trusted=lambda _: True, consumers=["cpu"])
+    results = verify([work], trusted=lambda _: True, consumers=["cpu"], pool=workers)
     changed = {
         r.cell.options.get("optimizer") for r in results if ("file", "reference") in {d.path for d in r.differences}
     }
