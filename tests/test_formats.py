@@ -19,6 +19,7 @@ from ckpt_compat.formats import (
     get_format,
     parse_format_list,
 )
+from ckpt_compat.isolation import Pool
 from ckpt_compat.results import Cell, CellResult, Endpoint, Outcome
 from ckpt_compat.specs import ModelSpec, build, example_inputs
 from tests.samples import bag, load
@@ -378,16 +379,14 @@ def test_onnx_names_what_the_exporter_could_not_convert(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_commands_workers_say_which_formats_are_usable_as_this_process_finds_them() -> None:
+def test_a_commands_workers_say_which_formats_are_usable_as_this_process_finds_them(workers: Pool) -> None:
     """Commands with workers take availability from them (the parent then imports no mlflow, onnx
     or DCP); the workers run this interpreter with these packages, so their answer is ours."""
     from ckpt_compat.formats import availability, availability_from, why_not_usable
-    from ckpt_compat.isolation import Child
-    from ckpt_compat.workers import ARGV, AVAILABILITY
+    from ckpt_compat.workers import AVAILABILITY
 
     here = {name: list(availability(f)) for name, f in all_formats().items()}
-    with Child(ARGV, timeout=300) as worker:
-        assert worker.request(AVAILABILITY) == here
+    assert workers.request(AVAILABILITY) == here
     onnx = get_format("onnx")
     with availability_from({**here, "onnx": ["a worker could not import onnx", None]}):
         assert availability(onnx) == ("a worker could not import onnx", None)
