@@ -81,6 +81,27 @@ def zip_kind(names: list[str]) -> str:
 ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError)
 
 
+# A compressed zip member may expand this many times over its compressed bytes, past a floor any
+# member may reach: torch writes its members uncompressed, a pickle deflates a few times over, and
+# a member past this is a decompression bomb (deflate reaches ~1000x on repeated bytes): a 2 MiB
+# file whose one member expands to 2 GiB cost `check` 23 s and 4 GiB of memory before this.
+MAX_EXPANSION = 100
+EXPANSION_FLOOR = 16 * 2**20
+
+
+def expansion_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why zip member ``info`` must not be decompressed (what its directory entry declares, before a
+    byte of it is read; zipfile never yields more than the declared size), or None."""
+    if info.compress_type == zipfile.ZIP_STORED or info.file_size <= max(
+        EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size
+    ):
+        return None
+    return (
+        f"member {info.filename} would expand to {info.file_size:,} bytes from {info.compress_size:,} "
+        f"(over {MAX_EXPANSION} times: a decompression bomb), so it is not read; torch writes its members uncompressed"
+    )
+
+
 def _zip_kind(path: Path) -> Identified:
     try:
         names = zipfile.ZipFile(path).namelist()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, identify_kind, refuse_special
+from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, expansion_problem, identify_kind, refuse_special
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
 # Bits per element of each safetensors dtype (safetensors 0.6+; F4 and F6 are packed).
@@ -112,6 +112,10 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
     result = Inspection(path, description, kind)
     try:
         archive = zipfile.ZipFile(path)
+        bombs = [problem for info in archive.infolist() if (problem := expansion_problem(info))]
+        if bombs:  # before a byte is decompressed: what its directory declares
+            result.problems.append(bombs[0] + (f" (and {len(bombs) - 1} more such member(s))" if bombs[1:] else ""))
+            return result
         damaged = archive.testzip()  # reads every member: the central directory and every CRC
     except ZIP_ERRORS as exc:
         result.problems.append(f"the zip archive is truncated or corrupt ({exc})")
@@ -138,7 +142,8 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
         return result
     names = {i.filename: i for i in archive.infolist()}
     pickle_name = next(n for n in names if n.endswith("data.pkl"))
-    pickled = scan(archive.read(pickle_name))
+    with archive.open(pickle_name) as stream:  # read only as far as the pickle goes
+        pickled = scan(stream)
     if pickled.error:
         result.problems.append(f"{pickle_name}: {pickled.error}")
     prefix = pickle_name[: -len("data.pkl")]

@@ -17,9 +17,10 @@ import contextlib
 import io
 import os
 import pickletools
+import struct
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 # Opcodes that push the string they carry: the operands of GLOBAL lookups.
 _STRINGS = frozenset(
@@ -64,9 +65,10 @@ class PickleScan:
         return UNRESOLVED in self.globals
 
 
-def scan(data: bytes | io.BytesIO, *, start: int = 0) -> PickleScan:
-    """Scan the one pickle that begins at ``start``."""
-    stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
+def scan(data: bytes | IO[bytes], *, start: int = 0) -> PickleScan:
+    """Scan the one pickle that begins at ``start`` of ``data`` (bytes, or a seekable binary stream,
+    which is read only as far as the pickle goes)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
     stream.seek(start)
     result = PickleScan()
     stack: list[Any] = []
@@ -216,23 +218,90 @@ def add_safe_globals_call(refused: list[str]) -> str:
     return f"{prefix}; torch.serialization.add_safe_globals([{names}])" if prefix else ""
 
 
-def scan_archive(path: str | os.PathLike[str], *, limit: int = 2**31) -> dict[str, PickleScan]:
+def scan_archive(path: str | os.PathLike[str]) -> dict[str, PickleScan]:
     """Every pickle in a zip archive (torch.save, TorchScript, .pt2), by member name, including
-    those of torch.save archives nested in it (``outer.pt2/inner.pt:data.pkl``). Members larger
-    than ``limit`` are not read. Raises zipfile.BadZipFile for a broken archive."""
+    those of torch.save archives nested in it (``outer.pt2/inner.pt:data.pkl``). Each member is
+    read as a stream (its pickle scanned, then read on to its end, where zipfile checks its CRC),
+    and a nested archive in place: no member is too large to scan, none is held in memory. A member
+    that is not scanned (`identify.expansion_problem`, a compressed nested archive) is a scan with
+    that error, never skipped: a pickle nobody read is not a pickle that imports nothing. Raises
+    zipfile.BadZipFile for a broken archive."""
     found: dict[str, PickleScan] = {}
-    _scan_zip(zipfile.ZipFile(path), "", found, limit, depth=0)
+    with open(path, "rb") as source:
+        _scan_zip(source, "", found, depth=0)
     return found
 
 
-def _scan_zip(archive: zipfile.ZipFile, where: str, found: dict[str, PickleScan], limit: int, depth: int) -> None:
+def _scan_zip(source: IO[bytes], where: str, found: dict[str, PickleScan], depth: int) -> None:
+    from ckpt_compat.identify import EXPANSION_FLOOR, expansion_problem
+
+    archive = zipfile.ZipFile(source)
     for info in archive.infolist():
-        if info.file_size > limit or info.is_dir():
+        if info.is_dir():
             continue
         name = f"{where}{info.filename}"
-        data = archive.read(info)
-        if data[:4] == b"PK\x03\x04" and depth < 2:
-            with contextlib.suppress(zipfile.BadZipFile):
-                _scan_zip(zipfile.ZipFile(io.BytesIO(data)), f"{name}:", found, limit, depth + 1)
-        elif info.filename.endswith(".pkl") or (depth == 0 and info.filename.endswith(".pt") and data[:1] == b"\x80"):
-            found[name] = scan(data)
+        problem = expansion_problem(info)
+        if problem is not None:
+            found[name] = PickleScan(error=problem)
+            continue
+        with archive.open(info) as member:
+            head = member.read(4)
+            member.seek(0)  # within what it has read: nothing is read twice
+            pickled = info.filename.endswith(".pkl") or (depth == 0 and info.filename.endswith(".pt"))
+            if head == b"PK\x03\x04" and depth < 2:
+                nested: IO[bytes] | None = None
+                if info.compress_type == zipfile.ZIP_STORED:
+                    nested = _stored_bytes(source, info)  # seeking in a member would reread it each time
+                elif info.file_size <= EXPANSION_FLOOR:
+                    nested = io.BytesIO(member.read())
+                if nested is None:
+                    found[name] = PickleScan(error=f"a compressed archive of {info.file_size:,} bytes; not scanned")
+                    continue
+                with contextlib.suppress(zipfile.BadZipFile):
+                    _scan_zip(nested, f"{name}:", found, depth + 1)
+            elif pickled and (info.filename.endswith(".pkl") or head[:1] == b"\x80"):
+                found[name] = scan(member)
+            while member.read(2**20):  # to its end, a chunk at a time: zipfile checks the CRC there
+                pass
+
+
+def _stored_bytes(source: IO[bytes], info: zipfile.ZipInfo) -> IO[bytes]:
+    """The bytes of stored (uncompressed) member ``info`` of the archive in ``source``, as a
+    seekable stream reading them in place."""
+    source.seek(info.header_offset)
+    header = source.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"member {info.filename}: no local header at offset {info.header_offset}")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return io.BufferedReader(_Window(source, info.header_offset + 30 + name_length + extra_length, info.file_size))
+
+
+class _Window(io.RawIOBase):
+    """``size`` bytes of ``source`` from ``start``, as a file of their own."""
+
+    def __init__(self, source: IO[bytes], start: int, size: int) -> None:
+        self.source, self.start, self.size, self.position = source, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self.size - self.position)
+        if wanted <= 0:
+            return 0
+        self.source.seek(self.start + self.position)
+        data = self.source.read(wanted)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from ckpt_compat.picklescan import (
     add_safe_globals_call,
     allowed_globals,
     scan,
+    scan_archive,
     weights_only_refusals,
 )
 
@@ -96,3 +99,41 @@ def test_the_model_matches_pickletools_on_real_checkpoints() -> None:
         ops = list(pickletools.genops(io.BytesIO(data[offset:])))
         assert found.opcodes == len(ops)
         offset = found.end
+
+
+def _repacked(source: Path, target: Path, *, padding: int = 0) -> Path:
+    """``source``'s members deflated (as a zip tool repacks them; torch writes them stored), its
+    data.pkl followed by ``padding`` zero bytes, which deflate to almost nothing."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + bytes(padding) if info.filename.endswith("data.pkl") else data)
+    return target
+
+
+def test_a_member_is_scanned_as_a_stream_and_a_decompression_bomb_is_an_error(tmp_path: Path) -> None:
+    """A member is read as far as its pickle goes and on to its CRC, in chunks (it was read whole,
+    and one over 2 GiB was skipped: a .pt2 whose hostile pickle was padded past that, deflated to a
+    few MiB, went unscanned and reached torch.export.load untrusted). A member that would expand
+    over 100 times is an error, never read."""
+    from ckpt_compat.trust import pickled_refusals
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(3), "step": OrderedDict(a=1)}, plain)
+    stored = scan_archive(plain)
+    repacked = scan_archive(_repacked(plain, tmp_path / "repacked.pt", padding=2**20))
+    assert [s.globals for s in repacked.values()] == [s.globals for s in stored.values()]
+    assert all(s.error is None for s in repacked.values())
+    assert "collections.OrderedDict" in stored["plain/data.pkl"].globals
+
+    bomb = _repacked(plain, tmp_path / "bomb.pt", padding=64 * 2**20)
+    assert bomb.stat().st_size < 2**20
+    [error] = [s.error for s in scan_archive(bomb).values() if s.error]
+    assert error.startswith("member plain/data.pkl would expand to 67,1") and "a decompression bomb" in error
+    assert any("a decompression bomb" in r for r in pickled_refusals(bomb))  # an untrusted .pt2 is refused
+
+    flipped = bytearray(plain.read_bytes())  # a byte of tensor data: no pickle reads it
+    flipped[flipped.index(torch.ones(3).numpy().tobytes()) + 2] ^= 1
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32"):
+        scan_archive(tmp_path / "flipped.pt")
