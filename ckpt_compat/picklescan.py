@@ -247,7 +247,7 @@ def _scan_zip(source: IO[bytes], where: str, found: dict[str, PickleScan], depth
         with archive.open(info) as member:
             head = member.read(4)
             member.seek(0)  # within what it has read: nothing is read twice
-            pickled = info.filename.endswith(".pkl") or (depth == 0 and info.filename.endswith(".pt"))
+            saved_pickle = depth == 0 and info.filename.endswith(".pt") and head[:1] == b"\x80"
             if head == b"PK\x03\x04" and depth < 2:
                 nested: IO[bytes] | None = None
                 if info.compress_type == zipfile.ZIP_STORED:
@@ -259,7 +259,7 @@ def _scan_zip(source: IO[bytes], where: str, found: dict[str, PickleScan], depth
                     continue
                 with contextlib.suppress(zipfile.BadZipFile):
                     _scan_zip(nested, f"{name}:", found, depth + 1)
-            elif pickled and (info.filename.endswith(".pkl") or head[:1] == b"\x80"):
+            elif info.filename.endswith(".pkl") or saved_pickle:
                 found[name] = scan(member)
             while member.read(2**20):  # to its end, a chunk at a time: zipfile checks the CRC there
                 pass
