@@ -41,13 +41,15 @@ class Inspection:
     kind: str  # as `identify.Identified.kind`
     problems: list[str] = field(default_factory=list)  # structural damage: the file is broken
     refused: list[str] = field(default_factory=list)  # globals a weights_only=True load refuses
+    unreadable: list[str] = field(default_factory=list)  # opcodes the weights_only unpickler lacks
     executes: str = ""  # why loading it runs code from the file, whatever the options
+    protocol: int = 0  # of its pickle(s)
 
     @property
     def verdict(self) -> str:
         if self.kind == "unknown" or self.problems:
             return "broken"
-        return "unsafe" if self.refused or self.executes else "ok"
+        return "unsafe" if self.refused or self.unreadable or self.executes else "ok"
 
     def lines(self) -> list[str]:
         out = [f"{self.path}: {self.description}"]
@@ -59,6 +61,13 @@ class Inspection:
             call = add_safe_globals_call(self.refused)
             if call and hasattr(torch_serialization(), "add_safe_globals"):
                 out.append(f"  if you trust the file and every one of those: {call}")
+        if self.unreadable:
+            out.append(
+                f"  torch.load(weights_only=True) cannot read its pickle: this torch's weights_only unpickler "
+                f"does not implement {', '.join(self.unreadable)} (pickle protocol {self.protocol} opcodes); only "
+                "weights_only=False reads it (pytorch/pytorch#118092). torch.save's default pickle_protocol (2) "
+                "writes none of them"
+            )
         if self.executes:
             out.append(f"  runs code when loaded: {self.executes}")
         out.append(f"  verdict: {self.verdict}")
@@ -106,7 +115,7 @@ def _refusals(scans: list[Any], path: Path) -> list[str]:
 
 
 def _inspect_zip(path: Path, found: Identified) -> Inspection:
-    from ckpt_compat.picklescan import scan
+    from ckpt_compat.picklescan import scan, unreadable_opcodes
 
     kind, description = found.kind, found.description
     result = Inspection(path, description, kind)
@@ -152,7 +161,8 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
         if problem:
             result.problems.append(problem)
     result.refused = _refusals([pickled], path)
-    if result.refused:
+    result.unreadable, result.protocol = unreadable_opcodes([pickled]), pickled.protocol
+    if result.refused or result.unreadable:
         result.description = description.replace(
             "for torch.load(weights_only=True)", "which only weights_only=False reads"
         )
@@ -206,7 +216,7 @@ def _storage_problem(pid: Any, record: Any) -> str:
 def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
     """The legacy format: five pickles (magic, protocol, system info, the object, storage keys),
     then each storage as an 8-byte element count and its bytes, in key order."""
-    from ckpt_compat.picklescan import scan
+    from ckpt_compat.picklescan import scan, unreadable_opcodes
 
     result = Inspection(path, description, "torch_legacy")
     data = io.BytesIO(path.read_bytes())
@@ -236,6 +246,7 @@ def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
         if sizes and all(sizes.values()) and offset != size:
             result.problems.append(f"{size - offset} bytes follow the last tensor storage")
     result.refused = _refusals(scans[3:4], path)
+    result.unreadable, result.protocol = unreadable_opcodes(scans), max(s.protocol for s in scans)
     return result
 
 

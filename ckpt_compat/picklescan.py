@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import functools
 import io
 import os
 import pickletools
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -56,6 +58,7 @@ class PickleScan:
     # them (("storage", Global("torch.float32"), "0", "cpu", 6) in the zip format).
     persistent_ids: list[Any] = field(default_factory=list)
     opcodes: int = 0
+    used: set[str] = field(default_factory=set)  # the opcodes it holds, by name
     protocol: int = 0
     end: int = 0  # offset just past STOP
     error: str | None = None  # the stream is not a well-formed pickle: why
@@ -76,6 +79,7 @@ def scan(data: bytes | IO[bytes], *, start: int = 0) -> PickleScan:
     try:
         for opcode, arg, pos in pickletools.genops(stream):
             result.opcodes += 1
+            result.used.add(opcode.name)
             if result.opcodes > MAX_OPCODES:
                 result.error = f"more than {MAX_OPCODES:,} opcodes; not scanned to the end"
                 return result
@@ -196,6 +200,41 @@ def allowed_globals() -> set[str] | None:
     if user is not None:
         allowed |= set(user())
     return allowed
+
+
+@functools.cache
+def weights_only_opcodes() -> frozenset[str] | None:
+    """The opcodes the running torch's weights_only unpickler implements, or None where it has
+    none. Found by asking it: each opcode in a pickle of our own, after PROTO 2; one it does not
+    implement fails at dispatch with "Unsupported operand N" before reading a byte of arguments
+    (torch 2.13 lacks FRAME, MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE: `torch.save(...,
+    pickle_protocol=4)` writes a file its own weights_only load cannot read). Only these probes are
+    unpickled, never a file; anything else they raise means the opcode was dispatched."""
+    try:
+        from torch._weights_only_unpickler import Unpickler
+    except ImportError:
+        return None
+    implemented: set[str] = set()
+    for op in pickletools.opcodes:
+        code = op.code.encode("latin-1")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Detected pickle protocol ..." for the PROTO probe
+                Unpickler(io.BytesIO(b"\x80\x02" + code + b"."), encoding="bytes").load()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            if f"Unsupported operand {code[0]}" in str(exc):
+                continue
+        implemented.add(op.name)
+    return frozenset(implemented)
+
+
+def unreadable_opcodes(scans: list[PickleScan]) -> list[str]:
+    """The opcodes of ``scans`` the running torch's weights_only unpickler does not implement,
+    sorted (none where it says nothing)."""
+    implemented = weights_only_opcodes()
+    if implemented is None:
+        return []
+    return sorted({name for s in scans for name in s.used} - implemented)
 
 
 def weights_only_refusals(scans: list[PickleScan]) -> list[str] | None:

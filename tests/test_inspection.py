@@ -297,3 +297,22 @@ def test_a_decompression_bomb_is_broken_before_a_byte_is_decompressed(tmp_path: 
     bomb = inspect_checkpoint(repacked("bomb.pt", 64 * 2**20))
     assert bomb.verdict == "broken" and len(bomb.problems) == 1, bomb.lines()
     assert "data.pkl would expand to 67,1" in bomb.problems[0] and "a decompression bomb" in bomb.problems[0]
+
+
+def test_a_pickle_the_weights_only_unpickler_cannot_read_is_not_ok(tmp_path: Path) -> None:
+    """torch.save(..., pickle_protocol=4) on torch <= 2.13: `check` said "ok ... for
+    torch.load(weights_only=True)" of a file that load fails on ("Unsupported operand 149")."""
+    import torch
+
+    from ckpt_compat.picklescan import weights_only_opcodes
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "p4.pt", pickle_protocol=4)
+    inspection = inspect_checkpoint(tmp_path / "p4.pt")
+    implemented = weights_only_opcodes() or frozenset()
+    if "FRAME" in implemented and "STACK_GLOBAL" in implemented:  # a torch that reads protocol 4
+        assert inspection.verdict == "ok", inspection.lines()
+        return
+    assert inspection.verdict == "unsafe" and inspection.problems == [], inspection.lines()
+    assert "FRAME" in inspection.unreadable and inspection.protocol == 4
+    line = next(line for line in inspection.lines() if "cannot read its pickle" in line)
+    assert "only weights_only=False reads it (pytorch/pytorch#118092)" in line

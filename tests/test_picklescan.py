@@ -137,3 +137,29 @@ def test_a_member_is_scanned_as_a_stream_and_a_decompression_bomb_is_an_error(tm
     (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
     with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32"):
         scan_archive(tmp_path / "flipped.pt")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_the_opcodes_weights_only_cannot_read_are_those_its_load_fails_on(protocol: int, tmp_path: Path) -> None:
+    """`torch.save(..., pickle_protocol=4)` writes FRAME, MEMOIZE, STACK_GLOBAL: torch 2.0-2.13's
+    weights_only unpickler implements none of them (pytorch/pytorch#118092), so `check` said "ok"
+    of a file torch.load(weights_only=True) fails on. The probe of the running torch must agree
+    with its real load, whichever way a release goes."""
+    from ckpt_compat.picklescan import unreadable_opcodes, weights_only_opcodes
+
+    path = tmp_path / "saved.pt"
+    torch.save({"w": torch.ones(2), "names": ["a", "b"], "step": 3}, path, pickle_protocol=protocol)
+    [scanned] = scan_archive(path).values()
+    missing = unreadable_opcodes([scanned])
+    try:
+        torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        failed = str(exc)
+    else:
+        failed = ""
+    implemented = weights_only_opcodes()
+    assert implemented is not None and {"PROTO", "STOP", "BINPERSID", "REDUCE"} <= implemented
+    operand = next((op.name for op in pickletools.opcodes if f"Unsupported operand {ord(op.code)}" in failed), None)
+    assert (operand is not None) == bool(missing) and (operand is None or operand in missing), (failed, missing)
+    if protocol == 2:
+        assert missing == [] and failed == ""
