@@ -246,7 +246,7 @@ def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
         if sizes and all(sizes.values()) and offset != size:
             result.problems.append(f"{size - offset} bytes follow the last tensor storage")
     result.refused = _refusals(scans[3:4], path)
-    result.unreadable, result.protocol = unreadable_opcodes(scans), max(s.protocol for s in scans)
+    result.unreadable, result.protocol = unreadable_opcodes(scans), max((s.protocol for s in scans), default=0)
     return result
 
 
