@@ -135,6 +135,8 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
     tail_problem = _zip_end_problem(path, archive)
     if tail_problem:
         result.problems.append(tail_problem)
+    if kind in ("torch_zip", "torchscript") and (stray := _outside_archive_dir(archive.namelist())):
+        result.problems.append(stray)
     if kind == "torchscript":
         result.executes = "a TorchScript archive holds code that torch.jit.load runs (__setstate__, forward)"
         return result
@@ -167,6 +169,21 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
             "for torch.load(weights_only=True)", "which only weights_only=False reads"
         )
     return result
+
+
+def _outside_archive_dir(names: list[str]) -> str:
+    """torch's zip reader (PyTorchStreamReader, for torch.load and torch.jit.load) names the archive
+    after the directory of its first member and refuses every member outside it ("file in archive
+    is not in a subdirectory b/: a/data.pkl", torch 2.0.1 and 2.13.0): a data.pkl beside it is not
+    what torch reads. "" where every member is inside."""
+    top, slash, _ = names[0].partition("/") if names else ("", "/", "")
+    if not slash:
+        return f"member {names[0]} is in no directory: torch's zip reader refuses the archive"
+    stray = [n for n in names if not n.startswith(f"{top}/")]
+    if not stray:
+        return ""
+    more = f" (and {len(stray) - 1} more)" if stray[1:] else ""
+    return f"member {stray[0]}{more} is outside {top}/, the first member's directory: torch's zip reader refuses it"
 
 
 def _zip_end_problem(path: Path, archive: zipfile.ZipFile) -> str:

@@ -316,3 +316,24 @@ def test_a_pickle_the_weights_only_unpickler_cannot_read_is_not_ok(tmp_path: Pat
     assert "FRAME" in inspection.unreadable and inspection.protocol == 4
     line = next(line for line in inspection.lines() if "cannot read its pickle" in line)
     assert "only weights_only=False reads it (pytorch/pytorch#118092)" in line
+
+
+def test_a_member_outside_the_archive_directory_is_broken(tmp_path: Path) -> None:
+    """torch's zip reader names the archive after its first member's directory and refuses any
+    member outside it: a data.pkl in another directory is not what torch.load reads, and `check`
+    said "ok" of such a file. The check is the real loader's verdict, asked here too."""
+    import zipfile
+
+    import torch
+
+    source = _copy("torch_zip", tmp_path)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(tmp_path / "moved.pt", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        top = src.namelist()[0].partition("/")[0]
+        dst.writestr("other/data.pkl", src.read(f"{top}/data.pkl"))  # a second pickle beside the archive
+    with pytest.raises(RuntimeError, match="not in a subdirectory"):
+        torch.load(tmp_path / "moved.pt", weights_only=True)
+    inspection = inspect_checkpoint(tmp_path / "moved.pt")
+    assert inspection.verdict == "broken", inspection.lines()
+    assert any(f"is outside {top}/, the first member's directory" in p for p in inspection.problems)
