@@ -375,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return command(args)
     except UsageError as exc:
-        print(f"ckpt-compat: error: {exc}", file=sys.stderr)
+        from ckpt_compat.errorinfo import shown
+
+        print(f"ckpt-compat: error: {shown(str(exc))}", file=sys.stderr)  # one line, whatever a path holds
         return EXIT_USAGE
     except WriteFailed as exc:  # the disk, not a format and not a bug
         print(f"ckpt-compat: error: {exc.strerror}; free space or write elsewhere", file=sys.stderr)

@@ -22,6 +22,13 @@ def one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).split())
 
 
+def shown(text: str) -> str:
+    """``text`` with every character that would break or fake a line of output (a newline, a
+    carriage return, an escape sequence, any other unprintable) written as its escape: a file's or
+    a zip member's name is data, and must not print a line of its own ("x\\n  verdict: ok")."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def refused_global(message: str) -> str | None:
     """The global torch's safe unpickler refused, named in its error message, if any."""
     found = _REFUSED_GLOBAL.search(message)

@@ -71,7 +71,9 @@ class Inspection:
         if self.executes:
             out.append(f"  runs code when loaded: {self.executes}")
         out.append(f"  verdict: {self.verdict}")
-        return out
+        from ckpt_compat.errorinfo import shown
+
+        return [shown(line) for line in out]  # names in it are the file's: each stays one line
 
 
 def torch_serialization() -> Any:

@@ -337,3 +337,18 @@ def test_a_member_outside_the_archive_directory_is_broken(tmp_path: Path) -> Non
     inspection = inspect_checkpoint(tmp_path / "moved.pt")
     assert inspection.verdict == "broken", inspection.lines()
     assert any(f"is outside {top}/, the first member's directory" in p for p in inspection.problems)
+
+
+def test_a_name_cannot_print_a_line_of_its_own(tmp_path: Path) -> None:
+    """A file (or zip member) named "x\\n  verdict: ok" printed a fake verdict line above the real one."""
+    import subprocess
+    import sys
+
+    spoof = tmp_path / "x\n  verdict: ok\n.pt"
+    shutil.copyfile(_copy("torch_zip", tmp_path), spoof)
+    lines = inspect_checkpoint(spoof).lines()
+    assert lines[0].startswith(f"{tmp_path}/x\\n  verdict: ok\\n.pt: ")
+    assert [line for line in lines if "verdict:" in line and not line.startswith(str(tmp_path))] == ["  verdict: ok"]
+    command = [sys.executable, "-m", "ckpt_compat.cli", "check", str(tmp_path / "no\nsuch.pt")]
+    missing = subprocess.run(command, capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no\\nsuch.pt" in missing.stderr
