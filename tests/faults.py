@@ -19,6 +19,19 @@ from ckpt_compat.formats.base import ModelFactory
 from ckpt_compat.loading import with_metadata
 
 
+def deflated(source: Path, target: Path, *, padding: int = 0) -> Path:
+    """``source``'s members deflated, as a zip tool repacks an archive (torch writes them stored),
+    its data.pkl followed by ``padding`` zero bytes, which deflate to almost nothing: a
+    decompression bomb whose pickle still reads as before."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + bytes(padding) if info.filename.endswith("data.pkl") else data)
+    return target
+
+
 def flip_bit(path: Path, needle: bytes, byte: int = 0, bit: int = 0) -> int:
     """Flip one bit of the unique occurrence of ``needle`` in the file; return its offset."""
     data = bytearray(path.read_bytes())

@@ -282,19 +282,11 @@ def test_the_bad_inputs_page_is_current() -> None:
 def test_a_decompression_bomb_is_broken_before_a_byte_is_decompressed(tmp_path: Path) -> None:
     """A 2 MiB file whose data.pkl expanded to 2 GiB cost `check` 23 s and 4 GiB of memory: now the
     archive's directory is judged first. A checkpoint a zip tool repacked (deflated) still checks."""
-    import zipfile
+    from tests.faults import deflated
 
     source = _copy("torch_zip", tmp_path)
-
-    def repacked(name: str, padding: int) -> Path:
-        with zipfile.ZipFile(source) as src, zipfile.ZipFile(tmp_path / name, "w", zipfile.ZIP_DEFLATED) as dst:
-            for info in src.infolist():
-                data = src.read(info)
-                dst.writestr(info.filename, data + bytes(padding) if info.filename.endswith("data.pkl") else data)
-        return tmp_path / name
-
-    assert inspect_checkpoint(repacked("deflated.pt", 0)).verdict == "ok"
-    bomb = inspect_checkpoint(repacked("bomb.pt", 64 * 2**20))
+    assert inspect_checkpoint(deflated(source, tmp_path / "deflated.pt")).verdict == "ok"
+    bomb = inspect_checkpoint(deflated(source, tmp_path / "bomb.pt", padding=64 * 2**20))
     assert bomb.verdict == "broken" and len(bomb.problems) == 1, bomb.lines()
     assert "data.pkl would expand to 67,1" in bomb.problems[0] and "a decompression bomb" in bomb.problems[0]
 

@@ -21,6 +21,7 @@ from ckpt_compat.picklescan import (
     scan_archive,
     weights_only_refusals,
 )
+from tests.faults import deflated
 
 
 class _Calls:
@@ -101,16 +102,6 @@ def test_the_model_matches_pickletools_on_real_checkpoints() -> None:
         offset = found.end
 
 
-def _repacked(source: Path, target: Path, *, padding: int = 0) -> Path:
-    """``source``'s members deflated (as a zip tool repacks them; torch writes them stored), its
-    data.pkl followed by ``padding`` zero bytes, which deflate to almost nothing."""
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            dst.writestr(info.filename, data + bytes(padding) if info.filename.endswith("data.pkl") else data)
-    return target
-
-
 def test_a_member_is_scanned_as_a_stream_and_a_decompression_bomb_is_an_error(tmp_path: Path) -> None:
     """A member is read as far as its pickle goes and on to its CRC, in chunks (it was read whole,
     and one over 2 GiB was skipped: a .pt2 whose hostile pickle was padded past that, deflated to a
@@ -121,12 +112,12 @@ def test_a_member_is_scanned_as_a_stream_and_a_decompression_bomb_is_an_error(tm
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(3), "step": OrderedDict(a=1)}, plain)
     stored = scan_archive(plain)
-    repacked = scan_archive(_repacked(plain, tmp_path / "repacked.pt", padding=2**20))
+    repacked = scan_archive(deflated(plain, tmp_path / "repacked.pt", padding=2**20))
     assert [s.globals for s in repacked.values()] == [s.globals for s in stored.values()]
     assert all(s.error is None for s in repacked.values())
     assert "collections.OrderedDict" in stored["plain/data.pkl"].globals
 
-    bomb = _repacked(plain, tmp_path / "bomb.pt", padding=64 * 2**20)
+    bomb = deflated(plain, tmp_path / "bomb.pt", padding=64 * 2**20)
     assert bomb.stat().st_size < 2**20
     [error] = [s.error for s in scan_archive(bomb).values() if s.error]
     assert error.startswith("member plain/data.pkl would expand to 67,1") and "a decompression bomb" in error
