@@ -73,21 +73,35 @@ class Forked:
         self.server, self.pid, self.stdin, self.stdout = server, pid, stdin, stdout
         self.returncode: int | None = None
         self._pidfd = os.pidfd_open(pid)  # a zombie until the server reaps it: the pid cannot be reused
+        # As Popen's: two threads may wait at once (a pool's owner stopping it on an error, the
+        # thread whose request found the child dead); one reaps and closes the pidfd, once. Twice
+        # would close whatever descriptor took its number meanwhile.
+        self._waiting = threading.Lock()
 
     def poll(self) -> int | None:
-        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
-            self.wait()
+        if not self._waiting.acquire(blocking=False):
+            return self.returncode  # another thread is waiting: the child is not known to have exited
+        try:
+            if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+                self._reap()
+        finally:
+            self._waiting.release()
         return self.returncode
 
     def wait(self) -> int:
-        if self.returncode is None:
-            select.select([self._pidfd], [], [])  # readable once the process has exited
-            self.returncode = self.server.reap(self.pid)
-            os.close(self._pidfd)
-            for stream in (self.stdin, self.stdout):
-                with contextlib.suppress(OSError):
-                    stream.close()
+        with self._waiting:
+            if self.returncode is None:
+                select.select([self._pidfd], [], [])  # readable once the process has exited
+                self._reap()
+        assert self.returncode is not None
         return self.returncode
+
+    def _reap(self) -> None:
+        self.returncode = self.server.reap(self.pid)
+        os.close(self._pidfd)
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 class Forkserver:

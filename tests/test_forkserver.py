@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.forkserver import Forkserver, Stopped, supported
+from ckpt_compat.forkserver import Forked, Forkserver, Stopped, supported
 from ckpt_compat.isolation import MEMORY_LIMIT, Child, Failure, Pool
 from tests.processes import alive, sigkill, start_parent, wait_gone
 
@@ -162,3 +162,33 @@ def test_nothing_a_pool_forked_outlives_its_sigkilled_parent() -> None:
     assert all(alive(p) for p in processes)
     sigkill(parent)
     assert wait_gone(processes), "a forked worker, its child or the server outlived the parent"
+
+
+def test_two_threads_waiting_for_one_child_reap_it_once() -> None:
+    """A pool's owner stopping it on an error and the thread whose request found the child dead
+    both wait: both get the exit status, and the child's pidfd is closed once, not twice (which
+    failed with EBADF, or closed whatever descriptor had taken its number)."""
+    with Forkserver(SLEEPER[0]) as server:
+        for _ in range(5):
+            child = server.spawn(SLEEPER, env=dict(os.environ), memory=None, stderr=2)
+            assert child is not None
+            os.kill(child.pid, 9)
+            assert _wait_at_once(child, threads=3) == [-9, -9, -9]
+
+
+def _wait_at_once(child: Forked, threads: int) -> list[int | OSError]:
+    start, got = threading.Barrier(threads), []
+
+    def wait() -> None:
+        start.wait()
+        try:
+            got.append(child.wait())
+        except OSError as exc:
+            got.append(exc)
+
+    waiting = [threading.Thread(target=wait) for _ in range(threads)]
+    for t in waiting:
+        t.start()
+    for t in waiting:
+        t.join(60)
+    return got
