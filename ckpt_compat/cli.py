@@ -677,8 +677,9 @@ def _produce_in(pool: Pool, args: argparse.Namespace, started: float) -> int:
     formats = _select_formats(args.formats) if args.all_formats_except is None else _every_format_but(args)
     out: Path = args.out  # proved writable before the workers started
 
-    from ckpt_compat.corpus import MANIFEST, ManifestError, produce
+    from ckpt_compat.corpus import produce
     from ckpt_compat.devices import producer_devices
+    from ckpt_compat.manifest import MANIFEST, ManifestError
 
     if args.device not in producer_devices():
         raise UsageError(f"--device: {args.device!r} is not available here; choose one of {producer_devices()}")
@@ -719,7 +720,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_in(pool: Pool, args: argparse.Namespace, found: concurrent.futures.Future[Any]) -> int:
-    from ckpt_compat.corpus import ManifestError, find_corpora
+    from ckpt_compat.corpus import find_corpora
+    from ckpt_compat.manifest import ManifestError
     from ckpt_compat.trust import is_package_fixture, package_fixtures
 
     chosen = args.fixtures if args.fixtures is not None else package_fixtures()
@@ -740,9 +742,9 @@ def _verify_in(pool: Pool, args: argparse.Namespace, found: concurrent.futures.F
 
     import torch
 
-    from ckpt_compat.corpus import Manifest
     from ckpt_compat.devices import available_devices
     from ckpt_compat.formats import availability_from
+    from ckpt_compat.manifest import Manifest
     from ckpt_compat.verify import verify
 
     def trusted(corpus: Path) -> bool:  # never from a path relative to where the user stands

@@ -71,7 +71,8 @@ def run_check_model(args: argparse.Namespace) -> int:
 
 
 def model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) -> None:
-    from ckpt_compat.corpus import MANIFEST, ManifestError, produce
+    from ckpt_compat.corpus import produce
+    from ckpt_compat.manifest import MANIFEST, ManifestError
     from ckpt_compat.roundtrip import file_stem
 
     name = file_stem(model.id)

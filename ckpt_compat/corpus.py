@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import platform
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,117 +27,20 @@ from ckpt_compat.compare import record
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.formats import Format, all_formats, why_not_usable
 from ckpt_compat.isolation import Pool
+from ckpt_compat.manifest import MANIFEST, Entry, Manifest, ManifestError
 from ckpt_compat.objects import object_records
 from ckpt_compat.results import Endpoint, Outcome
 from ckpt_compat.roundtrip import Subject, save_cell
 from ckpt_compat.specs import ModelSpec
-from ckpt_compat.trust import OutsideCorpus, inside
 
-MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = "ckpt-compat/manifest/1"
 SPEC_DIR = Path(__file__).with_name("corpus")
 # The specs heavy formats are written for with `produce --sample-heavy` (the committed fixtures).
 HEAVY_SAMPLE = ("layers-float32", "tied", "nested", "layouts", "weight-norm", "drawn-00", "drawn-03")
 
 
-class ManifestError(ValueError):
-    pass
-
-
 def corpus_specs(directory: Path = SPEC_DIR) -> dict[str, ModelSpec]:
     """The fixed corpus specs by name, in name order."""
     return {p.stem: ModelSpec.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))}
-
-
-@dataclass
-class Entry:
-    """One spec in one format: the file written (or why none was)."""
-
-    spec: str
-    spec_id: str
-    format: str
-    file: str | None
-    outcome: str
-    detail: str = ""
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # early manifests kept records here
-    # "model" (a spec's state dict or module), or a whole object: "training" (a training
-    # checkpoint), "bundle" (a dict of state dicts and plain values), "stream" (several saves).
-    kind: str = "model"
-    options: dict[str, Any] = field(default_factory=dict)  # cell options the entry implies (optimizer, ...)
-    reference: str | None = None  # training: the producer's uninterrupted run, to resume against
-    # xxh3-128 of the file's bytes as written (a folder: of its files' names and bytes), so that
-    # `verify` finds any byte changed since, also where loading cannot (metadata, padding, text).
-    digest: str | None = None
-    reference_digest: str | None = None  # the same of the training reference beside it
-    # A failed save, typed (ErrorInfo JSON): `verify` under the producer's torch judges it as the
-    # cell `run` makes of it, so an exporter a pin broke fails the gate instead of writing nothing.
-    error: dict[str, Any] | None = None
-
-
-@dataclass
-class Manifest:
-    torch: str
-    device: str
-    versions: dict[str, str]
-    formats: dict[str, dict[str, Any]]
-    specs: dict[str, dict[str, Any]]
-    entries: list[Entry]
-    tensors: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # spec -> key -> record
-
-    @property
-    def producer(self) -> Endpoint:
-        return Endpoint(self.torch, self.device)
-
-    def records(self, entry: Entry) -> dict[str, dict[str, Any]]:
-        """Per-tensor dtype, shape and digest of what ``entry``'s file holds."""
-        return entry.tensors or self.tensors.get(entry.spec, {})
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": MANIFEST_SCHEMA,
-            "torch": self.torch,
-            "device": self.device,
-            "versions": self.versions,
-            "formats": self.formats,
-            "specs": self.specs,
-            "tensors": self.tensors,
-            "entries": [_entry_json(e) for e in self.entries],
-        }
-
-    @classmethod
-    def read(cls, corpus: Path) -> Manifest:
-        path = corpus / MANIFEST
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ManifestError(f"{path}: cannot read it ({exc.strerror})") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path}: not a valid manifest ({exc}); re-run `ckpt-compat produce`") from exc
-        if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
-            raise ManifestError(f"{path}: not a {MANIFEST_SCHEMA} manifest; re-run `ckpt-compat produce`")
-        try:
-            manifest = cls(
-                torch=data["torch"],
-                device=data["device"],
-                versions=data["versions"],
-                formats=data["formats"],
-                specs=data["specs"],
-                entries=[Entry(**e) for e in data["entries"]],
-                tensors=data.get("tensors", {}),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{path}: malformed manifest ({exc}); re-run `ckpt-compat produce`") from exc
-        for entry in manifest.entries:
-            try:
-                for name in (entry.file, entry.reference):  # a foreign manifest must point a loader nowhere else
-                    if name is not None:
-                        inside(corpus, name)
-                if entry.error is not None:  # a failed save is judged on its outcome and error: both must read
-                    Outcome(entry.outcome)
-                    ErrorInfo.from_json(entry.error)
-            except (OutsideCorpus, TypeError, ValueError) as exc:
-                raise ManifestError(f"{path}: entry {entry.spec}/{entry.format}: {exc}") from exc
-        return manifest
 
 
 def file_digest(path: Path) -> str:
@@ -153,16 +55,6 @@ def file_digest(path: Path) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     return str(h.hexdigest())
-
-
-def _entry_json(e: Entry) -> dict[str, Any]:
-    """An entry as written: fields left at their defaults are left out, as early manifests had none."""
-    defaults = Entry("", "", "", None, "")
-    return {
-        k: v
-        for k, v in e.__dict__.items()
-        if k in ("spec", "spec_id", "format", "file", "outcome") or v != getattr(defaults, k)
-    }
 
 
 def _package_version(name: str) -> str:

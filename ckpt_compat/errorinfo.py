@@ -29,6 +29,21 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def printable(text: str) -> str:
+    """``text`` (a message, a name from a file) as part of one line of a log: whitespace runs
+    collapsed (`one_line`), anything else unprintable escaped (`shown`)."""
+    return shown(one_line(text))
+
+
+def markdown(text: str, limit: int = 300) -> str:
+    """``text`` as data in a line of Markdown (a report, a matrix, a GitHub step summary): one
+    line (`printable`), and none of what Markdown reads as structure: a table cell's end (``|``), a
+    code span (`` ` ``), an escape (``\\``) or HTML (``<``: GitHub renders some, and an open
+    comment, ``<!--``, hides the rest of the page). Cut to ``limit``: for display only."""
+    escaped = printable(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return short(escaped.replace("<", "&lt;"), limit)
+
+
 def refused_global(message: str) -> str | None:
     """The global torch's safe unpickler refused, named in its error message, if any."""
     found = _REFUSED_GLOBAL.search(message)

@@ -302,7 +302,9 @@ def judge(results: Iterable[CellResult], expectations: Expectations) -> list[Jud
 
 @dataclass(frozen=True)
 class Verdict:
-    """The gate's verdict over a set of results: it passes when every not-ok cell is explained."""
+    """The gate's verdict over a set of results: it passes when every not-ok cell is explained, and
+    there is a cell: results that hold none checked nothing (a corpus emptied, a selection that
+    matched nothing), and passing them would be a release gate's false pass."""
 
     judgements: Sequence[Judgement]
     stale: Sequence[Expectation]
@@ -327,7 +329,7 @@ class Verdict:
         return sum(j.result.not_ok and j.explained for j in self.judgements)
 
     def passed(self, *, fail_on_unsafe: bool = False) -> bool:
-        return not self.unexplained and not (fail_on_unsafe and self.unsafe)
+        return bool(self.judgements) and not self.unexplained and not (fail_on_unsafe and self.unsafe)
 
 
 def gate(

@@ -12,13 +12,15 @@ unexpected, or of another shape or dtype. Each `Finding` says whether it stops
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ckpt_compat.errorinfo import markdown as escape_markdown
+from ckpt_compat.errorinfo import printable
 from ckpt_compat.stored import Stored, TensorInfo, tensor_info
 from ckpt_compat.unsaved import non_persistent_buffers
 
@@ -97,12 +99,14 @@ class KeyMatch:
             f"{self.stored.path} ({self.stored.kind}, {len(self.stored.tensors)} tensors{inside}) into "
             f"{self.model_name} ({self.model_class}, {len(self.expected)} state-dict entries): {verdict}"
         )
-        lines = [f"# {head}" if markdown else head]
+        # Keys and names are the file's: each stays on its line, and is no Markdown of its own.
+        text: Callable[[str], str] = (lambda t: escape_markdown(t, 10_000)) if markdown else printable
+        lines = [f"# {text(head)}" if markdown else text(head)]
         for f in self.findings:
             keys = ", ".join(f.keys[:8]) + (f" ... ({len(f.keys)} keys)" if len(f.keys) > 8 else "")
             mark = "blocks strict load" if f.blocks_strict else "note"
             bullet = "- " if markdown else "  "
-            lines += [f"{bullet}{f.kind} [{mark}]: {keys}", f"    {f.detail}", f"    fix: {f.fix}"]
+            lines += [f"{bullet}{f.kind} [{mark}]: {text(keys)}", f"    {text(f.detail)}", f"    fix: {text(f.fix)}"]
         return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ckpt_compat import versions
 from ckpt_compat.atomic import write_text
-from ckpt_compat.errorinfo import short
+from ckpt_compat.errorinfo import markdown, printable, short
 from ckpt_compat.expectations import Judgement, Verdict
 from ckpt_compat.matrix import ReleaseView, Status, Use, finding_status, release_view
 
@@ -195,10 +195,10 @@ def _unexplained(unexplained: Sequence[Judgement]) -> list[str]:
         what = "; ".join(str(p) for p in j.unexplained_parts()) or j.result.detail or "(no detail)"
         if j.result.truncated:
             what = "cut short in a schema-1 file: " + what
-        where = f"{c.variant} `{c.spec_id}` {c.consumer.device} {c.options.get('map_location', '')}"
+        located = markdown(f"{c.consumer.device} {c.options.get('map_location', '')}")
+        where = f"{markdown(c.variant)} `{markdown(c.spec_id)}` {located}"
         pair = f"{versions.release(c.producer.torch)} → {versions.release(c.consumer.torch)}"
-        shown = short(what, 300).replace("|", "\\|")
-        lines.append(f"| {pair} | {where} | {j.result.outcome.value} | {shown} |")
+        lines.append(f"| {pair} | {where} | {j.result.outcome.value} | {markdown(what)} |")
     if len(unexplained) > 40:
         lines.append(f"| ... | {len(unexplained) - 40} more | | |")
     return lines
@@ -286,16 +286,20 @@ def gate_lines(verdict: Verdict) -> list[str]:
         what = "; ".join(str(p) for p in first.unexplained_parts()) or first.result.detail
         if first.result.truncated:
             what = f"cut short in a schema-1 file, so it cannot be explained: {what}"
-        lines.append(f"UNEXPLAINED {variant} {pair} {outcome} ({len(group)} cell(s)): {short(what, 300)}")
+        lines.append(
+            f"UNEXPLAINED {printable(variant)} {pair} {outcome} ({len(group)} cell(s)): {short(printable(what), 300)}"
+        )
     unsafe: dict[tuple[str, str], list[Judgement]] = {}
     for j in verdict.unsafe:
         c = j.result.cell
         unsafe.setdefault((c.variant, versions.release(c.consumer.torch)), []).append(j)
     for (variant, consumer), group in sorted(unsafe.items()):
         known = ", ".join(group[0].causes) or "no known issue"
-        lines.append(f"‼️ UNSAFE {variant} loaded by torch {consumer} ({len(group)} cell(s); {known})")
+        lines.append(f"‼️ UNSAFE {printable(variant)} loaded by torch {consumer} ({len(group)} cell(s); {known})")
     for e in verdict.stale:
         lines.append(f"stale expectation {e.id} ({e.source}): matches no cell in these results")
+    if not verdict.judgements:
+        lines.append("NO CELLS: these results checked nothing; the gate fails (verify a corpus that lists files)")
     head = "passed" if verdict.passed() else "FAILED"
     lines.append(
         f"gate {head}: {len(verdict.judgements)} cells, {verdict.explained_not_ok} non-ok explained, "

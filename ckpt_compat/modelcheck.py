@@ -25,6 +25,8 @@ import torch
 
 from ckpt_compat import __version__
 from ckpt_compat.differences import render_path
+from ckpt_compat.errorinfo import markdown as escape_markdown
+from ckpt_compat.errorinfo import printable
 from ckpt_compat.expectations import Expectations, Judgement, judge
 from ckpt_compat.formats import Format
 from ckpt_compat.results import Outcome
@@ -106,7 +108,8 @@ class ModelCheck:
             found = _distinct(self.by_verdict(verdict))
             if found:
                 lines += ["", f"## {title}" if markdown else f"{title}:", ""]
-                lines += [("- " if markdown else "  ") + _describe(j, verdict is Verdict.KNOWN_ISSUE) for j in found]
+                described = (_describe(j, verdict is Verdict.KNOWN_ISSUE) for j in found)  # messages: one line each
+                lines += [f"- {escape_markdown(d, 2000)}" if markdown else f"  {printable(d)}" for d in described]
         return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from ckpt_compat.errorinfo import shown
+
 
 class Progress:
     def __init__(self, *, quiet: bool = False, verbose: bool = False, stream: TextIO | None = None) -> None:
@@ -28,7 +30,7 @@ class Progress:
         if self.quiet:
             return
         self._clear()
-        print(line, file=self.stream, flush=True)
+        print(shown(line), file=self.stream, flush=True)
 
     def step(self, line: str) -> None:
         """One step done: the status line on a terminal, a line of its own with verbose, else nothing."""
@@ -36,7 +38,7 @@ class Progress:
             self.say(line)
         elif self.live:
             width = shutil.get_terminal_size((100, 20)).columns - 1
-            self.stream.write("\r\033[K" + line[:width])
+            self.stream.write("\r\033[K" + shown(line)[:width])
             self.stream.flush()
             self._status = True
 

@@ -15,7 +15,7 @@ import torch
 
 from ckpt_compat import __version__
 from ckpt_compat.atomic import write_text
-from ckpt_compat.errorinfo import short
+from ckpt_compat.errorinfo import markdown
 from ckpt_compat.expectations import Expectations, Judgement, judge
 from ckpt_compat.formats import all_formats, availability
 from ckpt_compat.matrix import counts
@@ -120,10 +120,12 @@ class Report:
             if f.deprecated or f.caveat
         }
         if caveats:
-            lines += ["", "## Caveats", ""] + [f"- `{n}`: {why}" for n, why in caveats.items()]
+            lines += ["", "## Caveats", ""] + [f"- `{n}`: {markdown(why, 1000)}" for n, why in caveats.items()]
         unavailable = {n: why for n, f in all_formats().items() if (why := availability(f)[0])}
         if unavailable:
-            lines += ["", "## Unavailable formats", ""] + [f"- `{n}`: {why}" for n, why in unavailable.items()]
+            lines += ["", "## Unavailable formats", ""] + [
+                f"- `{n}`: {markdown(why, 1000)}" for n, why in unavailable.items()
+            ]
         unsafe = [j for j in self.judgements if j.unsafe]
         if unsafe:
             lines += ["", "## ‼️ Unsafe loads", ""]
@@ -132,7 +134,7 @@ class Report:
                 by_variant.setdefault(j.result.cell.variant, []).append(j)
             for variant, group in by_variant.items():
                 why = next((n for n in group[0].result.notes if n.startswith("UNSAFE")), "")
-                lines.append(f"- ‼️ `{variant}`: {len(group)} cell(s): {_md(why)}")
+                lines.append(f"- ‼️ {markdown(variant)}: {len(group)} cell(s): {markdown(why)}")
         known: Counter[str] = Counter(i for j in self.judgements if j.result.not_ok and j.explained for i in j.causes)
         if known:
             lines += ["", "## Known issues seen", ""]
@@ -148,7 +150,9 @@ class Report:
                 devices = f"{r.cell.producer.device}→{r.cell.consumer.device}"
                 where = f"{r.cell.variant} {devices} {r.cell.options.get('map_location', '')}"
                 what = "; ".join(str(p) for p in j.unexplained_parts()) or r.detail
-                lines.append(f"| `{r.cell.spec_id}` | {where} | {r.outcome.value} | {_md(what)} |")
+                lines.append(
+                    f"| {markdown(r.cell.spec_id)} | {markdown(where)} | {r.outcome.value} | {markdown(what)} |"
+                )
         if self.failure is not None:
             lines += [
                 "",
@@ -192,10 +196,6 @@ def dumps(data: dict[str, Any]) -> str:
     return "{\n " + ",\n ".join(f"{json.dumps(k)}: {value(v)}" for k, v in data.items()) + "\n}\n"
 
 
-def _md(text: str) -> str:
-    return short(text.replace("|", "\\|").replace("\n", " "), 300)
-
-
 def table(results: Sequence[CellResult]) -> str:
     """Format variant by outcome counts as a Markdown table (also readable on a terminal)."""
     by_format = counts(results)
@@ -203,7 +203,7 @@ def table(results: Sequence[CellResult]) -> str:
     header = "| format [load options] | " + " | ".join(outcomes) + " |"
     rows = [header, "|" + "---|" * (len(outcomes) + 1)]
     for variant, c in by_format.items():
-        rows.append(f"| {variant} | " + " | ".join(str(c.get(o, "")) for o in outcomes) + " |")
+        rows.append(f"| {markdown(variant)} | " + " | ".join(str(c.get(o, "")) for o in outcomes) + " |")
     return "\n".join(rows)
 
 

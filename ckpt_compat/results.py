@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckpt_compat import versions
 from ckpt_compat.differences import KEY_KINDS, KINDS, VALUE_KINDS, Difference
 from ckpt_compat.errorinfo import ErrorInfo
 
@@ -198,21 +199,54 @@ def _ordered_checks(checks: Iterable[str]) -> tuple[str, ...]:
     return tuple(c for c in CHECKS if c in ran)
 
 
+# What a name read from a file (a spec, a format, a device, an option) may hold: printable text,
+# without a Markdown table's cell boundary, a code span's backtick or HTML's brackets. Reports and
+# matrices print names as they are, and results files and manifests come from other machines.
+_NOT_IN_NAMES = frozenset("|`<>")
+NAME_LIMIT = 200
+
+
+def check_name(what: str, value: object) -> str:
+    """``value``, if it is a name as above; else ValueError naming ``what`` and the value."""
+    if not (isinstance(value, str) and 0 < len(value) <= NAME_LIMIT and value.isprintable()) or (
+        _NOT_IN_NAMES & set(value)
+    ):
+        raise ValueError(
+            f"{what} must be a name of 1 to {NAME_LIMIT} printable characters, none of "
+            f"{''.join(sorted(_NOT_IN_NAMES))}, got {value!r:.100}"
+        )
+    return value
+
+
+def check_endpoint(what: str, value: object) -> Endpoint:
+    """An `Endpoint` from ``{"torch": "2.13.0+cpu", "device": "cpu"}``; ValueError naming ``what``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be {{torch, device}}, got {value!r:.100}")
+    torch, device = check_name(f"{what} torch", value.get("torch")), check_name(f"{what} device", value.get("device"))
+    versions.parse(torch)  # a release every bound can be compared with
+    return Endpoint(torch, device)
+
+
+def check_options(what: str, value: object) -> dict[str, Any]:
+    """Load options: names to JSON scalars (a string one a name); ValueError naming ``what``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping, got {value!r:.100}")
+    for k, v in value.items():
+        check_name(f"{what} key", k)
+        if isinstance(v, str):
+            check_name(f"{what}[{k!r}]", v)
+        elif not (v is None or isinstance(v, (bool, int, float))):
+            raise ValueError(f"{what}[{k!r}] must be a name, a number, true, false or null, got {v!r:.100}")
+    return dict(value)
+
+
 def _cell(data: Mapping[str, Any]) -> Cell:
-    for side in ("producer", "consumer"):
-        endpoint = data[side]
-        if not isinstance(endpoint, Mapping) or not all(isinstance(endpoint.get(k), str) for k in ("torch", "device")):
-            raise ValueError(f"{side} must be {{torch, device}} strings, got {endpoint!r}")
-    if not isinstance(data["spec_id"], str) or not isinstance(data["format"], str):
-        raise ValueError("spec_id and format must be strings")
-    if not isinstance(data["options"], Mapping):
-        raise ValueError(f"options must be a mapping, got {data['options']!r}")
     return Cell(
-        data["spec_id"],
-        data["format"],
-        Endpoint(data["producer"]["torch"], data["producer"]["device"]),
-        Endpoint(data["consumer"]["torch"], data["consumer"]["device"]),
-        dict(data["options"]),
+        check_name("spec_id", data["spec_id"]),
+        check_name("format", data["format"]),
+        check_endpoint("producer", data["producer"]),
+        check_endpoint("consumer", data["consumer"]),
+        check_options("options", data["options"]),
     )
 
 

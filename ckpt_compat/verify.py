@@ -222,7 +222,7 @@ def _training_cell(entry: Any, fmt: Any, manifest: Any, here: Endpoint, variant:
 @functools.cache
 def _manifest(corpus: Path) -> Any:
     """Each corpus's manifest, read once per worker process."""
-    from ckpt_compat.corpus import Manifest
+    from ckpt_compat.manifest import Manifest
 
     return Manifest.read(corpus)
 
@@ -298,8 +298,8 @@ def verify(
     ``pool``'s (its own timeout then). The results come in corpus and entry order whatever the
     number of workers. ``read_manifests``: corpora's manifests the caller read already (the rest are
     read here)."""
-    from ckpt_compat.corpus import Manifest
     from ckpt_compat.isolation import MEMORY_LIMIT, Pool
+    from ckpt_compat.manifest import Manifest
     from ckpt_compat.workers import ARGV
 
     read = read_manifests or {}

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_compat.corpus import Manifest, corpus_specs, produce
+from ckpt_compat.corpus import corpus_specs, produce
 from ckpt_compat.formats import available_formats
 from ckpt_compat.identify import NotAFile
 from ckpt_compat.inspection import inspect_checkpoint
+from ckpt_compat.manifest import Manifest
 from ckpt_compat.results import Outcome
 from ckpt_compat.strategies import corruptions
 from ckpt_compat.verify import Task, Worker

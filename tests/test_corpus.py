@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.corpus import (
-    MANIFEST,
-    Manifest,
-    ManifestError,
-    corpus_specs,
-    file_digest,
-    find_corpora,
-    produce,
-)
+from ckpt_compat.corpus import corpus_specs, file_digest, find_corpora, produce
 from ckpt_compat.formats import available_formats, get_format
 from ckpt_compat.isolation import Pool
+from ckpt_compat.manifest import MANIFEST, Manifest, ManifestError
 from ckpt_compat.specs import build
 
 

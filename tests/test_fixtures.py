@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.corpus import Manifest, find_corpora
+from ckpt_compat.corpus import find_corpora
 from ckpt_compat.devices import available_devices
 from ckpt_compat.expectations import BUILTIN, Expectations
 from ckpt_compat.isolation import Pool
+from ckpt_compat.manifest import Manifest
 from ckpt_compat.results import CellResult
 from ckpt_compat.verify import verify
 from ckpt_compat.versions import release

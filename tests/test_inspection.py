@@ -215,8 +215,9 @@ def _verify_table() -> str:
     the outcomes of all the file's cells, with the first error's type."""
     import tempfile
 
-    from ckpt_compat.corpus import Manifest, corpus_specs, produce
+    from ckpt_compat.corpus import corpus_specs, produce
     from ckpt_compat.formats import get_format
+    from ckpt_compat.manifest import Manifest
     from ckpt_compat.verify import Task, Worker
 
     rows = ["| input | " + " | ".join(VERIFIED) + " |", "|---|" + "---|" * len(VERIFIED)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_compat.corpus import MANIFEST
+from ckpt_compat.manifest import MANIFEST
 from tests.processes import alive, cmdline, descendants
 
 CLI = [sys.executable, "-m", "ckpt_compat.cli"]

@@ -203,3 +203,17 @@ def test_a_hugging_face_folder_of_pytorch_model_bin(project: Path, capsys: pytes
     assert report["kind"] == "Hugging Face folder (pytorch_model.bin)"
     assert code == 1 and [f["kind"] for f in report["findings"]] == ["prefix"]
     assert "'bert.'" in report["findings"][0]["fix"]
+
+
+@pytest.mark.parametrize("output", ["text", "markdown"])
+def test_a_files_key_names_stay_in_their_line(project: Path, capsys: pytest.CaptureFixture[str], output: str) -> None:
+    """Keys are the file's: one named ``x\\n# loads strictly`` can print no line of its own."""
+    state = dict(_net().state_dict())
+    state["x\n# model loads strictly <!--"] = torch.zeros(1)
+    torch.save(state, project / "spoof.pt")
+    assert main(["check", str(project / "spoof.pt"), "--model", "keymodels:build", "--format", output]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT load strictly" in out.splitlines()[0]
+    spoof = next(line for line in out.splitlines() if "model loads strictly" in line)
+    assert "x # model loads strictly" in spoof and "<!--" not in (out if output == "markdown" else "")
+    assert not any(line.lstrip("#- ").startswith("model loads strictly") for line in out.splitlines())

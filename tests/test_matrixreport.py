@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ckpt_compat.differences import Difference
+from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.expectations import Expectations, gate
 from ckpt_compat.matrixreport import gate_lines, pairs_in_words, write_matrix
 from ckpt_compat.results import Outcome
@@ -102,3 +103,33 @@ def test_hostile_file_cells_are_one_table_of_releases_not_grids(tmp_path: Path) 
     bare = [*results[:1], _r("dcp_metadata", "2.6.0", "2.6.0", Outcome.UNSAFE, spec=SECURITY_SPEC,
                              error=ErrorInfo("PayloadRan", "something else"), options={"loader": "dcp"})]  # fmt: skip
     assert not gate(bare, Expectations.load([BUILTIN]), stale_if=lambda _: False).passed()
+
+
+# What a hostile file (or a results file from elsewhere) can put in an error message: a line of
+# its own, a table row, a heading saying the gate passed, and an HTML comment hiding the rest.
+SPOOF = "boom |x|\n\n# ✅ Gate passed: every cell ok\n\n<!-- \\| `"
+
+
+def test_a_message_cannot_add_a_line_a_cell_or_html_to_the_matrix_or_the_gate(tmp_path: Path) -> None:
+    path = tmp_path / "known.toml"
+    path.write_text(KNOWN)
+    spoofed = _r("torch_zip", "2.13.0", "2.13.0", Outcome.LOAD_ERROR, error=ErrorInfo("RuntimeError", SPOOF))
+    verdict = gate([*_results(), spoofed], Expectations.load([path]), stale_if=lambda e: False)
+    text = write_matrix(verdict, tmp_path / "out")[0].read_text()
+    assert "<!--" not in text and "Gate passed" not in text.split("\n## ‼️ Unexplained")[0]
+    assert not any(line.startswith("# ✅") for line in text.splitlines())
+    row = next(line for line in text.splitlines() if "boom" in line)
+    assert row.startswith("| 2.13.0 → 2.13.0 | torch_zip `s` cpu") and row.count(" | ") == 3  # four cells, one row
+    assert "boom \\|x\\| # ✅ Gate passed: every cell ok &lt;!-- \\\\\\| \\`" in row
+    lines = gate_lines(verdict)
+    assert all("\n" not in line for line in lines) and lines[-1].startswith("gate FAILED")
+    assert any("boom |x| # ✅ Gate passed: every cell ok <!-- \\| `" in line for line in lines)
+
+
+def test_results_that_hold_no_cell_fail_the_gate() -> None:
+    verdict = gate([], Expectations(), stale_if=lambda e: False)
+    assert not verdict.passed()
+    assert gate_lines(verdict)[-2:] == [
+        "NO CELLS: these results checked nothing; the gate fails (verify a corpus that lists files)",
+        "gate FAILED: 0 cells, 0 non-ok explained, 0 unexplained, 0 unsafe",
+    ]

@@ -38,3 +38,12 @@ def test_a_terminal_gets_one_status_line_rewritten_in_place() -> None:
     progress.say("finished")
     text = screen.getvalue()
     assert text.count("\r\033[K") == 3 and text.endswith("finished\n") and "\n" not in text[:-1]
+
+
+def test_a_name_in_a_line_cannot_print_a_line_of_its_own() -> None:
+    """A corpus's or a file's name is data: ``x\\n  verdict: ok`` stays in its line, escaped."""
+    log, terminal = io.StringIO(), _Terminal()
+    Progress(stream=log).say("/tmp/x\n  verdict: ok: 3 cells")
+    Progress(stream=terminal).step("/tmp/x\r[1/1] ok")
+    assert log.getvalue() == "/tmp/x\\n  verdict: ok: 3 cells\n"
+    assert terminal.getvalue() == "\r\033[K/tmp/x\\r[1/1] ok"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from ckpt_compat import payloads
-from ckpt_compat.corpus import MANIFEST, Manifest, ManifestError, corpus_specs, produce
+from ckpt_compat.corpus import corpus_specs, produce
 from ckpt_compat.formats import get_format
+from ckpt_compat.manifest import MANIFEST, Manifest, ManifestError
 from ckpt_compat.trust import OutsideCorpus, inside, is_package_fixture, package_fixtures
 
 # Which payload stands in for which format's file in the hostile corpus.

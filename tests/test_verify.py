@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckpt_compat.corpus import MANIFEST, corpus_specs, find_corpora, produce
+from ckpt_compat.corpus import corpus_specs, find_corpora, produce
 from ckpt_compat.expectations import Expectations
 from ckpt_compat.formats import get_format
 from ckpt_compat.isolation import Pool
+from ckpt_compat.manifest import MANIFEST
 from ckpt_compat.results import CellResult, Outcome
 from ckpt_compat.verify import Task, Worker, verify
 from tests.faults import flip_bit
@@ -236,7 +237,7 @@ def test_a_failed_save_is_judged_once_under_the_producers_torch(
 ) -> None:
     """A produce whose save failed writes no file; unless verify judges that failure, an exporter
     a pin broke writes nothing and the matrix passes with fewer cells."""
-    from ckpt_compat.corpus import Manifest
+    from ckpt_compat.manifest import Manifest
 
     manifest = Manifest.read(corpus)
     failed = {(e.spec_id, e.format): e for e in manifest.entries if e.file is None}
@@ -261,7 +262,7 @@ def test_a_failed_save_is_judged_once_under_the_producers_torch(
 
 
 def test_a_failed_save_whose_error_does_not_read_is_a_bad_manifest(corpus: Path, tmp_path: Path) -> None:
-    from ckpt_compat.corpus import Manifest, ManifestError
+    from ckpt_compat.manifest import Manifest, ManifestError
 
     bad = _copy(corpus, tmp_path / "bad")
     data = json.loads((bad / MANIFEST).read_text())
