@@ -134,3 +134,36 @@ def test_bad_results_files_name_the_file(tmp_path: Path, content: str, message: 
     with pytest.raises(ResultsError, match=message) as info:
         load_results([path])
     assert str(path) in str(info.value)
+
+
+def _cell_json(**changed: object) -> str:
+    cell = CellResult(Cell("s", "torch_zip", CPU, CPU, {"mmap": True}), Outcome.OK).to_json()
+    for path, value in changed.items():
+        at = cell
+        *parents, last = path.split("__")
+        for p in parents:
+            at = at[p]
+        at[last] = value
+    return json.dumps({"schema": SCHEMA, "cells": [cell]})
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"spec_id": "a\n# Gate passed"}, r"spec_id must be a name .* got 'a\\n# Gate passed'"),
+        ({"format": "torch_zip|x"}, "format must be a name"),
+        ({"producer__torch": "banana"}, "'banana' is not a torch version"),
+        ({"consumer__device": "cpu<!--"}, "consumer device must be a name"),
+        ({"options__map_location": "`x`"}, r"options\['map_location'\] must be a name"),
+        ({"options__mmap": [1]}, r"options\['mmap'\] must be a name, a number, true, false or null"),
+    ],
+)
+def test_a_results_file_holds_names_and_releases_only(tmp_path: Path, changed: dict[str, object], message: str) -> None:
+    """Names reach matrix.md and the gate's lines as they are: a results file from another machine
+    cannot hold one that starts a line, a cell, a code span or HTML there."""
+    path = tmp_path / "r.json"
+    path.write_text(_cell_json())
+    assert len(load_results([path])) == 1
+    path.write_text(_cell_json(**changed))
+    with pytest.raises(ResultsError, match=message):
+        load_results([path])
