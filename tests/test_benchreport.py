@@ -211,3 +211,41 @@ def test_schema_1_runs_are_read_in_todays_names_and_gated_on_times(capsys: pytes
     assert main(["bench-gate", str(old), str(old)]) == 0
     out = capsys.readouterr().out
     assert "61 results compared on times (no limits in these runs)" in out
+
+
+def _one(kind: str, field: str, value: object) -> Any:
+    def change(info: dict[str, Any], _: Any) -> None:
+        if info["kind"] == kind:
+            info[field] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_one("load", "median_s", None), "load result's median_s must be a number > 0, got None"),
+        (_one("load", "gbps", "x|\n# y <!--"), "load result's gbps must be a number > 0"),
+        (_one("load", "child_seconds", -1), "load result's child_seconds must be a non-empty list of seconds > 0"),
+        (_one("load", "format", []), "load result's format must be a name"),
+        (_one("load", "tensors", None), "load result's tensors must be a whole number >= 0"),
+        (_one("load", "limit_rounds", [{"seconds": 0}]), r"limit_rounds must be a list of \{seconds > 0, bytes\}"),
+        (_one("load", "kind", "weird"), "kind must be one of harness, fresh_check, sweep, load, save"),
+        (_one("harness", "gbps_by_step", None), "harness result's gbps_by_step must be an object of numbers"),
+        (_one("fresh_check", "fresh_gbps", float("nan")), "fresh_check result's fresh_gbps must be a number > 0"),
+        (lambda info, _: info.__setitem__("torch", "banana"), "'banana' is not a torch version"),
+    ],
+)
+def test_a_stored_run_holds_the_types_the_report_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Any, message: str
+) -> None:
+    """A run from another machine with a field of another type is a usage error naming the file,
+    the benchmark and the field (each was an internal error in bench-report or bench-gate)."""
+    edited = _edit(RUN, tmp_path / "edited.json", change)
+    with pytest.raises(ValueError, match=message):
+        read_run(edited)
+    for command in (["bench-report", str(edited), "--out", str(tmp_path / "r")], ["bench-gate", str(RUN), str(edited)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ckpt-compat: error: {edited}: benchmark "), err
+        assert message.split()[0] in err[0]

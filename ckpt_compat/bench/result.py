@@ -10,16 +10,19 @@ gate compares them on absolute times only.
 
 from __future__ import annotations
 
+import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ckpt_compat import versions
 from ckpt_compat.bench.child import allocator_settings
 from ckpt_compat.bench.limits import Limits, limit_for
 from ckpt_compat.bench.ops import Op
 from ckpt_compat.bench.stats import GB, Summary, throughput_ratio
+from ckpt_compat.results import check_name
 
 SCHEMA = "ckpt-compat/bench/3"
 READABLE = ("ckpt-compat/bench/1", "ckpt-compat/bench/2", SCHEMA)
@@ -29,8 +32,101 @@ RENAMED_FORMATS = {"safetensors": "safetensors_file", "torchscript": "torchscrip
 
 def upgrade(info: dict[str, Any]) -> dict[str, Any]:
     """A stored result in the current vocabulary (schema 1's format names are the registry's now)."""
-    if info.get("format") in RENAMED_FORMATS:
+    if isinstance(info.get("format"), str) and info["format"] in RENAMED_FORMATS:
         info = {**info, "format": RENAMED_FORMATS[info["format"]]}
+    return info
+
+
+# The fields `bench-report` and `bench-gate` read, per kind, as `check` holds them to: a stored run
+# may come from another machine (a CI artifact), and a field of another type was an internal error.
+_NAMES = ("format", "op", "workload")
+_TIMED = {
+    **dict.fromkeys((*_NAMES, "dtype", "cache", "limit"), "name"),
+    **dict.fromkeys(("size_mib", "bytes", "tensors"), "count"),
+    "child_seconds": "seconds",
+    "complete": "flag",
+    **dict.fromkeys(("median_s", "q1_s", "q3_s", "gbps", "ratio_to_limit"), "positive"),
+    **dict.fromkeys(("peak_over_op_mib", "peak_rss_mib"), "number"),
+    "limits_gbps": "figures",
+}
+FIELDS: dict[str, dict[str, str]] = {
+    "harness": {"bytes": "count", "gbps_by_step": "figures", "limits_gbps": "figures"},
+    "fresh_check": {
+        **dict.fromkeys(_NAMES, "name"),
+        "bytes": "count",
+        **dict.fromkeys(("fresh_seconds", "same_process_seconds"), "seconds"),
+        **dict.fromkeys(("fresh_gbps", "same_process_gbps"), "positive"),
+    },
+    "sweep": {**dict.fromkeys(_NAMES, "name"), "tensors": "count", "bytes": "count", "child_seconds": "seconds"},
+    "load": _TIMED,
+    "save": _TIMED,
+}
+# Present from schema 2 on (or only in some runs): checked where present.
+OPTIONAL = {
+    **dict.fromkeys(("limit_op", "limit_cache"), "name"),
+    **dict.fromkeys(("pass_ratios", "resident_before"), "numbers"),
+    **dict.fromkeys(("ratio_median", "ratio_q1", "ratio_q3"), "number"),
+    "limit_rounds": "rounds",
+    **dict.fromkeys(("kernel", "limit_kernel"), "counters"),
+    "schedule": "figures",
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _name(v: Any) -> bool:
+    try:
+        check_name("", v)
+    except ValueError:
+        return False
+    return True
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _numbers(v: Any, holds: Callable[[Any], bool] = _number) -> bool:
+    return isinstance(v, list) and all(holds(x) for x in v)
+
+
+def _figures(v: Any) -> bool:
+    return isinstance(v, dict) and all(_number(x) for x in v.values())
+
+
+def _round(v: Any) -> bool:
+    return isinstance(v, dict) and _positive(v.get("seconds")) and _number(v.get("bytes"))
+
+
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "name": ("a name (printable, none of |`<>)", _name),
+    "count": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "flag": ("true or false", lambda v: isinstance(v, bool)),
+    "number": ("a finite number", _number),
+    "positive": ("a number > 0", _positive),
+    "seconds": ("a non-empty list of seconds > 0", lambda v: bool(v) and _numbers(v, _positive)),
+    "numbers": ("a list of numbers or nulls", lambda v: _numbers(v, lambda x: x is None or _number(x))),
+    "figures": ("an object of numbers", _figures),
+    "counters": ("a list of objects of numbers", lambda v: _numbers(v, _figures)),
+    "rounds": ("a list of {seconds > 0, bytes}", lambda v: _numbers(v, _round)),
+}
+
+
+def check(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` (a stored result) if every field the reports read is of its type; else ValueError
+    naming the field and what it must be."""
+    kind = info.get("kind")
+    if kind not in FIELDS:
+        raise ValueError(f"kind must be one of {', '.join(FIELDS)}, got {kind!r:.60}")
+    versions.parse(check_name("torch", info.get("torch")))
+    expected = {**FIELDS[kind], **{k: t for k, t in OPTIONAL.items() if k in info}}
+    for name, type_name in expected.items():
+        what, holds = _TYPES[type_name]
+        if name not in info or not holds(info[name]):
+            got = f"{info[name]!r:.60}" if name in info else "nothing"
+            raise ValueError(f"{kind} result's {name} must be {what}, got {got}")
     return info
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_compat import versions
-from ckpt_compat.bench.result import READABLE, upgrade
+from ckpt_compat.bench.result import READABLE, check, upgrade
 from ckpt_compat.bench.stats import GB, Summary
 
 TIMED = ("load", "save", "sweep")  # kinds whose rounds are seconds, compared by the gate
@@ -49,11 +49,13 @@ def read_run(path: Path) -> Run:
         raise BenchResultError(f"{path}: not JSON ({exc}); pass the file pytest --benchmark-json wrote") from exc
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise BenchResultError(f"{path}: not pytest-benchmark JSON (no 'benchmarks' list)")
-    results = [
-        upgrade(b["extra_info"])
-        for b in data["benchmarks"]
-        if isinstance(b, dict) and isinstance(b.get("extra_info"), dict) and b["extra_info"].get("schema") in READABLE
-    ]
+    results = []
+    for b in data["benchmarks"]:
+        if isinstance(b, dict) and isinstance(b.get("extra_info"), dict) and b["extra_info"].get("schema") in READABLE:
+            try:
+                results.append(check(upgrade(b["extra_info"])))
+            except ValueError as exc:
+                raise BenchResultError(f"{path}: benchmark {str(b.get('name'))!r:.80}: {exc}") from None
     if not results:
         raise BenchResultError(f"{path}: no ckpt-compat results in it (run `python -m pytest benchmarks`)")
     versions = sorted({str(r.get("torch")) for r in results})
