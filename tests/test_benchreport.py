@@ -231,6 +231,7 @@ def _one(kind: str, field: str, value: object) -> Any:
         (_one("load", "tensors", None), "load result's tensors must be a whole number >= 0"),
         (_one("load", "limit_rounds", [{"seconds": 0}]), r"limit_rounds must be a list of \{seconds > 0, bytes\}"),
         (_one("load", "kind", "weird"), "kind must be one of harness, fresh_check, sweep, load, save"),
+        (_one("harness", "kind", []), r"kind must be one of harness, fresh_check, sweep, load, save, got \[\]"),
         (_one("harness", "gbps_by_step", None), "harness result's gbps_by_step must be an object of numbers"),
         (_one("fresh_check", "fresh_gbps", float("nan")), "fresh_check result's fresh_gbps must be a number > 0"),
         (lambda info, _: info.__setitem__("torch", "banana"), "'banana' is not a torch version"),
@@ -249,3 +250,15 @@ def test_a_stored_run_holds_the_types_the_report_reads(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"ckpt-compat: error: {edited}: benchmark "), err
         assert message.split()[0] in err[0]
+
+
+def test_a_run_without_a_complete_load_is_reported_without_plots(tmp_path: Path) -> None:
+    """``pytest benchmarks -k save`` (or formats this release does not register) measures no
+    complete load warm: the tables are written, and no plot of nothing (it was an internal error)."""
+    data = json.loads(RUN.read_text())
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["kind"] == "save"]
+    saves = tmp_path / "saves.json"
+    saves.write_text(json.dumps(data))
+    assert main(["bench-report", str(saves), "--out", str(tmp_path / "r")]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["benchmarks.md"]
+    assert "## Plots" not in (tmp_path / "r" / "benchmarks.md").read_text()

@@ -32,6 +32,8 @@ def plot(runs: Sequence[Run], out: Path) -> list[Path]:
         }
 
     kinds = [k for k in ("transformer", "lora", "cnn") if series(k, "warm")]
+    if not kinds:  # a run of other benchmarks only (`-k save`, a sweep): nothing to draw
+        return []
     fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 3.6 * len(kinds)), squeeze=False)
     for row, kind in zip(axes, kinds, strict=True):
         for ax, cache in zip(row, ("warm", "cold"), strict=True):

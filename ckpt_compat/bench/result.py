@@ -118,7 +118,7 @@ def check(info: dict[str, Any]) -> dict[str, Any]:
     """``info`` (a stored result) if every field the reports read is of its type; else ValueError
     naming the field and what it must be."""
     kind = info.get("kind")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise ValueError(f"kind must be one of {', '.join(FIELDS)}, got {kind!r:.60}")
     versions.parse(check_name("torch", info.get("torch")))
     expected = {**FIELDS[kind], **{k: t for k, t in OPTIONAL.items() if k in info}}
