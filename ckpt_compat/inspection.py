@@ -10,7 +10,6 @@ pickles are scanned (`picklescan`) for what a ``weights_only=True`` load would r
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import stat
@@ -238,32 +237,33 @@ def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
     from ckpt_compat.picklescan import scan, unreadable_opcodes
 
     result = Inspection(path, description, "torch_legacy")
-    data = io.BytesIO(path.read_bytes())
-    scans, offset = [], 0
-    for _ in range(5):
-        found = scan(data, start=offset)
-        scans.append(found)
-        if found.error:
-            result.problems.append(f"pickle {len(scans)} of 5: {found.error}")
-            return result
-        offset = found.end
-    sizes = {
-        pid[2]: _element_size(pid[1]) for pid in scans[3].persistent_ids if isinstance(pid, tuple) and len(pid) > 4
-    }
-    for key in sorted(sizes):
-        data.seek(offset)
-        count = data.read(8)
-        if len(count) < 8:
-            result.problems.append(f"the file ends before tensor storage {key} (truncated at {offset} bytes)")
-            break
-        element = sizes[key] or 1
-        offset += 8 + struct.unpack("<q", count)[0] * element
-        if offset > size:
-            result.problems.append(f"tensor storage {key} runs past the end of the file (truncated)")
-            break
-    else:
-        if sizes and all(sizes.values()) and offset != size:
-            result.problems.append(f"{size - offset} bytes follow the last tensor storage")
+    # Read as far as each pickle and each storage header go: a legacy file can be any size.
+    with open(path, "rb") as data:
+        scans, offset = [], 0
+        for _ in range(5):
+            found = scan(data, start=offset)
+            scans.append(found)
+            if found.error:
+                result.problems.append(f"pickle {len(scans)} of 5: {found.error}")
+                return result
+            offset = found.end
+        sizes = {
+            pid[2]: _element_size(pid[1]) for pid in scans[3].persistent_ids if isinstance(pid, tuple) and len(pid) > 4
+        }
+        for key in sorted(sizes):
+            data.seek(offset)
+            count = data.read(8)
+            if len(count) < 8:
+                result.problems.append(f"the file ends before tensor storage {key} (truncated at {offset} bytes)")
+                break
+            element = sizes[key] or 1
+            offset += 8 + struct.unpack("<q", count)[0] * element
+            if offset > size:
+                result.problems.append(f"tensor storage {key} runs past the end of the file (truncated)")
+                break
+        else:
+            if sizes and all(sizes.values()) and offset != size:
+                result.problems.append(f"{size - offset} bytes follow the last tensor storage")
     result.refused = _refusals(scans[3:4], path)
     result.unreadable, result.protocol = unreadable_opcodes(scans), max((s.protocol for s in scans), default=0)
     return result

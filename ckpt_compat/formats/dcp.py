@@ -83,7 +83,8 @@ def untrusted_refusal(path: Path) -> str | None:
 
     metadata = path / ".metadata"
     try:
-        found = scan(metadata.read_bytes())
+        with open(metadata, "rb") as stream:  # scanned as far as its pickle goes, not read whole
+            found = scan(stream)
     except OSError as exc:
         return f"its .metadata cannot be read ({exc.strerror})"
     if found.error:
