@@ -145,7 +145,7 @@ def test_worker_timeout_and_crash_are_outcomes_and_the_worker_restarts(corpus: P
         index = next(i for i, e in enumerate(manifest["entries"]) if e["spec"] == "tied" and e["file"])
         outcome, error = worker.run(Task(str(broken), index, True, ("cpu",)))  # type: ignore[misc]
         assert outcome is Outcome.CRASH and error.type == "CheckerError"  # the entry's cells, not the worker
-        assert "the checker failed" in error.message and "SpecError" in error.message
+        assert "the checker failed: ManifestError" in error.message and "spec 'tied': spec.root" in error.message
         assert isinstance(worker.run(task), list)
 
 
