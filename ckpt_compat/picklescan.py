@@ -22,7 +22,7 @@ import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 # Opcodes that push the string they carry: the operands of GLOBAL lookups.
 _STRINGS = frozenset(
@@ -31,6 +31,52 @@ _STRINGS = frozenset(
 _CALLS = frozenset({"REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"})
 UNRESOLVED = "<unresolved>"  # a global whose name the scan cannot read without running the pickle
 MAX_OPCODES = 50_000_000  # a bound on work: a stream this long is reported, not scanned to the end
+
+
+MAX_ARGUMENT = 64 * 2**20  # an opcode argument longer than this is skipped, not read (memory)
+_UNREAD = b"<an argument too long to read>"
+
+
+class _Unread(bytes):
+    """An argument `_Bounded` skipped: as long as declared (pickletools checks the length), but
+    holding only `_UNREAD`, which is what a string argument decodes to: a global named from it
+    is one no allowlist holds."""
+
+    def __new__(cls, length: int) -> _Unread:
+        unread = super().__new__(cls, _UNREAD)
+        unread.length = length
+        return unread
+
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _Bounded:
+    """A stream as `pickletools.genops` reads it, each argument bounded: one declared longer than
+    `MAX_ARGUMENT` bytes (a pickle can declare a 50 GiB BINBYTES8 in 9 bytes) is read through in
+    1 MiB chunks and dropped, never held; a text line (protocol 0) longer than that is an error."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if 0 <= n <= MAX_ARGUMENT:
+            return self.stream.read(n)
+        left = n
+        while left > 0 and (chunk := self.stream.read(min(left, 1 << 20))):
+            left -= len(chunk)
+        return _Unread(n) if left <= 0 else b""  # short: pickletools says how many bytes remain
+
+    def readline(self) -> bytes:
+        line = self.stream.readline(MAX_ARGUMENT + 1)
+        if len(line) > MAX_ARGUMENT:
+            raise ValueError(f"a text argument longer than {MAX_ARGUMENT:,} bytes")
+        return line
+
+    def tell(self) -> int:
+        return self.stream.tell()
 
 
 class _Mark:
@@ -77,7 +123,7 @@ def scan(data: bytes | IO[bytes], *, start: int = 0) -> PickleScan:
     stack: list[Any] = []
     memo: dict[int, Any] = {}
     try:
-        for opcode, arg, pos in pickletools.genops(stream):
+        for opcode, arg, pos in pickletools.genops(cast(IO[bytes], _Bounded(stream))):
             result.opcodes += 1
             result.used.add(opcode.name)
             if result.opcodes > MAX_OPCODES:

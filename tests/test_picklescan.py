@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import pickletools
 import zipfile
@@ -154,3 +155,37 @@ def test_the_opcodes_weights_only_cannot_read_are_those_its_load_fails_on(protoc
     assert (operand is not None) == bool(missing) and (operand is None or operand in missing), (failed, missing)
     if protocol == 2:
         assert missing == [] and failed == ""
+
+
+def test_an_argument_declared_huge_is_read_through_not_held(tmp_path: Path) -> None:
+    """A pickle declares a byte string's length in 9 bytes: one of 200 MiB (a sparse file here) is
+    scanned past in chunks, never held; a global named by such a string is one no allowlist holds,
+    and a text line (protocol 0) that long is an error, not a read of the rest of the file."""
+    import struct
+    import tracemalloc
+
+    from ckpt_compat.picklescan import MAX_ARGUMENT
+
+    huge = 200 * 2**20
+    path = tmp_path / "huge.pkl"
+    with open(path, "wb") as f:
+        f.write(b"\x80\x04\x8e" + struct.pack("<Q", huge))  # PROTO 4, BINBYTES8 of 200 MiB
+        f.seek(huge, os.SEEK_CUR)
+        f.write(b"\x8d" + struct.pack("<Q", huge))  # BINUNICODE8 of 200 MiB: a module name
+        f.seek(huge, os.SEEK_CUR)
+        f.write(b"\x8c\x03foo\x93.")  # SHORT_BINUNICODE "foo", STACK_GLOBAL, STOP
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as stream:
+            found = scan(stream)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.error is None and found.end == path.stat().st_size
+    assert found.globals == ["<an argument too long to read>.foo"]
+    assert peak < 8 * 2**20 < MAX_ARGUMENT < huge
+    os.truncate(path, 2**20)
+    with open(path, "rb") as stream:
+        assert "expected 209715200 bytes in a bytes8, but only 0 remain" in (scan(stream).error or "")
+    path.write_bytes(b"cos\n" + b"x" * (MAX_ARGUMENT + 1) + b"\n.")  # GLOBAL with a 64 MiB line
+    assert "a text argument longer than 67,108,864 bytes" in (scan(path.read_bytes()).error or "")
