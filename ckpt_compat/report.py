@@ -151,7 +151,7 @@ class Report:
                 where = f"{r.cell.variant} {devices} {r.cell.options.get('map_location', '')}"
                 what = "; ".join(str(p) for p in j.unexplained_parts()) or r.detail
                 lines.append(
-                    f"| {markdown(r.cell.spec_id)} | {markdown(where)} | {r.outcome.value} | {markdown(what)} |"
+                    f"| `{markdown(r.cell.spec_id)}` | {markdown(where)} | {r.outcome.value} | {markdown(what)} |"
                 )
         if self.failure is not None:
             lines += [
