@@ -62,7 +62,7 @@ class _Bounded:
         self.stream = stream
 
     def read(self, n: int = -1) -> bytes:
-        if 0 <= n <= MAX_ARGUMENT:
+        if n <= MAX_ARGUMENT:  # genops reads an opcode, or an argument of a length it read
             return self.stream.read(n)
         left = n
         while left > 0 and (chunk := self.stream.read(min(left, 1 << 20))):

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ckpt_compat import versions
 from ckpt_compat.differences import KEY_KINDS, KINDS, VALUE_KINDS, Difference
@@ -206,11 +206,19 @@ _NOT_IN_NAMES = frozenset("|`<>")
 NAME_LIMIT = 200
 
 
+def is_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a name as above."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= NAME_LIMIT
+        and value.isprintable()
+        and not _NOT_IN_NAMES.intersection(value)
+    )
+
+
 def check_name(what: str, value: object) -> str:
     """``value``, if it is a name as above; else ValueError naming ``what`` and the value."""
-    if not (isinstance(value, str) and 0 < len(value) <= NAME_LIMIT and value.isprintable()) or (
-        _NOT_IN_NAMES & set(value)
-    ):
+    if not is_name(value):
         raise ValueError(
             f"{what} must be a name of 1 to {NAME_LIMIT} printable characters, none of "
             f"{''.join(sorted(_NOT_IN_NAMES))}, got {value!r:.100}"

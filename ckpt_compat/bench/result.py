@@ -22,7 +22,7 @@ from ckpt_compat.bench.child import allocator_settings
 from ckpt_compat.bench.limits import Limits, limit_for
 from ckpt_compat.bench.ops import Op
 from ckpt_compat.bench.stats import GB, Summary, throughput_ratio
-from ckpt_compat.results import check_name
+from ckpt_compat.results import check_name, is_name
 
 SCHEMA = "ckpt-compat/bench/3"
 READABLE = ("ckpt-compat/bench/1", "ckpt-compat/bench/2", SCHEMA)
@@ -76,14 +76,6 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _name(v: Any) -> bool:
-    try:
-        check_name("", v)
-    except ValueError:
-        return False
-    return True
-
-
 def _positive(v: Any) -> bool:
     return _number(v) and v > 0
 
@@ -101,7 +93,7 @@ def _round(v: Any) -> bool:
 
 
 _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "name": ("a name (printable, none of |`<>)", _name),
+    "name": ("a name (printable, none of |`<>)", is_name),
     "count": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "flag": ("true or false", lambda v: isinstance(v, bool)),
     "number": ("a finite number", _number),
