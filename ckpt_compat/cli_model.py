@@ -87,24 +87,46 @@ def model_corpus(model: Any, formats: list[Format], args: argparse.Namespace) ->
     )
 
 
+# The checkpoint is read in a contained child: seconds for the largest file (a torch.save file is
+# unpickled whole), and its memory limit, as verify's workers have.
+READ_TIMEOUT = 900.0
+
+
 def run_match_model(path: Path, args: argparse.Namespace) -> int:
-    from ckpt_compat.identify import MAX_SIZE, NotAFile
-    from ckpt_compat.keymatch import match
-    from ckpt_compat.stored import StoredError, read_stored
+    """``check FILE --model``. The file is someone else's: torch.load (weights_only=True, whose
+    unpickler ran code before torch 2.6: CVE-2025-32434) and safetensors read it in a contained,
+    memory-limited child (`keymatch.match_task`); this process builds the user's model, on meta,
+    and renders the child's typed answer."""
+    from ckpt_compat.identify import MAX_SIZE
+    from ckpt_compat.isolation import MEMORY_LIMIT, Failure, call_once
+    from ckpt_compat.keymatch import KeyMatch, Layout
     from ckpt_compat.usermodel import UserModelError
+    from ckpt_compat.workers import ARGV
 
     model = user_model(args)
     try:
-        stored = read_stored(path, args.max_size or MAX_SIZE)
-    except (StoredError, NotAFile) as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        built = model.model("meta")
+        layout = Layout.of(model.model("meta"))
     except UserModelError as exc:
         raise UsageError(str(exc)) from None
-    found = match(stored, built, model.id)
+    request = {
+        "task": "keymatch.file",
+        "path": str(path),
+        "max_size": args.max_size or MAX_SIZE,
+        "layout": layout.to_json(),
+        "model": model.id,
+    }
+    answer = call_once(ARGV, request, timeout=READ_TIMEOUT, memory=MEMORY_LIMIT)
+    if isinstance(answer, Failure):
+        raise UsageError(
+            f"{path}: the process reading it failed ({answer.kind}: {' '.join(answer.message.split())[:300]}); "
+            "run 'ckpt-compat check FILE' to see what is wrong with it"
+        )
+    if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
+        raise UsageError(answer["refused"])
+    try:
+        found = KeyMatch.from_json(answer.get("match") if isinstance(answer, dict) else None)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise RuntimeError(f"{path}: the reading process answered {str(answer)[:300]!r} ({exc})") from None
     if args.output_format == "json":
         print(json.dumps(found.to_json(), indent=2))
     else:

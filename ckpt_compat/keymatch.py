@@ -7,6 +7,10 @@ non-persistent buffer in the model (``position_ids``), BatchNorm's ``num_batches
 stored once or stored twice with two different values; then whatever is still missing,
 unexpected, or of another shape or dtype. Each `Finding` says whether it stops
 ``load_state_dict(strict=True)``.
+
+The checkpoint is a file someone else wrote: the command reads it in a contained child
+(`match_task`, memory-limited, its own process), which never imports the user's code: the model
+crosses as its `Layout`, and the verdict comes back as `KeyMatch.to_json`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +26,7 @@ from torch import nn
 
 from ckpt_compat.errorinfo import markdown as escape_markdown
 from ckpt_compat.errorinfo import printable
-from ckpt_compat.stored import Stored, TensorInfo, tensor_info
+from ckpt_compat.stored import Stored, StoredError, TensorInfo, tensor_info
 from ckpt_compat.unsaved import non_persistent_buffers
 
 KNOWN_PREFIXES = {
@@ -65,13 +70,31 @@ class Finding:
             "blocks_strict": self.blocks_strict,
         }
 
+    @classmethod
+    def from_json(cls, data: Any) -> Finding:
+        keys = data["keys"]
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise TypeError(f"a finding's keys are a list of names, not {keys!r:.80}")
+        detail, fix, blocks = data["detail"], data["fix"], data["blocks_strict"]
+        if not (isinstance(detail, str) and isinstance(fix, str) and isinstance(blocks, bool)):
+            raise TypeError("a finding's detail and fix are text and blocks_strict a boolean")
+        return cls(Kind(data["kind"]), tuple(keys), detail, fix, blocks)
+
+
+SCHEMA = "ckpt-compat/key-match/1"
+
 
 @dataclass
 class KeyMatch:
-    stored: Stored
+    """What `match` found, as `render` shows it and ``--format json`` writes it."""
+
+    checkpoint: str
+    kind: str  # the stored file's kind in words (`Stored.kind`)
+    inside: str | None  # the key the weights sat under in a wrapping dict
+    tensors_in_file: int
     model_name: str
     model_class: str
-    expected: Mapping[str, TensorInfo]
+    entries_in_model: int
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -80,24 +103,43 @@ class KeyMatch:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema": "ckpt-compat/key-match/1",
-            "checkpoint": str(self.stored.path),
-            "kind": self.stored.kind,
-            "inside": self.stored.inside,
+            "schema": SCHEMA,
+            "checkpoint": self.checkpoint,
+            "kind": self.kind,
+            "inside": self.inside,
             "model": self.model_name,
             "model_class": self.model_class,
-            "tensors_in_file": len(self.stored.tensors),
-            "entries_in_model": len(self.expected),
+            "tensors_in_file": self.tensors_in_file,
+            "entries_in_model": self.entries_in_model,
             "loads_strictly": self.loads_strictly,
             "findings": [f.to_json() for f in self.findings],
         }
 
+    @classmethod
+    def from_json(cls, data: Any) -> KeyMatch:
+        """`to_json`'s output back, from the child that read the file; raises TypeError, KeyError
+        or ValueError on anything else (the child ran a loader on a file nobody vouched for)."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise TypeError(f"not a {SCHEMA} answer")
+        texts = [data[k] for k in ("checkpoint", "kind", "model", "model_class")]
+        counts = [data[k] for k in ("tensors_in_file", "entries_in_model")]
+        inside, findings = data["inside"], data["findings"]
+        if not all(isinstance(t, str) for t in texts) or not (inside is None or isinstance(inside, str)):
+            raise TypeError("a key match names its checkpoint, kind, model and class as text")
+        if not all(type(n) is int for n in counts) or not isinstance(findings, list):
+            raise TypeError("a key match counts with integers and lists its findings")
+        found = cls(texts[0], texts[1], inside, counts[0], texts[2], texts[3], counts[1])
+        found.findings = [Finding.from_json(f) for f in findings]
+        if found.loads_strictly is not data["loads_strictly"]:
+            raise ValueError("loads_strictly disagrees with the findings")
+        return found
+
     def render(self, markdown: bool = False) -> str:
         verdict = "loads strictly" if self.loads_strictly else "does NOT load strictly"
-        inside = f" under {self.stored.inside!r}" if self.stored.inside else ""
+        inside = f" under {self.inside!r}" if self.inside else ""
         head = (
-            f"{self.stored.path} ({self.stored.kind}, {len(self.stored.tensors)} tensors{inside}) into "
-            f"{self.model_name} ({self.model_class}, {len(self.expected)} state-dict entries): {verdict}"
+            f"{self.checkpoint} ({self.kind}, {self.tensors_in_file} tensors{inside}) into "
+            f"{self.model_name} ({self.model_class}, {self.entries_in_model} state-dict entries): {verdict}"
         )
         # Keys and names are the file's: each stays on its line, and is no Markdown of its own.
         text: Callable[[str], str] = (lambda t: escape_markdown(t, 10_000)) if markdown else printable
@@ -110,6 +152,36 @@ class KeyMatch:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What `match` needs of a model, as data: its class name, its state-dict entries, its ties
+    and its non-persistent buffers. The user's code builds the model (on meta) in this process;
+    the child that reads the checkpoint gets only this."""
+
+    model_class: str
+    expected: Mapping[str, TensorInfo]
+    ties: tuple[tuple[str, ...], ...]
+    hidden: frozenset[str]  # non-persistent buffers: in the model, never in its state dict
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Layout:
+        expected = {k: tensor_info(v) for k, v in model.state_dict().items()}
+        return cls(type(model).__name__, expected, tuple(tie_groups(model)), frozenset(non_persistent_buffers(model)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_class": self.model_class,
+            "expected": {k: [v.dtype, list(v.shape)] for k, v in self.expected.items()},
+            "ties": [list(t) for t in self.ties],
+            "hidden": sorted(self.hidden),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Layout:
+        expected = {k: TensorInfo(dtype, tuple(shape)) for k, (dtype, shape) in data["expected"].items()}
+        return cls(data["model_class"], expected, tuple(tuple(t) for t in data["ties"]), frozenset(data["hidden"]))
+
+
 def tie_groups(model: nn.Module) -> list[tuple[str, ...]]:
     """State-dict keys that are one Parameter or buffer (ties), in state-dict order."""
     groups: dict[int, list[str]] = {}
@@ -118,10 +190,13 @@ def tie_groups(model: nn.Module) -> list[tuple[str, ...]]:
     return [tuple(keys) for keys in groups.values() if len(keys) > 1]
 
 
-def match(stored: Stored, model: nn.Module, model_name: str) -> KeyMatch:
-    """Compare ``stored`` with ``model`` (built on any device; meta is enough)."""
-    expected = {k: tensor_info(v) for k, v in model.state_dict().items()}
-    result = KeyMatch(stored, model_name, type(model).__name__, expected)
+def match(stored: Stored, model: nn.Module | Layout, model_name: str) -> KeyMatch:
+    """Compare ``stored`` with ``model`` (built on any device; meta is enough) or its `Layout`."""
+    layout = model if isinstance(model, Layout) else Layout.of(model)
+    expected = layout.expected
+    result = KeyMatch(
+        str(stored.path), stored.kind, stored.inside, len(stored.tensors), model_name, layout.model_class, len(expected)
+    )
     findings = result.findings
     findings += [
         Finding(Kind.INDEX, (), problem, "re-save the folder with save_pretrained", True) for problem in stored.problems
@@ -129,7 +204,7 @@ def match(stored: Stored, model: nn.Module, model_name: str) -> KeyMatch:
     found, renamed = _prefix(stored.tensors, expected)
     if renamed is not None:
         findings.append(renamed)
-    hidden = set(non_persistent_buffers(model))
+    hidden = layout.hidden
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
 
@@ -140,7 +215,7 @@ def match(stored: Stored, model: nn.Module, model_name: str) -> KeyMatch:
                 Kind.PERSISTED_BUFFER,
                 tuple(persisted),
                 f"persistent entries in the file, non-persistent buffers (register_buffer(..., persistent=False)) "
-                f"in {type(model).__name__}: the file was written by a version of the model code that saved them "
+                f"in {layout.model_class}: the file was written by a version of the model code that saved them "
                 "(transformers 4.1 registered BERT's position_ids persistent, 4.44 does not: "
                 "gitabtion/BertBasedCorrectionModels#51)",
                 "drop them from the state dict before load_state_dict (they are recomputed by the model), or load "
@@ -164,7 +239,7 @@ def match(stored: Stored, model: nn.Module, model_name: str) -> KeyMatch:
                 stored.versioned,
             )
         )
-    ties = tie_groups(model)
+    ties = list(layout.ties)
     once = [(g, [k for k in g if k in found]) for g in ties if any(k not in found for k in g)]
     once = [(g, kept) for g, kept in once if kept]
     for group, kept in once:
@@ -299,3 +374,20 @@ def _shapes_and_dtypes(found: Mapping[str, TensorInfo], expected: Mapping[str, T
             )
         )
     return out
+
+
+def match_task(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``keymatch.file`` task of `workers`: read the checkpoint at ``message["path"]`` and
+    match it with ``message["layout"]``: ``{"match": KeyMatch JSON}``, or ``{"refused": why}``
+    (one line naming the file) when the file cannot be read as a state dict."""
+    from ckpt_compat.identify import NotAFile
+    from ckpt_compat.stored import read_stored
+
+    path = Path(message["path"])
+    try:
+        stored = read_stored(path, message["max_size"])
+    except (StoredError, NotAFile) as exc:
+        return {"refused": str(exc)}
+    except OSError as exc:
+        return {"refused": f"{path}: cannot read it ({exc.strerror or exc})"}
+    return {"match": match(stored, Layout.from_json(message["layout"]), message["model"]).to_json()}

@@ -71,7 +71,7 @@ def _file(path: Path, max_size: int) -> Stored:
     if kind in ("torch_zip", "torch_legacy"):
         return _torch_save(path)
     raise StoredError(
-        f"{path}: a {kind} file, not a state dict; key comparison reads safetensors and torch.save files "
+        f"{path}: not a state dict but {kind!r}; key comparison reads safetensors and torch.save files "
         "(and Hugging Face folders of them); run 'ckpt-compat check FILE' to see what it is"
     )
 
@@ -166,17 +166,21 @@ def _sharded(index: Path, max_size: int) -> Stored:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a mapping of names to shard files")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise StoredError(f"{index}: not a readable sharded-checkpoint index ({type(exc).__name__}: {exc})") from exc
     tensors: dict[str, TensorInfo] = {}
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
     problems: list[str] = []
     for shard_name in sorted(set(weight_map.values())):
-        shard_path = (index.parent / shard_name).resolve()
+        try:
+            shard_path = (index.parent / shard_name).resolve()
+        except (OSError, ValueError) as exc:  # a NUL in the name, a loop of links
+            raise StoredError(f"{index}: shard {shard_name!r} is not a file name ({exc})") from exc
         if index.parent.resolve() not in shard_path.parents:
             raise StoredError(f"{index}: shard {shard_name!r} lies outside the folder; refusing to read it")
         if not shard_path.is_file():
-            problems.append(f"shard {shard_name} named by the index is missing")
+            what = "not a regular file" if shard_path.exists() else "missing"  # a folder, a FIFO
+            problems.append(f"shard {shard_name} named by the index is {what}")
             continue
         shard = _file(shard_path, max_size)
         listed = {k for k, v in weight_map.items() if v == shard_name}

@@ -20,6 +20,7 @@ TASKS = {
     "produce.spec": "ckpt_compat.corpus:produce_task",
     "produce.objects": "ckpt_compat.corpus:produce_task",
     "formats.availability": "ckpt_compat.formats:availability_task",
+    "keymatch.file": "ckpt_compat.keymatch:match_task",
 }
 AVAILABILITY = {"task": "formats.availability"}  # asked first: the workers import every format's packages
 

@@ -1,4 +1,6 @@
-"""check FILE --model: every culprit, on real files written here, through the CLI as users run it."""
+"""check FILE --model: every culprit, on real files written here. The culprits are found by the task
+the command's contained child runs (`keymatch.match_task`), called here in-process (these tests wrote
+the files); the command itself, its child and its errors, through the CLI as users run it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ckpt_compat.cli import main
-from ckpt_compat.keymatch import Kind, match
+from ckpt_compat.identify import MAX_SIZE
+from ckpt_compat.keymatch import KeyMatch, Kind, Layout, match, match_task
 from ckpt_compat.stored import StoredError, read_stored
 
 MODELS = """
@@ -52,8 +55,23 @@ def _net() -> nn.Module:
     return keymodels.build()  # type: ignore[no-any-return]
 
 
-def _check(path: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
-    code = main(["check", str(path), "--model", "keymodels:build", "--format", "json", *extra])
+def _check(path: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """(exit code, JSON) as ``check PATH --model keymodels:build --format json`` gives them, through
+    the child's task and its answer's JSON, in this process."""
+    request = {
+        "path": str(path),
+        "max_size": MAX_SIZE,
+        "layout": Layout.of(_net()).to_json(),
+        "model": "keymodels:build",
+    }
+    answer = match_task(request)
+    assert "match" in answer, answer
+    found = KeyMatch.from_json(json.loads(json.dumps(answer["match"])))
+    return (0 if found.loads_strictly else 1), found.to_json()
+
+
+def _cli_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+    code = main(["check", str(path), "--model", "keymodels:build", "--format", "json"])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -63,16 +81,14 @@ def _kinds(report: dict) -> dict[str, list[str]]:  # type: ignore[type-arg]
 
 def test_a_faithful_torch_save_file_loads_strictly(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.save(_net().state_dict(), project / "ok.pt")
-    code, report = _check(project / "ok.pt", capsys=capsys)
+    code, report = _cli_check(project / "ok.pt", capsys)
     assert (code, report["loads_strictly"], report["findings"]) == (0, True, [])
 
 
 @pytest.mark.parametrize(("prefix", "named"), [("_orig_mod.", "torch.compile"), ("module.", "DataParallel")])
-def test_a_wrapper_prefix_is_named_with_its_fix(
-    project: Path, capsys: pytest.CaptureFixture[str], prefix: str, named: str
-) -> None:
+def test_a_wrapper_prefix_is_named_with_its_fix(project: Path, prefix: str, named: str) -> None:
     torch.save({prefix + k: v for k, v in _net().state_dict().items()}, project / "wrapped.pt")
-    code, report = _check(project / "wrapped.pt", capsys=capsys)
+    code, report = _check(project / "wrapped.pt")
     assert code == 1
     (finding,) = report["findings"]  # nothing else: the keys match once the prefix is stripped
     assert finding["kind"] == "prefix" and named in finding["detail"] and prefix in finding["fix"]
@@ -92,66 +108,64 @@ def test_a_task_head_prefix_on_the_model_side(project: Path) -> None:
     assert set(kinds[Kind.MISSING].keys) == {"classifier.weight", "classifier.bias"}
 
 
-def test_position_ids_saved_by_older_code_are_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_position_ids_saved_by_older_code_are_named(project: Path) -> None:
     state = {**{k: v.clone() for k, v in _net().state_dict().items()}, "position_ids": torch.arange(5)}
     save_file(state, str(project / "old.safetensors"))
-    code, report = _check(project / "old.safetensors", capsys=capsys)
+    code, report = _check(project / "old.safetensors")
     assert code == 1
     assert _kinds(report) == {"persisted_buffer": ["position_ids"]}
 
 
-def test_num_batches_tracked_blocks_only_a_versioned_state_dict(
-    project: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_num_batches_tracked_blocks_only_a_versioned_state_dict(project: Path) -> None:
     state = _net().state_dict()
     del state["norm.num_batches_tracked"]
     torch.save(state, project / "versioned.pt")  # keeps _metadata: BatchNorm will not fill it in
-    code, report = _check(project / "versioned.pt", capsys=capsys)
+    code, report = _check(project / "versioned.pt")
     assert code == 1 and report["findings"][0]["kind"] == "num_batches_tracked"
     with pytest.raises(RuntimeError, match="num_batches_tracked"):  # torch agrees
         _net().load_state_dict(state)
     save_file({k: v.clone() for k, v in state.items()}, str(project / "plain.safetensors"))
-    code, report = _check(project / "plain.safetensors", capsys=capsys)
+    code, report = _check(project / "plain.safetensors")
     assert code == 0 and report["findings"][0]["kind"] == "num_batches_tracked"
     _net().load_state_dict(dict(state))  # and here torch fills it in, as the note says
 
 
-def test_a_tie_stored_once(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_tie_stored_once(project: Path) -> None:
     state = {k: v.clone() for k, v in _net().state_dict().items() if k != "head.weight"}
     save_file(state, str(project / "once.safetensors"))
-    code, report = _check(project / "once.safetensors", capsys=capsys)
+    code, report = _check(project / "once.safetensors")
     assert code == 1 and _kinds(report) == {"tie_stored_once": ["head.weight"]}
     assert "emb.weight" in report["findings"][0]["detail"]
 
 
-def test_a_tie_stored_twice_with_two_values(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_tie_stored_twice_with_two_values(project: Path) -> None:
     state = {k: v.clone() for k, v in _net().state_dict().items()}
     torch.save(state, project / "equal.pt")
-    assert _check(project / "equal.pt", capsys=capsys)[0] == 0  # two equal copies load fine
+    assert _check(project / "equal.pt")[0] == 0  # two equal copies load fine
     state["head.weight"] += 1
     torch.save(state, project / "twice.pt")
-    code, report = _check(project / "twice.pt", capsys=capsys)
+    code, report = _check(project / "twice.pt")
     assert code == 1 and _kinds(report) == {"tie_stored_twice": ["emb.weight", "head.weight"]}
 
 
-def test_shapes_block_and_dtypes_are_noted(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shapes_block_and_dtypes_are_noted(project: Path) -> None:
     state = _net().state_dict()
     state["body.weight"] = torch.zeros(4, 5)
     state["body.bias"] = state["body.bias"].to(torch.float64)
     torch.save(state, project / "shapes.pt")
-    code, report = _check(project / "shapes.pt", capsys=capsys)
+    code, report = _check(project / "shapes.pt")
     kinds = {f["kind"]: f for f in report["findings"]}
     assert code == 1 and kinds["shape"]["keys"] == ["body.weight"] and "[4, 5]" in kinds["shape"]["detail"]
     assert kinds["dtype"]["keys"] == ["body.bias"] and not kinds["dtype"]["blocks_strict"]
 
 
-def test_a_training_checkpoint_is_unwrapped(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_training_checkpoint_is_unwrapped(project: Path) -> None:
     torch.save({"epoch": 3, "state_dict": _net().state_dict(), "lr": 0.1}, project / "train.pt")
-    code, report = _check(project / "train.pt", capsys=capsys)
+    code, report = _check(project / "train.pt")
     assert (code, report["inside"]) == (0, "state_dict")
 
 
-def test_a_sharded_hugging_face_folder(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_sharded_hugging_face_folder(project: Path) -> None:
     folder = project / "hf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -162,11 +176,11 @@ def test_a_sharded_hugging_face_folder(project: Path, capsys: pytest.CaptureFixt
         save_file({k: state[k] for k in part}, str(folder / name))
     index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    code, report = _check(folder, capsys=capsys)
+    code, report = _check(folder)
     assert "2 shard(s)" in report["kind"] and _kinds(report) == {"tie_stored_once": ["head.weight"]}
     index["weight_map"]["emb.weight"] = "model-00003-of-00002.safetensors"
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    code, report = _check(folder, capsys=capsys)
+    code, report = _check(folder)
     assert code == 1 and any("00003" in f["detail"] for f in report["findings"] if f["kind"] == "index")
 
 
@@ -177,6 +191,23 @@ def test_a_shard_outside_the_folder_is_refused(project: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
     with pytest.raises(StoredError, match="outside the folder"):
         read_stored(folder)
+
+
+@pytest.mark.parametrize(
+    ("index", "said"),
+    [
+        ('{"weight_map": {"x": "a\\u0000b.safetensors"}}', "is not a file name"),
+        ('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}", "RecursionError"),
+        ('{"weight_map": {"x": 5}}', "not a mapping of names to shard files"),
+    ],
+)
+def test_a_hostile_index_is_refused_naming_it(project: Path, index: str, said: str) -> None:
+    folder = project / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(StoredError, match=said) as raised:
+        read_stored(folder)
+    assert str(folder / "model.safetensors.index.json") in str(raised.value)
 
 
 def test_unreadable_inputs_are_usage_errors(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,12 +225,12 @@ def test_unreadable_inputs_are_usage_errors(project: Path, capsys: pytest.Captur
     assert any("give --model too" in line for line in err)
 
 
-def test_a_hugging_face_folder_of_pytorch_model_bin(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_hugging_face_folder_of_pytorch_model_bin(project: Path) -> None:
     folder = project / "hfbin"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     torch.save({f"bert.{k}": v for k, v in _net().state_dict().items()}, folder / "pytorch_model.bin")
-    code, report = _check(folder, capsys=capsys)
+    code, report = _check(folder)
     assert report["kind"] == "Hugging Face folder (pytorch_model.bin)"
     assert code == 1 and [f["kind"] for f in report["findings"]] == ["prefix"]
     assert "'bert.'" in report["findings"][0]["fix"]
@@ -217,3 +248,31 @@ def test_a_files_key_names_stay_in_their_line(project: Path, capsys: pytest.Capt
     spoof = next(line for line in out.splitlines() if "model loads strictly" in line)
     assert "x # model loads strictly" in spoof and "<!--" not in (out if output == "markdown" else "")
     assert not any(line.lstrip("#- ").startswith("model loads strictly") for line in out.splitlines())
+
+
+def test_the_file_is_read_in_another_process(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's own process never unpickles or opens the checkpoint: its contained child does."""
+    torch.save(_net().state_dict(), project / "ok.pt")
+    save_file({k: v.clone() for k, v in _net().state_dict().items()}, str(project / "ok.safetensors"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the checkpoint was read in the command's own process")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr("safetensors.safe_open", refuse)
+    assert _cli_check(project / "ok.pt", capsys)[0] == 0
+    assert _cli_check(project / "ok.safetensors", capsys)[0] == 0
+
+
+def test_a_reader_that_dies_is_one_line_naming_the_file(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save(_net().state_dict(), project / "ok.pt")
+    monkeypatch.setattr("ckpt_compat.isolation.MEMORY_LIMIT", 64 * 2**20)  # too little to import torch
+    assert main(["check", str(project / "ok.pt"), "--model", "keymodels:build"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert str(project / "ok.pt") in line and "the process reading it failed" in line, line
+    assert "Traceback" not in captured.err and captured.out == ""
