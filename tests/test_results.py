@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from ckpt_compat.differences import Difference
 from ckpt_compat.errorinfo import ErrorInfo
 from ckpt_compat.matrix import counts
+from ckpt_compat.report import SCHEMA_FILE
 from ckpt_compat.results import (
     SCHEMA,
     SCHEMA_V1,
@@ -147,16 +149,19 @@ def _cell_json(**changed: object) -> str:
     return json.dumps({"schema": SCHEMA, "cells": [cell]})
 
 
+BAD_NAMES = [
+    ({"spec_id": "a\n# Gate passed"}, r"spec_id must be a name .* got 'a\\n# Gate passed'"),
+    ({"format": "torch_zip|x"}, "format must be a name"),
+    ({"consumer__device": "cpu<!--"}, "consumer device must be a name"),
+    ({"options__map_location": "`x`"}, r"options\['map_location'\] must be a name"),
+    ({"options__mmap": [1]}, r"options\['mmap'\] must be a name, a number, true, false or null"),
+    ({"spec_id": "x" * 201}, "spec_id must be a name"),
+    ({"format": ""}, "format must be a name"),
+]
+
+
 @pytest.mark.parametrize(
-    ("changed", "message"),
-    [
-        ({"spec_id": "a\n# Gate passed"}, r"spec_id must be a name .* got 'a\\n# Gate passed'"),
-        ({"format": "torch_zip|x"}, "format must be a name"),
-        ({"producer__torch": "banana"}, "'banana' is not a torch version"),
-        ({"consumer__device": "cpu<!--"}, "consumer device must be a name"),
-        ({"options__map_location": "`x`"}, r"options\['map_location'\] must be a name"),
-        ({"options__mmap": [1]}, r"options\['mmap'\] must be a name, a number, true, false or null"),
-    ],
+    ("changed", "message"), [*BAD_NAMES, ({"producer__torch": "banana"}, "'banana' is not a torch version")]
 )
 def test_a_results_file_holds_names_and_releases_only(tmp_path: Path, changed: dict[str, object], message: str) -> None:
     """Names reach matrix.md and the gate's lines as they are: a results file from another machine
@@ -165,5 +170,22 @@ def test_a_results_file_holds_names_and_releases_only(tmp_path: Path, changed: d
     path.write_text(_cell_json())
     assert len(load_results([path])) == 1
     path.write_text(_cell_json(**changed))
+    with pytest.raises(ResultsError, match=message):
+        load_results([path])
+
+
+@pytest.mark.parametrize(("changed", "message"), BAD_NAMES)
+def test_the_published_schema_refuses_what_the_reader_refuses(
+    tmp_path: Path, changed: dict[str, object], message: str
+) -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    # A cell as `CellResult.to_json` writes it, before a report adds its judgement: its fields' rules.
+    cell_schema = {**schema["$defs"]["cell"], "required": [], "$defs": schema["$defs"]}
+    jsonschema.validate(json.loads(_cell_json())["cells"][0], cell_schema)
+    bad = json.loads(_cell_json(**changed))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad["cells"][0], cell_schema)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(bad))
     with pytest.raises(ResultsError, match=message):
         load_results([path])
