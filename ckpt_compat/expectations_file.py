@@ -16,6 +16,7 @@ from typing import Any
 
 from ckpt_compat import versions
 from ckpt_compat.differences import KINDS, Difference
+from ckpt_compat.errorinfo import printable
 from ckpt_compat.expectations import (
     DIRECTIONS,
     DifferencePattern,
@@ -23,7 +24,7 @@ from ckpt_compat.expectations import (
     Expectation,
     ExpectationsError,
 )
-from ckpt_compat.results import DIFFERENCE_OUTCOMES, ERROR_OUTCOMES, Outcome, outcome_of
+from ckpt_compat.results import DIFFERENCE_OUTCOMES, ERROR_OUTCOMES, Outcome, check_name, check_options, outcome_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +62,7 @@ _DIFFERENCE_KEYS = {
     "error",
 }
 _FORMAT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DEVICE_KEYS = ("producer_device", "consumer_device")
 
 
 def parse(path: Path) -> list[Expectation]:
@@ -68,8 +70,8 @@ def parse(path: Path) -> list[Expectation]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ExpectationsError(f"{path}: cannot read expectations ({exc.strerror})") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ExpectationsError(f"{path}: not valid TOML ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:  # arrays nested past the limit
+        raise ExpectationsError(f"{path}: not valid TOML ({type(exc).__name__}: {exc})") from exc
     other = sorted(set(data) - {"expect"})
     if other:
         raise ExpectationsError(f"{path}: unknown top-level key(s) {other}; known issues go in [[expect]] tables")
@@ -78,7 +80,8 @@ def parse(path: Path) -> list[Expectation]:
         raise ExpectationsError(f"{path}: 'expect' must be an array of tables ([[expect]])")
     out = []
     for i, raw in enumerate(tables):
-        where = f"{path}: expect[{i}]" + (f" ({raw['id']})" if isinstance(raw, dict) and "id" in raw else "")
+        named = isinstance(raw, dict) and "id" in raw
+        where = f"{path}: expect[{i}]" + (f" ({printable(str(raw['id']))[:100]})" if named else "")
         try:
             out.append(_expectation(raw, str(path)))
         except (KeyError, ValueError, TypeError, re.error) as exc:
@@ -108,6 +111,11 @@ def _expectation(raw: Any, source: str) -> Expectation:
     options = raw["options"]
     if not isinstance(options, dict):
         raise TypeError(f"options must be a table, got {options!r}")
+    for key, value in options.items():  # what a cell's option can be (a list: one of): anything else matches nothing
+        if value == []:
+            raise ValueError(f"options[{key!r}] is an empty list: it matches no cell")
+        for one in value if isinstance(value, list) else [value]:
+            check_options("options", {key: one})
     links = _strings(raw, "links")
     if not links:
         raise ValueError("links must cite at least one upstream issue, PR or document")
@@ -130,9 +138,11 @@ def _expectation(raw: Any, source: str) -> Expectation:
     for key, allowed in (("error", bool(errors)), ("difference", difference is not None)):
         if key in raw and not allowed:
             raise ValueError(f"{key!r} does not go with outcome {sorted(o.value for o in outcomes)}")
+    devices = {key: frozenset(check_name(key, d) for d in _strings(raw, key)) for key in _DEVICE_KEYS if key in raw}
     return Expectation(
-        id=_string(raw, "id"),
-        title=_string(raw, "title"),
+        # The id and title reach matrix.md, the gate's lines and the judgement of every cell.
+        id=check_name("id", _string(raw, "id")),
+        title=_line(raw, "title"),
         formats=frozenset(formats),
         producer_torch=versions.Bounds.parse(_string(raw, "producer_torch")),
         consumer_torch=versions.Bounds.parse(_string(raw, "consumer_torch")),
@@ -143,8 +153,8 @@ def _expectation(raw: Any, source: str) -> Expectation:
         links=tuple(links),
         errors=errors,
         difference=difference,
-        producer_device=frozenset(_strings(raw, "producer_device")) if "producer_device" in raw else None,
-        consumer_device=frozenset(_strings(raw, "consumer_device")) if "consumer_device" in raw else None,
+        producer_device=devices.get("producer_device"),
+        consumer_device=devices.get("consumer_device"),
         source=source,
     )
 
@@ -159,6 +169,13 @@ def _string(raw: Mapping[str, Any], key: str) -> str:
     value = raw[key]
     if not isinstance(value, str) or not value.strip():
         raise TypeError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _line(raw: Mapping[str, Any], key: str) -> str:
+    value = _string(raw, key)
+    if not value.isprintable():
+        raise ValueError(f"{key} must be one line of printable text, got {value!r:.100}")
     return value
 
 

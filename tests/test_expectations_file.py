@@ -33,6 +33,13 @@ from tests.test_expectations import ERROR, HEAD, MISMATCH, _write
         (MISMATCH.replace('kind = "bytes"', 'kind = "missing"'), "never makes a"),
         (MISMATCH.replace("max_ulp = 8", "max_ulp = -1"), "must be a number >= 0"),
         (HEAD + 'outcome = ["load_error", "mismatch"]\n', "all be errors, or all differences"),
+        # What reaches matrix.md and the gate's lines is one line of text, with no Markdown of its own.
+        (ERROR.replace('id = "x"', 'id = "x|\\n# Gate passed"'), r"id must be a name .* got 'x\|\\n# Gate passed'"),
+        (ERROR.replace('title = "t"', 'title = "t\\n# Gate passed <!--"'), "title must be one line of printable text"),
+        (ERROR.replace("{ mmap = true }", "{ mmap = { a = 1 } }"), r"options\['mmap'\] must be a name, a number"),
+        (ERROR.replace("{ mmap = true }", "{ mmap = [] }"), "empty list: it matches no cell"),
+        (ERROR + 'consumer_device = ["cuda|0"]\n', "consumer_device must be a name"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "not valid TOML .RecursionError"),
     ],
 )
 def test_bad_files_name_the_file_and_entry(tmp_path: Path, text: str, message: str) -> None:
