@@ -331,10 +331,15 @@ class ResultsError(ValueError):
 
 
 def load_results(paths: Sequence[Path]) -> list[CellResult]:
-    """Cells from report.json / results.json files of schema 2 or 1."""
+    """Cells from report.json / results.json files of schema 2 or 1; a file named twice (a shell
+    glob and a name, a link to it) is read once: its cells would count twice."""
     results: list[CellResult] = []
+    read_already: set[Path] = set()
     for path in paths:
         try:
+            if (resolved := Path(path).resolve()) in read_already:
+                continue
+            read_already.add(resolved)
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             schema = data.get("schema") if isinstance(data, dict) else None
             if schema not in (SCHEMA, SCHEMA_V1):
@@ -344,7 +349,9 @@ def load_results(paths: Sequence[Path]) -> list[CellResult]:
                 raise ValueError("cells must be a list")
             results += [read(c) for c in data["cells"]]
         except OSError as exc:
-            raise ResultsError(f"{path}: cannot read it ({exc.strerror})") from exc
+            raise ResultsError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ResultsError(f"{path}: not a results file written by ckpt-compat ({exc!s:.300})") from exc
+        except RuntimeError as exc:  # resolve() of a link that leads to itself, before Python 3.13
+            raise ResultsError(f"{path}: cannot read it ({exc})") from exc
     return results

@@ -189,3 +189,13 @@ def test_the_published_schema_refuses_what_the_reader_refuses(
     path.write_text(json.dumps(bad))
     with pytest.raises(ResultsError, match=message):
         load_results([path])
+
+
+def test_a_file_named_twice_counts_once(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(_cell_json())
+    (tmp_path / "link.json").symlink_to(path)
+    assert len(load_results([path, path, tmp_path / "link.json", tmp_path / "." / "r.json"])) == 1
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    with pytest.raises(ResultsError, match=r"loop\.json: cannot read it"):
+        load_results([tmp_path / "loop.json"])
