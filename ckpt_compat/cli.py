@@ -373,7 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench-report": _bench_report,
             "bench-gate": _bench_gate,
         }[args.command]
-        return command(args)
+        try:
+            return command(args)
+        except SystemExit as exc:  # a user's module, factory or forward called sys.exit(): no verdict, never a pass
+            raise UsageError(
+                f"{args.command}: code it ran called sys.exit({exc.code!r}) (a model's module, factory, inputs or "
+                "forward?); nothing was checked"
+            ) from None
     except UsageError as exc:
         from ckpt_compat.errorinfo import shown
 

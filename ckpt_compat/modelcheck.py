@@ -162,5 +162,6 @@ def check_model(
 
     started = time.perf_counter()
     model.check_deterministic()
+    model.check_forward()
     results = check_spec(model, formats, workdir, producers=producers, consumers=consumers)
     return ModelCheck(model, judge(results, expectations), time.perf_counter() - started, [f.name for f in formats])

@@ -74,7 +74,7 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         from ckpt_compat.expectations import Expectations, shipped
         from ckpt_compat.formats import UnknownFormat, Unsupported, available_formats, parse_format_list
         from ckpt_compat.modelcheck import Verdict, check_model
-        from ckpt_compat.usermodel import UserModel
+        from ckpt_compat.usermodel import UserModel, UserModelError
 
         names = formats or marked
         try:
@@ -90,6 +90,8 @@ def checkpoint_roundtrip(request: pytest.FixtureRequest, tmp_path: Path) -> Roun
         logging.disable(logging.INFO)
         try:
             checked = check_model(subject, chosen, known, workdir)
+        except UserModelError as exc:  # the test's model or inputs: its failure, in its words
+            pytest.fail(f"checkpoint_roundtrip: {exc}", pytrace=False)
         finally:
             logging.disable(logging.NOTSET)
         devices = ",".join(sorted({j.result.cell.consumer.device for j in checked.judgements}))

@@ -85,7 +85,10 @@ class UserModel:
             return copy.deepcopy(self.source)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = self.source()
+            try:
+                model = self.source()
+            except (Exception, SystemExit) as exc:  # sys.exit() in a factory must not end a check as passed
+                raise UserModelError(f"model={self.name}: the factory raised {_raised(exc)}") from exc
         if not isinstance(model, nn.Module):
             raise UserModelError(f"model={self.name}: the factory returned {type(model).__name__}, not an nn.Module")
         return model
@@ -100,6 +103,22 @@ class UserModel:
             except Exception:
                 pass
         return self._made(self.seed).to("meta").eval()
+
+    def check_forward(self) -> None:
+        """The forward must run on the example inputs before any save, or every cell would compare
+        one error with another and pass having checked no output: raise `UserModelError` with
+        what it raised (inputs of the wrong shape, dtype or device; a model that needs CUDA)."""
+        from ckpt_compat.loading import NoForward, forward_outputs
+
+        if self.call is None:
+            return
+        for output in forward_outputs(self._made(self.seed).eval(), self.call).values():
+            if isinstance(output, NoForward):
+                raise UserModelError(
+                    f"inputs={self.inputs_name or 'the example inputs'}: the model's forward raises on them on the "
+                    f"CPU, before any save ({output.error.type}: {' '.join(output.error.message.split())[:300]}); "
+                    "give inputs it runs on, or none to check the state dict only"
+                )
 
     def check_deterministic(self) -> None:
         """Two builds under the same seed must agree, or no saved file could be judged against a
@@ -146,6 +165,12 @@ def _perturb_state(model: nn.Module) -> None:
             tensor.copy_(flipped(tensor.detach().contiguous()))
 
 
+def _raised(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
 def import_object(reference: str, argument: str) -> Any:
     """``pkg.module:attr`` (or ``path/to/file.py:attr``), imported as the user's own code, with the
     current directory importable as pytest and uvicorn make it. Errors name the argument."""
@@ -162,7 +187,7 @@ def import_object(reference: str, argument: str) -> Any:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserModelError(
             f"{argument} {reference!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -187,8 +212,8 @@ def from_references(model: str, inputs: str | None = None) -> UserModel:
         return UserModel(source, example, name=model, inputs_name=inputs)
     except UserModelError:
         raise
-    except Exception as exc:
-        raise UserModelError(f"--inputs {inputs!r}: calling it raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise UserModelError(f"--inputs {inputs!r}: calling it raised {_raised(exc)}") from exc
 
 
 def is_user_model(data: Any) -> bool:

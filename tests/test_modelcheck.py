@@ -45,6 +45,20 @@ class Unsaved(KeywordNet):
 
 def inputs():
     return {"ids": torch.arange(12).reshape(2, 6) % 10, "mask": torch.ones(2, 10)}
+
+
+def wrong_inputs():
+    return {"ids": torch.arange(12).reshape(2, 6) % 10, "mask": torch.ones(2, 3)}  # mask of the wrong width
+
+
+def failing():
+    raise RuntimeError("no such config")
+
+
+def exiting():
+    import sys
+
+    sys.exit(0)
 '''
 
 
@@ -99,6 +113,34 @@ def test_usage_errors_are_one_line(project: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3, err
     assert "checkmodels has no attribute 'Missing'" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--model", "checkmodels:failing"],
+            "model=checkmodels:failing: the factory raised RuntimeError: no such config",
+        ),
+        (["--model", "checkmodels:exiting"], "the factory raised SystemExit: it called sys.exit(0)"),
+        (["--model", "checkmodels:KeywordNet", "--inputs", "checkmodels:exiting"], "calling it raised SystemExit"),
+        (
+            ["--model", "checkmodels:KeywordNet", "--inputs", "checkmodels:wrong_inputs"],
+            "inputs=checkmodels:wrong_inputs: the model's forward raises on them on the CPU, before any save "
+            "(RuntimeError: The size of tensor a (10) must match the size of tensor b (3)",
+        ),
+    ],
+)
+def test_a_model_or_inputs_that_cannot_run_is_a_usage_error_not_a_pass(
+    project: Path, capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    """A forward that raises on its inputs would compare one error with another in every cell and
+    pass having checked no output; a sys.exit(0) in a factory ended the command with 0."""
+    assert main(["check", *args, "-q", "--formats", "torch_zip", "--out", str(project / "out")]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert said in line, line
+    assert not (project / "out" / "report.json").exists()
 
 
 def test_a_model_corpus_is_verified_and_gated_like_the_fixtures(

@@ -26,7 +26,7 @@ def junit(tmp_path_factory: pytest.TempPathFactory) -> ET.Element:
         text=True,
         timeout=600,
     )
-    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the three culprits must fail
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the culprits must fail
     return ET.parse(xml).getroot()
 
 
@@ -69,6 +69,12 @@ def test_a_tie_that_comes_apart_is_named(junit: ET.Element) -> None:
     message = _failure(junit, "test_reference_tied_lm")
     assert "attributes['tied[0]']: aliasing: held the state-dict entry 'emb.weight'" in message
     assert "load_state_dict(assign=True)" in message
+
+
+def test_inputs_the_model_cannot_run_fail_the_test_saying_so(junit: ET.Element) -> None:
+    message = _failure(junit, "test_inputs_the_model_cannot_run")
+    assert "checkpoint_roundtrip: inputs=the example inputs: the model's forward raises on them" in message
+    assert "Embedding" in message or "Long" in message or "Int" in message, message  # what torch said
 
 
 def test_markers_are_registered() -> None:

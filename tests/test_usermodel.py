@@ -84,3 +84,15 @@ def test_references_name_the_argument(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(UserModelError, match="expected MODULE:NAME"):
         import_object("userpkg_models", "--model")
     assert import_object(str(tmp_path / "userpkg_models.py") + ":NUMBER", "--model") == 3
+
+
+def test_the_forward_must_run_on_the_inputs_before_any_save() -> None:
+    good = UserModel(TwoInputs, lambda: Call((torch.ones(2, 3),), {"scale": torch.tensor(2.0)}), inputs_name="good")
+    good.check_forward()
+    UserModel(TwoInputs).check_forward()  # no inputs: no forward to check
+    bad = UserModel(TwoInputs, lambda: Call((torch.ones(2, 5),), {"scale": torch.tensor(2.0)}), inputs_name="m:bad")
+    with pytest.raises(UserModelError, match=r"inputs=m:bad: the model's forward raises on them .*RuntimeError: mat1"):
+        bad.check_forward()
+    missing = UserModel(TwoInputs, torch.ones(2, 3))  # the keyword argument left out
+    with pytest.raises(UserModelError, match=r"TypeError: .*scale"):
+        missing.check_forward()

@@ -20,3 +20,8 @@ def test_shifted_lm(checkpoint_roundtrip):
 @pytest.mark.checkpoint_formats("torch_zip", "safetensors_model")
 def test_reference_tied_lm(checkpoint_roundtrip):
     checkpoint_roundtrip(mylib.ReferenceTiedLM, mylib.example_inputs)
+
+
+@pytest.mark.checkpoint_formats("torch_zip")
+def test_inputs_the_model_cannot_run(checkpoint_roundtrip):
+    checkpoint_roundtrip(mylib.TinyLM, lambda: mylib.example_inputs().float())  # token ids as floats
