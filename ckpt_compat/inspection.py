@@ -353,9 +353,14 @@ def _inspect_onnx(path: Path, description: str) -> Inspection:
     """onnx's own checker: a protobuf cut at a field boundary still parses, but not as a model."""
     import onnx
 
+    from ckpt_compat.onnxdata import external_data_problems
+
     result = Inspection(path, description, "onnx")
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
         result.problems.append(f"onnx.checker refuses it: {' '.join(str(exc).split())[:300]}")
+        return result
+    model = onnx.load(str(path), load_external_data=False)  # the checker just parsed it
+    result.problems += external_data_problems(model, path.parent)
     return result
