@@ -353,7 +353,7 @@ def _inspect_onnx(path: Path, description: str) -> Inspection:
     """onnx's own checker: a protobuf cut at a field boundary still parses, but not as a model."""
     import onnx
 
-    from ckpt_compat.onnxdata import external_data_problems
+    from ckpt_compat.onnxdata import tensor_data_problems
 
     result = Inspection(path, description, "onnx")
     try:
@@ -362,5 +362,5 @@ def _inspect_onnx(path: Path, description: str) -> Inspection:
         result.problems.append(f"onnx.checker refuses it: {' '.join(str(exc).split())[:300]}")
         return result
     model = onnx.load(str(path), load_external_data=False)  # the checker just parsed it
-    result.problems += external_data_problems(model, path.parent)
+    result.problems += tensor_data_problems(model, path.parent)
     return result

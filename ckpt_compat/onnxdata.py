@@ -1,4 +1,8 @@
-"""An ONNX model's external data, held to what onnx and ONNX Runtime need to use it.
+"""An ONNX model's tensor data, held to what onnx and ONNX Runtime need to use it.
+
+Raw data stored in the model must take exactly the bytes its shape and dtype do: ``onnx.checker``
+refuses too few but passes too many, which ONNX Runtime refuses (``raw_data size (12 bytes) does
+not match expected size from shape and data type (8 bytes)``).
 
 A tensor stored outside the model (``data_location = EXTERNAL``) names a file beside it and, where
 several tensors share one, an ``offset`` and a ``length``. ``onnx.checker`` on the model file
@@ -17,14 +21,22 @@ from pathlib import Path
 from typing import Any
 
 
-def external_data_problems(model: Any, folder: Path) -> list[str]:
+def tensor_data_problems(model: Any, folder: Path) -> list[str]:
     """One line per tensor of ``model`` (an ``onnx.ModelProto`` read without its external data)
-    whose external data in ``folder`` onnx cannot read or use."""
+    whose data (in the model, or external in ``folder``) onnx or ONNX Runtime cannot read or use."""
+    import onnx
+
     problems = []
     for tensor in _tensors(model):
-        problem = _problem(tensor, folder)
-        if problem:
-            problems.append(f"external data of tensor {tensor.name!r}: {problem}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            problem = _external_problem(tensor, folder)
+            if problem:
+                problems.append(f"external data of tensor {tensor.name!r}: {problem}")
+        elif tensor.raw_data and (needed := _nbytes(tensor)) is not None and len(tensor.raw_data) != needed:
+            problems.append(
+                f"tensor {tensor.name!r}: its shape {list(tensor.dims)} and dtype take {needed} bytes, its raw_data "
+                f"holds {len(tensor.raw_data)} (ONNX Runtime refuses it)"
+            )
     return problems
 
 
@@ -56,11 +68,7 @@ def _node_tensors(nodes: Iterable[Any]) -> Iterator[Any]:
                 yield from _graph_tensors(graph)
 
 
-def _problem(tensor: Any, folder: Path) -> str | None:
-    import onnx
-
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        return None
+def _external_problem(tensor: Any, folder: Path) -> str | None:
     fields = {entry.key: entry.value for entry in tensor.external_data}
     location = fields.get("location")
     if not location:

@@ -1,4 +1,4 @@
-"""ONNX external data: `check FILE` says broken where onnx cannot read or use the model's data."""
+"""ONNX tensor data: `check FILE` says broken where onnx or ONNX Runtime cannot read or use it."""
 
 from __future__ import annotations
 
@@ -86,3 +86,18 @@ def test_more_data_than_the_shape_takes_is_not_broken(tmp_path: Path) -> None:
     assert inspect_checkpoint(path).verdict == "ok"
     ort = pytest.importorskip("onnxruntime")
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_raw_data_longer_than_its_shape_is_broken(tmp_path: Path) -> None:
+    """onnx.checker passes raw_data longer than the shape takes; ONNX Runtime refuses the model."""
+    model = onnx.load(str(FIXTURE / "onnx.onnx"))
+    tensor = next(t for t in model.graph.initializer if t.raw_data)
+    tensor.raw_data += b"\0" * 4
+    path = tmp_path / "long.onnx"
+    path.write_bytes(model.SerializeToString())
+    onnx.checker.check_model(str(path))
+    problems = inspect_checkpoint(path).problems
+    assert any(f"tensor {tensor.name!r}: its shape" in p and "ONNX Runtime refuses it" in p for p in problems), problems
+    ort = pytest.importorskip("onnxruntime")
+    with pytest.raises(Exception, match="raw_data size"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
