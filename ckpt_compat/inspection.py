@@ -3,7 +3,8 @@ unpickled, imported or executed (`ckpt-compat check FILE`).
 
 Each format is held to its own rules: a zip's central directory, every CRC and each tensor
 storage's record length against its dtype and element count; the legacy format's five pickles and
-storage layout; safetensors' header rules; onnx's checker; a DCP `.metadata` pickle's globals. The
+storage layout; safetensors' header rules; onnx's checker and each tensor's bytes (`onnxdata`); a DCP `.metadata`
+pickle's globals, and its data files against it (`dcpmeta`). The
 pickles are scanned (`picklescan`) for what a ``weights_only=True`` load would refuse.
 """
 
@@ -336,7 +337,8 @@ def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
 
 
 def _inspect_dcp(path: Path) -> Inspection:
-    from ckpt_compat.formats.dcp import untrusted_refusal
+    from ckpt_compat.dcpmeta import storage_problems
+    from ckpt_compat.formats.dcp import metadata_globals, untrusted_refusal
 
     if not (path / ".metadata").is_file():
         return Inspection(path, f"{path} is a directory but not a DCP checkpoint (no .metadata)", "unknown")
@@ -344,8 +346,10 @@ def _inspect_dcp(path: Path) -> Inspection:
     refusal = untrusted_refusal(path)
     if refusal and "not a well-formed pickle" in refusal:
         result.problems.append(refusal)
-    elif refusal:
+        return result
+    if refusal:
         result.executes = f"DCP's reader unpickles with plain pickle: {refusal}"
+    result.problems += storage_problems(path, metadata_globals())
     return result
 
 

@@ -106,6 +106,13 @@ def untrusted_refusal(path: Path) -> str | None:
     return None
 
 
+def metadata_globals() -> frozenset[str]:
+    """Every global a DCP .metadata pickle of any release names: its classes (non-tensor values'
+    BytesStorageMetadata too) and torch's dtypes; what `dcpmeta` reads as inert records."""
+    dtypes = {f"torch.{name}" for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
+    return _METADATA_GLOBALS | {"torch.distributed.checkpoint.metadata.BytesStorageMetadata"} | dtypes
+
+
 def _is_dtype(name: str) -> bool:
     module, _, attr = name.rpartition(".")
     return module == "torch" and isinstance(getattr(torch, attr, None), torch.dtype)
