@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -410,3 +411,64 @@ def test_onnx_is_read_only_where_the_exporter_takes_no_keyword_inputs(monkeypatc
     monkeypatch.setattr(torch.onnx, "export", export_of_2_4)
     assert "takes no kwargs=" in (onnx._why_unable_to_save() or "")
     assert onnx._why_unavailable() is None  # files are still read
+
+
+@pytest.fixture
+def broken_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> contextlib.AbstractContextManager[None]:
+    """An installed distribution (a real .dist-info on sys.path) whose entry points do not load:
+    a format naming a module that is not there, one naming what is no Format, a known-issue list
+    whose module is not there."""
+    from ckpt_compat.formats import all_formats
+
+    info = tmp_path / "broken_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[ckpt_compat.formats]\nbroken_fmt = no_such_module_for_ckpt_compat:Fmt\nnot_a_fmt = os.path:join\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    @contextlib.contextmanager
+    def installed() -> Iterator[None]:
+        all_formats.cache_clear()
+        try:
+            yield
+        finally:
+            all_formats.cache_clear()
+
+    return installed()
+
+
+def test_a_plugin_that_does_not_load_is_unavailable_saying_why(
+    broken_plugins: contextlib.AbstractContextManager[None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ckpt_compat.cli import main
+    from ckpt_compat.formats import Unloadable, all_formats, available_formats
+
+    with broken_plugins:
+        formats = all_formats()
+        broken, wrong = formats["broken_fmt"], formats["not_a_fmt"]
+        assert isinstance(broken, Unloadable) and isinstance(wrong, Unloadable)
+        why = broken.why_unavailable() or ""
+        assert "entry point 'broken_fmt' = 'no_such_module_for_ckpt_compat:Fmt' of broken-plugin does not load" in why
+        assert "ModuleNotFoundError" in why and "fix or uninstall the package" in why
+        assert "not a ckpt_compat Format subclass" in (wrong.why_unavailable() or "")
+        usable = {f.name for f in available_formats()}
+        assert "torch_zip" in usable and not usable & {"broken_fmt", "not_a_fmt"}
+        with pytest.raises(Unsupported, match="does not load"):
+            broken.save(torch.nn.Linear(1, 1), Path("never-written.pt"))
+        assert main(["formats"]) == 0
+    out = capsys.readouterr().out
+    assert "broken_fmt" in out and "unavailable: entry point 'broken_fmt'" in out
+
+
+def test_a_known_issue_plugin_that_does_not_load_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt_compat.expectations import ExpectationsError, shipped
+
+    info = tmp_path / "broken_issues-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-issues\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[ckpt_compat.expectations]\nbroken = no_such_module_for_ckpt_compat:f\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ExpectationsError, match=r"entry point 'broken' = .* of broken-issues does not load"):
+        shipped()

@@ -6,8 +6,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import inspect
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
 
 from ckpt_compat.formats.base import Format, Loaded, Unsupported, Untrusted
 from ckpt_compat.formats.dcp import DCP, DCPFromTorchSave
@@ -21,6 +25,7 @@ __all__ = [
     "Format",
     "Loaded",
     "UnknownFormat",
+    "Unloadable",
     "Unsupported",
     "Untrusted",
     "all_formats",
@@ -53,15 +58,50 @@ class UnknownFormat(ValueError):
     pass
 
 
+class Unloadable(Format):
+    """A third-party format whose entry point does not load (its package broken, half-installed,
+    or naming what is no Format): unavailable, with why, under the entry point's name. One broken
+    plugin must not stop every command, nor drop out of the reports unsaid."""
+
+    reason: ClassVar[str] = ""
+    description = "a third-party format whose entry point does not load"
+    suffix = ""
+
+    def why_unavailable(self) -> str | None:
+        return self.reason
+
+    def _save(self, model: nn.Module, path: Path, inputs: Any) -> None:
+        raise Unsupported(self.reason)
+
+    def load(self, path: Path, options: Any, map_location: Any, fresh_model: Any, *, trusted: bool) -> Loaded:
+        raise Unsupported(self.reason)
+
+
+def _plugin(ep: importlib.metadata.EntryPoint) -> Format:
+    """The format an entry point names, or an `Unloadable` saying why not."""
+    dist = getattr(getattr(ep, "dist", None), "name", None)
+    where = f"entry point {ep.name!r} = {ep.value!r}" + (f" of {dist}" if dist else "")
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        why = f"{where} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    else:
+        if isinstance(cls, type) and issubclass(cls, Format) and not inspect.isabstract(cls):
+            made: Format = cls()
+            return made
+        why = f"{where} is {cls!r:.80}, not a ckpt_compat Format subclass"
+    reason = f"{why}; fix or uninstall the package that provides it"
+    unloadable: type[Unloadable] = type("Unloadable", (Unloadable,), {"name": ep.name, "reason": reason})
+    return unloadable()
+
+
 @functools.cache
 def all_formats() -> dict[str, Format]:
     """Every registered format by name, built-ins first, available or not."""
     formats = {cls.name: cls() for cls in BUILTIN}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Format)):
-            raise TypeError(f"entry point {ep.name!r} = {ep.value!r} is not a ckpt_compat Format subclass")
-        formats.setdefault(cls.name, cls())
+        plugin = _plugin(ep)
+        formats.setdefault(plugin.name, plugin)
     return formats
 
 
