@@ -459,6 +459,8 @@ def _read_spec(path: Path) -> ModelSpec:
         raise UsageError(f"--spec {path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except SpecError as exc:
         raise UsageError(f"--spec {path}: {exc}") from None
+    except RecursionError:  # JSON, or a spec's tree of blocks, nested past Python's recursion limit
+        raise UsageError(f"--spec {path}: nested too deeply to be a ModelSpec") from None
 
 
 def _finish(report: Report, out: Path) -> int:

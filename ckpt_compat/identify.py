@@ -131,7 +131,7 @@ def _safetensors(path: Path, head: bytes) -> str:
         f.seek(8)
         try:
             header = json.loads(f.read(size))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the limit, no header safetensors writes
             return ""
     tensors = [k for k in header if k != "__metadata__"]
     return f"a safetensors file with {len(tensors)} tensor(s)"

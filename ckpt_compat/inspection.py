@@ -282,7 +282,7 @@ def _inspect_safetensors(path: Path, size: int) -> Inspection:
         raw = f.read(length)
     try:
         header = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         result.problems.append(f"the header is not valid JSON ({exc})")
         return result
     if not isinstance(header, dict):

@@ -333,3 +333,26 @@ def test_the_commands_that_read_results_import_no_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gate passed: 1 cells, 1 non-ok explained" in done.stdout
+
+
+def test_inputs_nested_past_the_recursion_limit_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON nested deeper than Python's recursion limit raises RecursionError, not a decode error:
+    every reader of a file from elsewhere says what is wrong with it, in one line."""
+    import struct
+
+    from ckpt_compat.cli import main
+
+    deep = '{"a": ' * 50_000 + "1" + "}" * 50_000
+    (tmp_path / "deep.json").write_text(deep)
+    header = deep.encode()
+    (tmp_path / "deep.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert main(["check", "--spec", str(tmp_path / "deep.json"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["bench-report", str(tmp_path / "deep.json"), "--out", str(tmp_path / "bench")]) == 2
+    assert main(["gate", str(tmp_path / "deep.json")]) == 2
+    assert main(["check", str(tmp_path / "deep.safetensors")]) == 1  # broken, not an internal error
+    captured = capsys.readouterr()
+    assert "internal error" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 3, captured.err
+    assert "the header is not valid JSON" in captured.out

@@ -45,7 +45,7 @@ def read_run(path: Path) -> Run:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise BenchResultError(f"{path}: cannot read it ({exc.strerror})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BenchResultError(f"{path}: not JSON ({exc}); pass the file pytest --benchmark-json wrote") from exc
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise BenchResultError(f"{path}: not pytest-benchmark JSON (no 'benchmarks' list)")
