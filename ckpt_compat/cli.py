@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         type=Path,
         metavar="CHECKPOINT",
-        help="a checkpoint file or DCP directory: its real format, structural damage, and what a "
+        help="a checkpoint file, DCP directory or Hugging Face folder: its real format, structural damage, and what a "
         "weights_only=True load would refuse (nothing is unpickled or executed); exit 0 loadable, "
         "1 broken or unsafe",
     )

@@ -44,6 +44,7 @@ class Inspection:
     unreadable: list[str] = field(default_factory=list)  # opcodes the weights_only unpickler lacks
     executes: str = ""  # why loading it runs code from the file, whatever the options
     protocol: int = 0  # of its pickle(s)
+    tensor_names: list[str] | None = None  # as a safetensors header lists them (None: not read here)
 
     @property
     def verdict(self) -> str:
@@ -86,6 +87,10 @@ def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
     """Inspect ``path`` without unpickling or executing anything. Raises NotAFile or OSError."""
     info = refuse_special(path, max_size)
     if stat.S_ISDIR(info.st_mode):
+        from ckpt_compat.hffolder import inspect_folder, is_hf_folder
+
+        if not (path / ".metadata").is_file() and is_hf_folder(path):
+            return inspect_folder(path, max_size)
         return _inspect_dcp(path)
     found = identify_kind(path)
     with open(path, "rb") as f:
@@ -290,6 +295,7 @@ def _inspect_safetensors(path: Path, size: int) -> Inspection:
         return result
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     result.description = f"a safetensors file with {len(tensors)} tensor(s)"
+    result.tensor_names = list(tensors)
     spans = []
     for key, meta in tensors.items():
         problem, span = _tensor_problem(key, meta)
@@ -341,7 +347,12 @@ def _inspect_dcp(path: Path) -> Inspection:
     from ckpt_compat.formats.dcp import metadata_globals, untrusted_refusal
 
     if not (path / ".metadata").is_file():
-        return Inspection(path, f"{path} is a directory but not a DCP checkpoint (no .metadata)", "unknown")
+        return Inspection(
+            path,
+            "a directory that is neither a DCP checkpoint (no .metadata) nor a Hugging Face folder "
+            "(no model.safetensors, pytorch_model.bin or their .index.json)",
+            "unknown",
+        )
     result = Inspection(path, "a torch.distributed.checkpoint (DCP) directory", "dcp")
     refusal = untrusted_refusal(path)
     if refusal and "not a well-formed pickle" in refusal:

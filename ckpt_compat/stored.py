@@ -161,28 +161,49 @@ def _folder(path: Path, max_size: int) -> Stored:
     return _sharded(path / name, max_size)
 
 
-def _sharded(index: Path, max_size: int) -> Stored:
+MAX_INDEX = 100 * 2**20  # bytes of a sharded-checkpoint index read (a large model's is a few MiB)
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a Hugging Face sharded-checkpoint index (tensor name -> shard file);
+    raises `StoredError` naming the index."""
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        with open(index, "rb") as stream:
+            text = stream.read(MAX_INDEX + 1)
+        if len(text) > MAX_INDEX:
+            raise ValueError(f"over {MAX_INDEX // 2**20} MiB")
+        weight_map = json.loads(text.decode("utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a mapping of names to shard files")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise StoredError(f"{index}: not a readable sharded-checkpoint index ({type(exc).__name__}: {exc})") from exc
+    return weight_map
+
+
+def shard_path(index: Path, shard_name: str) -> Path:
+    """Where a shard the index names lies; raises `StoredError` for a name that leads outside
+    the index's folder or is no file name at all."""
+    try:
+        found = (index.parent / shard_name).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL in the name, a loop of links
+        raise StoredError(f"{index}: shard {shard_name!r} is not a file name ({exc})") from exc
+    if index.parent.resolve() not in found.parents:
+        raise StoredError(f"{index}: shard {shard_name!r} lies outside the folder; refusing to read it")
+    return found
+
+
+def _sharded(index: Path, max_size: int) -> Stored:
+    weight_map = read_index(index)
     tensors: dict[str, TensorInfo] = {}
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
     problems: list[str] = []
     for shard_name in sorted(set(weight_map.values())):
-        try:
-            shard_path = (index.parent / shard_name).resolve()
-        except (OSError, ValueError) as exc:  # a NUL in the name, a loop of links
-            raise StoredError(f"{index}: shard {shard_name!r} is not a file name ({exc})") from exc
-        if index.parent.resolve() not in shard_path.parents:
-            raise StoredError(f"{index}: shard {shard_name!r} lies outside the folder; refusing to read it")
-        if not shard_path.is_file():
-            what = "not a regular file" if shard_path.exists() else "missing"  # a folder, a FIFO
+        located = shard_path(index, shard_name)
+        if not located.is_file():
+            what = "not a regular file" if located.exists() else "missing"  # a folder, a FIFO
             problems.append(f"shard {shard_name} named by the index is {what}")
             continue
-        shard = _file(shard_path, max_size)
+        shard = _file(located, max_size)
         listed = {k for k, v in weight_map.items() if v == shard_name}
         if listed - set(shard.tensors):
             problems.append(f"{shard_name} lacks {len(listed - set(shard.tensors))} key(s) the index puts there")
@@ -201,4 +222,4 @@ def _sharded(index: Path, max_size: int) -> Stored:
     )
 
 
-__all__ = ["NotAFile", "Stored", "StoredError", "TensorInfo", "read_stored"]
+__all__ = ["NotAFile", "Stored", "StoredError", "TensorInfo", "read_index", "read_stored", "shard_path"]
