@@ -125,7 +125,8 @@ def _safetensors(path: Path, head: bytes) -> str:
     if len(head) < 9:
         return ""
     (size,) = struct.unpack("<Q", head[:8])
-    if not 2 <= size <= min(100 * 2**20, path.stat().st_size - 8) or head[8:9] != b"{":
+    # JSON whitespace may lead the header: safetensors' reader takes it.
+    if not 2 <= size <= min(100 * 2**20, path.stat().st_size - 8) or head[8:].lstrip(b" \t\r\n")[:1] != b"{":
         return ""
     with open(path, "rb") as f:
         f.seek(8)

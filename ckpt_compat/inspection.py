@@ -99,7 +99,8 @@ def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
         return _inspect_zip(path, found)
     if found.kind == "torch_legacy":
         return _inspect_legacy(path, found.description, info.st_size)
-    if len(head) >= 9 and head[8:9] == b"{":  # a safetensors header, even one identify cannot read
+    # A safetensors header (after any JSON whitespace), even one identify cannot read.
+    if len(head) >= 9 and head[8:].lstrip(b" \t\r\n")[:1] == b"{":
         return _inspect_safetensors(path, info.st_size)
     if found.kind == "onnx":
         return _inspect_onnx(path, found.description)
@@ -293,6 +294,9 @@ def _inspect_safetensors(path: Path, size: int) -> Inspection:
     if not isinstance(header, dict):
         result.problems.append("the header is not a JSON object")
         return result
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        result.problems.append(f"__metadata__ {metadata!r:.80} is not a map of strings to strings")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     result.description = f"a safetensors file with {len(tensors)} tensor(s)"
     result.tensor_names = list(tensors)
@@ -321,16 +325,17 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
-    if not isinstance(meta, dict) or set(meta) != {"dtype", "shape", "data_offsets"}:
-        return f"{key}: a tensor entry needs exactly dtype, shape and data_offsets", None
+    # safetensors' reader ignores other fields of an entry, as a JSON decoder of its struct does.
+    if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= set(meta):
+        return f"{key}: a tensor entry needs dtype, shape and data_offsets", None
     # Any JSON can stand in a damaged header: a dtype that is a list or an object is unknown too.
     bits = _SAFETENSORS_BITS.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
     shape, offsets = meta["shape"], meta["data_offsets"]
     if bits is None:
         return f"{key}: unknown dtype {meta['dtype']!r}", None
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # true is no integer
         return f"{key}: shape {shape!r} is not a list of non-negative integers", None
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
         return f"{key}: data_offsets {offsets!r} is not [begin, end]", None
     begin, stop = offsets
     numel = 1

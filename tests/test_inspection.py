@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,3 +346,53 @@ def test_a_name_cannot_print_a_line_of_its_own(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "ckpt_compat.cli", "check", str(tmp_path / "no\nsuch.pt")]
     missing = subprocess.run(command, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no\\nsuch.pt" in missing.stderr
+
+
+def _header_case(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        raw = path.read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + size])
+        change(header)
+        text = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+    return write
+
+
+def _leading_space(path: Path) -> None:
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(struct.pack("<Q", size + 1) + b" " + raw[8:])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _header_case(lambda h: h.setdefault("__metadata__", {}).update({"x": 1})),
+        _header_case(lambda h: h.update({"__metadata__": [1]})),
+        _header_case(lambda h: h.update({"__metadata__": None})),
+        _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").update({"note": 1})),
+        _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").update({"shape": [True]})),
+        _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").pop("shape")),
+        _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").update({"dtype": "f32"})),
+        _leading_space,
+    ],
+)
+def test_a_safetensors_verdict_is_what_safetensors_does(tmp_path: Path, change: Callable[[Path], None]) -> None:
+    """Differential: each header edit is ok to `check` exactly when safetensors' own reader opens the
+    file and reads every tensor and the metadata."""
+    from safetensors import safe_open
+
+    path = _copy("safetensors", tmp_path)
+    change(path)
+    try:
+        with safe_open(str(path), framework="pt") as reader:
+            for key in reader.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+                reader.get_tensor(key)
+            reader.metadata()
+        loads = True
+    except Exception:
+        loads = False
+    inspection = inspect_checkpoint(path)
+    assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
