@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import struct
 import warnings
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckpt_compat.errorinfo import one_line
 from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, expansion_problem, identify_kind, refuse_special
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
@@ -170,6 +172,7 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
         problem = _storage_problem(pid, lambda key: names.get(f"{prefix}data/{key}"))
         if problem:
             result.problems.append(problem)
+    result.problems += _container_problems(path)
     result.refused = _refusals([pickled], path)
     result.unreadable, result.protocol = unreadable_opcodes([pickled]), pickled.protocol
     if result.refused or result.unreadable:
@@ -177,6 +180,33 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
             "for torch.load(weights_only=True)", "which only weights_only=False reads"
         )
     return result
+
+
+def _container_problems(path: Path) -> list[str]:
+    """What torch's own archive reader says of the records around the pickle: its first step in
+    torch.load, which unpickles nothing. A version record that is missing, not a number or newer
+    than this torch reads, a serialization id that is not text, a byteorder neither little nor big:
+    each passes zip's CRCs and fails every load."""
+    import torch
+
+    reader_class = getattr(torch._C, "PyTorchFileReader", None)
+    if reader_class is None:
+        return []
+    try:
+        reader = reader_class(str(path))
+        if hasattr(reader, "serialization_id"):
+            reader.serialization_id()
+    except (RuntimeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        said = _ENFORCE.sub("", one_line(str(exc))).split(" (Could this error message be improved?")[0]
+        return [f"torch's archive reader refuses it: {said[:300]}"]
+    if reader.has_record("byteorder"):
+        order = bytes(reader.get_record("byteorder"))
+        if order not in (b"little", b"big"):
+            return [f"its byteorder record is {order[:40]!r}, neither little nor big: torch.load fails on it"]
+    return []
+
+
+_ENFORCE = re.compile(r"\[enforce fail at [^\]]*\]\s*\.?\s*")
 
 
 def _outside_archive_dir(names: list[str]) -> str:

@@ -396,3 +396,53 @@ def test_a_safetensors_verdict_is_what_safetensors_does(tmp_path: Path, change: 
         loads = False
     inspection = inspect_checkpoint(path)
     assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
+
+
+def _records(change: Callable[[dict[str, bytes], str], None]) -> Callable[[Path], None]:
+    """The torch.save archive rebuilt with its records changed: every CRC right, as a tool that
+    edits archives (or a writer with a bug) leaves it."""
+    import io
+    import zipfile
+
+    def write(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            records = {name: archive.read(name) for name in archive.namelist()}
+        root = next(iter(records)).split("/")[0]
+        change(records, root)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in records.items():
+                archive.writestr(zipfile.ZipInfo(name), data)
+        path.write_bytes(out.getvalue())
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _records(lambda r, root: None),
+        _records(lambda r, root: r.pop(f"{root}/version")),
+        _records(lambda r, root: r.update({f"{root}/version": b"99\n"})),
+        _records(lambda r, root: r.update({f"{root}/version": b"abc\n"})),
+        _records(lambda r, root: r.update({f"{root}/byteorder": b"middle"})),
+        _records(lambda r, root: r.update({f"{root}/.data/serialization_id": b"\xff\xfe"})),
+        _records(lambda r, root: r.pop(f"{root}/byteorder", None)),
+        _records(lambda r, root: r.update({f"{root}/extra": b"x"})),
+    ],
+)
+def test_a_torch_zip_verdict_is_what_torch_load_does(tmp_path: Path, change: Callable[[Path], None]) -> None:
+    """Differential: each record edit is ok to `check` exactly when torch.load(weights_only=True)
+    reads the file back with the values it was saved with."""
+    import torch
+
+    path = _copy("torch_zip", tmp_path)
+    saved = torch.load(str(path), weights_only=True)
+    change(path)
+    try:
+        loaded = torch.load(str(path), weights_only=True)
+        loads = loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    except Exception:
+        loads = False
+    inspection = inspect_checkpoint(path)
+    assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
