@@ -26,9 +26,11 @@ from ckpt_compat.errorinfo import one_line
 from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, expansion_problem, identify_kind, refuse_special
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
-# Bits per element of each safetensors dtype (safetensors 0.6+; F4 and F6 are packed).
+# Bits per element of each safetensors dtype (safetensors 0.6+, the FNUZ floats 0.7+; F4 and F6
+# are packed), every name safetensors 0.8's reader takes.
 _SAFETENSORS_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
     "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
     "I64": 64, "U64": 64,
 }  # fmt: skip
@@ -172,6 +174,7 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
         problem = _storage_problem(pid, lambda key: names.get(f"{prefix}data/{key}"))
         if problem:
             result.problems.append(problem)
+    result.problems += [problem for view in pickled.tensor_views if (problem := _view_problem(view))]
     result.problems += _container_problems(path)
     result.refused = _refusals([pickled], path)
     result.unreadable, result.protocol = unreadable_opcodes([pickled]), pickled.protocol
@@ -265,6 +268,33 @@ def _storage_problem(pid: Any, record: Any) -> str:
         return f"tensor storage {key} is referenced but missing from the archive"
     if info.file_size != numel * size:
         return f"tensor storage {key} holds {info.file_size} bytes; its {numel} elements need {numel * size}"
+    return ""
+
+
+def _view_problem(args: tuple[Any, ...]) -> str:
+    """A tensor rebuilt as (storage, offset, size, stride) that reaches past its storage's elements:
+    torch.load fails on it ("Trying to resize storage that is not resizable"); "" when it fits or
+    cannot be read statically."""
+    from ckpt_compat.picklescan import PersistentRef
+
+    if len(args) < 4 or not isinstance(args[0], PersistentRef):
+        return ""
+    pid, offset, size, stride = args[0].pid, args[1], args[2], args[3]
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and type(pid[4]) is int):
+        return ""
+    numbers = [offset, *size, *stride] if isinstance(size, tuple) and isinstance(stride, tuple) else None
+    if numbers is None or len(size) != len(stride) or not all(type(n) is int for n in numbers):
+        return ""
+    if any(n == 0 for n in size):
+        return ""  # an empty view reads nothing
+    if offset < 0 or any(n < 0 for n in (*size, *stride)):
+        return f"a tensor of storage {pid[2]} has a negative offset, size or stride ({offset}, {size}, {stride})"
+    reach = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
+    if reach > pid[4]:
+        return (
+            f"a tensor of size {list(size)}, stride {list(stride)} at offset {offset} reaches element {reach} of "
+            f"storage {pid[2]}, which holds {pid[4]}: torch.load cannot rebuild it"
+        )
     return ""
 
 

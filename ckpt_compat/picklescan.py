@@ -84,6 +84,17 @@ class _Mark:
 
 
 @dataclass(frozen=True)
+class PersistentRef:
+    """What a persistent id loads as, on the modelled stack: the storage it names."""
+
+    pid: Any
+
+
+# How torch.save's pickle rebuilds a tensor: (storage, storage_offset, size, stride, ...).
+REBUILD_TENSOR = frozenset({"torch._utils._rebuild_tensor_v2"})
+
+
+@dataclass(frozen=True)
 class Global:
     """A global on the modelled stack (a dtype or storage class inside a persistent id)."""
 
@@ -103,6 +114,9 @@ class PickleScan:
     # torch.save's references to tensor storages, as literal tuples where the scan could read
     # them (("storage", Global("torch.float32"), "0", "cpu", 6) in the zip format).
     persistent_ids: list[Any] = field(default_factory=list)
+    # The argument tuples of its `REBUILD_TENSOR` calls, literal where the scan could read them:
+    # (PersistentRef(pid), storage_offset, size, stride, ...).
+    tensor_views: list[tuple[Any, ...]] = field(default_factory=list)
     opcodes: int = 0
     used: set[str] = field(default_factory=set)  # the opcodes it holds, by name
     protocol: int = 0
@@ -151,9 +165,14 @@ def _step(opcode: pickletools.OpcodeInfo, arg: Any, stack: list[Any], memo: dict
     if name in _CALLS:
         out.calls += 1
     if name == "BINPERSID":
-        out.persistent_ids.append(_pop(stack))
-        stack.append(None)
+        pid = _pop(stack)
+        out.persistent_ids.append(pid)
+        stack.append(PersistentRef(pid))
         return
+    if name == "REDUCE" and len(stack) >= 2 and isinstance(stack[-1], tuple):
+        called = stack[-2]
+        if isinstance(called, Global) and called.name in REBUILD_TENSOR:
+            out.tensor_views.append(stack[-1])
     if name == "PERSID":
         out.persistent_ids.append(arg)
     if name == "STACK_GLOBAL":

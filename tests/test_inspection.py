@@ -446,3 +446,45 @@ def test_a_torch_zip_verdict_is_what_torch_load_does(tmp_path: Path, change: Cal
         loads = False
     inspection = inspect_checkpoint(path)
     assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
+
+
+@pytest.mark.parametrize(("field", "value"), [(0, 1), (1, 7), (2, 2), (2, 0), (1, 0)])
+def test_a_tensor_view_past_its_storage_is_broken_as_torch_load_finds(tmp_path: Path, field: int, value: int) -> None:
+    """The pickle's (storage offset, size, stride) of a 6-element tensor rewritten in place: a view
+    reaching past the storage fails torch.load; a broadcast (stride 0) or empty one loads."""
+    import io
+    import pickletools
+    import zipfile
+
+    import torch
+
+    path = tmp_path / "view.pt"
+    torch.save({"a": torch.arange(6, dtype=torch.float32)}, path)
+    with zipfile.ZipFile(path) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    name = next(n for n in records if n.endswith("data.pkl"))
+    ops = list(pickletools.genops(records[name]))
+    after = next(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
+    small = [pos for op, _, pos in ops[after:] if op.name == "BININT1"][:3]  # offset, size, stride
+    pickled = bytearray(records[name])
+    pickled[small[field] + 1] = value
+    records[name] = bytes(pickled)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for member, data in records.items():
+            archive.writestr(zipfile.ZipInfo(member), data)
+    path.write_bytes(out.getvalue())
+    try:
+        torch.load(str(path), weights_only=True)
+        loads = True
+    except RuntimeError:
+        loads = False
+    inspection = inspect_checkpoint(path)
+    assert (inspection.verdict == "ok") is loads, inspection.lines()
+    assert loads or any("torch.load cannot rebuild it" in p for p in inspection.problems)
+
+
+def test_safetensors_fnuz_floats_are_read_as_safetensors_reads_them() -> None:
+    for name in ("float8_e4m3fnuz", "float8_e5m2fnuz"):
+        path = TIED.parent / f"dtype-{name}" / "safetensors_file.safetensors"
+        assert inspect_checkpoint(path).verdict == "ok", inspect_checkpoint(path).lines()
