@@ -1,17 +1,18 @@
 """Is a checkpoint file sound, and does loading it run code? Read from its bytes alone: nothing is
 unpickled, imported or executed (`ckpt-compat check FILE`).
 
-Each format is held to its own rules: a zip's central directory, every CRC and each tensor
-storage's record length against its dtype and element count; the legacy format's five pickles and
-storage layout; safetensors' header rules; onnx's checker and each tensor's bytes (`onnxdata`); a DCP `.metadata`
-pickle's globals, and its data files against it (`dcpmeta`). The
-pickles are scanned (`picklescan`) for what a ``weights_only=True`` load would refuse.
+Each format is held to its own rules: a zip's central directory and every CRC, the records torch's
+own archive reader checks, each tensor storage's record length against its dtype and element
+count, each tensor view inside its storage; the legacy format's five pickles and storage layout;
+safetensors' header rules (`safetensors_header`); onnx's checker and each tensor's bytes
+(`onnxdata`); a DCP `.metadata` pickle's globals, and its data files against it (`dcpmeta`); a
+Hugging Face folder's shards against its index (`hffolder`). The pickles are scanned
+(`picklescan`) for what a ``weights_only=True`` load would refuse.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -24,16 +25,6 @@ from typing import Any
 
 from ckpt_compat.errorinfo import one_line
 from ckpt_compat.identify import MAX_SIZE, ZIP_ERRORS, Identified, expansion_problem, identify_kind, refuse_special
-
-MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit safetensors itself enforces
-# Bits per element of each safetensors dtype (safetensors 0.6+, the FNUZ floats 0.7+; F4 and F6
-# are packed), every name safetensors 0.8's reader takes.
-_SAFETENSORS_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
-    "I64": 64, "U64": 64,
-}  # fmt: skip
 
 
 @dataclass
@@ -105,7 +96,9 @@ def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
         return _inspect_legacy(path, found.description, info.st_size)
     # A safetensors header (after any JSON whitespace), even one identify cannot read.
     if len(head) >= 9 and head[8:].lstrip(b" \t\r\n")[:1] == b"{":
-        return _inspect_safetensors(path, info.st_size)
+        from ckpt_compat.safetensors_header import inspect_safetensors
+
+        return inspect_safetensors(path, info.st_size)
     if found.kind == "onnx":
         return _inspect_onnx(path, found.description)
     return Inspection(path, found.description, "unknown")
@@ -334,77 +327,6 @@ def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
     result.refused = _refusals(scans[3:4], path)
     result.unreadable, result.protocol = unreadable_opcodes(scans), max((s.protocol for s in scans), default=0)
     return result
-
-
-def _inspect_safetensors(path: Path, size: int) -> Inspection:
-    """safetensors' own header rules: a JSON header of at most 100 MB, each tensor's offsets in
-    range, contiguous from 0 with no gap or overlap, and exactly numel x itemsize bytes."""
-    result = Inspection(path, "a safetensors file", "safetensors")
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
-            result.problems.append(f"the header claims {length:,} bytes; the file has {size - 8:,} after its size")
-            return result
-        raw = f.read(length)
-    try:
-        header = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        result.problems.append(f"the header is not valid JSON ({exc})")
-        return result
-    if not isinstance(header, dict):
-        result.problems.append("the header is not a JSON object")
-        return result
-    metadata = header.get("__metadata__")
-    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        result.problems.append(f"__metadata__ {metadata!r:.80} is not a map of strings to strings")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    result.description = f"a safetensors file with {len(tensors)} tensor(s)"
-    result.tensor_names = list(tensors)
-    spans = []
-    for key, meta in tensors.items():
-        problem, span = _tensor_problem(key, meta)
-        if problem:
-            result.problems.append(problem)
-        elif span:
-            spans.append((*span, key))
-    end = 0
-    for begin, stop, key in sorted(spans):
-        if begin != end:
-            result.problems.append(f"{key}: starts at byte {begin}, not {end} (a gap or an overlap)")
-        end = max(end, stop)
-    if end != size - 8 - length:
-        result.problems.append(f"the tensors cover {end:,} bytes; the data section has {size - 8 - length:,}")
-    return result
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
-def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
-    # safetensors' reader ignores other fields of an entry, as a JSON decoder of its struct does.
-    if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= set(meta):
-        return f"{key}: a tensor entry needs dtype, shape and data_offsets", None
-    # Any JSON can stand in a damaged header: a dtype that is a list or an object is unknown too.
-    bits = _SAFETENSORS_BITS.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
-    shape, offsets = meta["shape"], meta["data_offsets"]
-    if bits is None:
-        return f"{key}: unknown dtype {meta['dtype']!r}", None
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # true is no integer
-        return f"{key}: shape {shape!r} is not a list of non-negative integers", None
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-        return f"{key}: data_offsets {offsets!r} is not [begin, end]", None
-    begin, stop = offsets
-    numel = 1
-    for d in shape:
-        numel *= d
-    need = (numel * bits + 7) // 8
-    if not 0 <= begin <= stop or stop - begin != need:
-        return f"{key}: data_offsets {offsets} hold {stop - begin} bytes; {meta['dtype']} {shape} needs {need}", None
-    return "", (begin, stop)
 
 
 def _inspect_dcp(path: Path) -> Inspection:
