@@ -307,26 +307,52 @@ def _inspect_legacy(path: Path, description: str, size: int) -> Inspection:
                 result.problems.append(f"pickle {len(scans)} of 5: {found.error}")
                 return result
             offset = found.end
-        sizes = {
-            pid[2]: _element_size(pid[1]) for pid in scans[3].persistent_ids if isinstance(pid, tuple) and len(pid) > 4
-        }
+        version = _pickled_int(data, scans[0].end, scans[1].end)
+        if version != LEGACY_PROTOCOL:  # torch.load: "Invalid protocol version"
+            result.problems.append(f"its protocol record is {version}, not {LEGACY_PROTOCOL}: torch.load refuses it")
+        pids = [pid for pid in scans[3].persistent_ids if isinstance(pid, tuple) and len(pid) > 4]
+        sizes = {pid[2]: _element_size(pid[1]) for pid in pids}
+        numels = {pid[2]: pid[4] for pid in pids if type(pid[4]) is int}
         for key in sorted(sizes):
             data.seek(offset)
-            count = data.read(8)
-            if len(count) < 8:
+            header = data.read(8)
+            if len(header) < 8:
                 result.problems.append(f"the file ends before tensor storage {key} (truncated at {offset} bytes)")
                 break
-            element = sizes[key] or 1
-            offset += 8 + struct.unpack("<q", count)[0] * element
+            (count,) = struct.unpack("<q", header)
+            if key in numels and count != numels[key]:  # torch.load: "storage has wrong byte size"
+                result.problems.append(f"tensor storage {key} records {count} elements; its pickle says {numels[key]}")
+                break
+            offset += 8 + count * (sizes[key] or 1)
             if offset > size:
                 result.problems.append(f"tensor storage {key} runs past the end of the file (truncated)")
                 break
         else:
-            if sizes and all(sizes.values()) and offset != size:
-                result.problems.append(f"{size - offset} bytes follow the last tensor storage")
+            if sizes and all(sizes.values()) and offset < size:  # torch.load reads one save and stops there
+                result.description += (
+                    f" ({size - offset} bytes after it, which torch.load does not read: another save?)"
+                )
     result.refused = _refusals(scans[3:4], path)
     result.unreadable, result.protocol = unreadable_opcodes(scans), max((s.protocol for s in scans), default=0)
     return result
+
+
+LEGACY_PROTOCOL = 1001  # the second pickle of a legacy file: torch.serialization.PROTOCOL_VERSION
+
+
+def _pickled_int(data: Any, start: int, end: int) -> int | None:
+    """The one integer a small pickle between ``start`` and ``end`` holds (read by its opcodes,
+    never unpickled), or None when it holds anything else."""
+    import pickletools
+
+    data.seek(start)
+    blob = data.read(min(end - start, 64))
+    skipped = {"PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+    try:
+        values = [arg for op, arg, _ in pickletools.genops(blob) if op.name not in skipped]
+    except ValueError:
+        return None
+    return values[0] if len(values) == 1 and type(values[0]) is int else None
 
 
 def _inspect_dcp(path: Path) -> Inspection:

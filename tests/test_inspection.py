@@ -488,3 +488,43 @@ def test_safetensors_fnuz_floats_are_read_as_safetensors_reads_them() -> None:
     for name in ("float8_e4m3fnuz", "float8_e5m2fnuz"):
         path = TIED.parent / f"dtype-{name}" / "safetensors_file.safetensors"
         assert inspect_checkpoint(path).verdict == "ok", inspect_checkpoint(path).lines()
+
+
+def _legacy_edit(name: str) -> Callable[[Path], None]:
+    """A legacy file's records rewritten: its protocol pickle, a storage's element count, bytes after it."""
+    import pickle
+
+    from ckpt_compat.picklescan import scan
+
+    def edit(path: Path) -> None:
+        raw = path.read_bytes()
+        ends = [0]
+        for _ in range(5):
+            ends.append(scan(raw, start=ends[-1]).end)
+        if name == "protocol":
+            raw = raw[: ends[1]] + pickle.dumps(1002, protocol=2) + raw[ends[2] :]
+        elif name == "count":
+            (count,) = struct.unpack("<q", raw[ends[5] : ends[5] + 8])
+            raw = raw[: ends[5]] + struct.pack("<q", count - 1) + raw[ends[5] + 8 :]
+        elif name == "appended":
+            raw += raw  # a second save in the same file
+        path.write_bytes(raw)
+
+    return edit
+
+
+@pytest.mark.parametrize("name", ["none", "protocol", "count", "appended"])
+def test_a_legacy_verdict_is_what_torch_load_does(tmp_path: Path, name: str) -> None:
+    import torch
+
+    path = tmp_path / "legacy.pt"
+    saved = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int64)}
+    torch.save(saved, path, _use_new_zipfile_serialization=False)
+    _legacy_edit(name)(path)
+    try:
+        loaded = torch.load(str(path), weights_only=True)
+        loads = all(torch.equal(loaded[k], saved[k]) for k in saved)
+    except Exception:
+        loads = False
+    inspection = inspect_checkpoint(path)
+    assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
