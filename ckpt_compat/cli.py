@@ -207,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="refuse checkpoint files larger than this (default: 256 GiB)",
     )
+    check.add_argument(
+        "--trust",
+        action="store_true",
+        help="with CHECKPOINT --model: the file comes from a source you trust; load a torch.save file with "
+        "weights_only=False (in a contained process), as a training checkpoint holding your own classes needs",
+    )
     common(check)
 
     produce = commands.add_parser("produce", help="write a corpus of every format for the running torch")

@@ -114,6 +114,7 @@ def run_match_model(path: Path, args: argparse.Namespace) -> int:
         "max_size": args.max_size or MAX_SIZE,
         "layout": layout.to_json(),
         "model": model.id,
+        "trusted": bool(args.trust),
     }
     answer = call_once(ARGV, request, timeout=READ_TIMEOUT, memory=MEMORY_LIMIT)
     if isinstance(answer, Failure):

@@ -385,7 +385,7 @@ def match_task(message: dict[str, Any]) -> dict[str, Any]:
 
     path = Path(message["path"])
     try:
-        stored = read_stored(path, message["max_size"])
+        stored = read_stored(path, message["max_size"], trusted=bool(message.get("trusted")))
     except (StoredError, NotAFile) as exc:
         return {"refused": str(exc)}
     except OSError as exc:

@@ -53,23 +53,25 @@ def tensor_info(t: torch.Tensor) -> TensorInfo:
     return TensorInfo(str(t.dtype).removeprefix("torch."), tuple(int(n) for n in t.shape))
 
 
-def read_stored(path: Path, max_size: int = MAX_SIZE) -> Stored:
-    """The tensors of the checkpoint at ``path``; raises `StoredError` or `identify.NotAFile`."""
+def read_stored(path: Path, max_size: int = MAX_SIZE, *, trusted: bool = False) -> Stored:
+    """The tensors of the checkpoint at ``path``; raises `StoredError` or `identify.NotAFile`.
+    ``trusted``: someone vouched for the file (``--trust``): torch.save files load with
+    weights_only=False, which runs what their pickle names."""
     if not path.exists():
         raise StoredError(f"{path}: no such file or directory")
     refuse_special(path, max_size)
     if path.is_dir():
-        return _folder(path, max_size)
-    return _file(path, max_size)
+        return _folder(path, max_size, trusted)
+    return _file(path, max_size, trusted)
 
 
-def _file(path: Path, max_size: int) -> Stored:
+def _file(path: Path, max_size: int, trusted: bool) -> Stored:
     refuse_special(path, max_size)
     kind = identify_kind(path).kind
     if kind == "safetensors":
         return _safetensors(path)
     if kind in ("torch_zip", "torch_legacy"):
-        return _torch_save(path)
+        return _torch_save(path, trusted)
     raise StoredError(
         f"{path}: not a state dict but {kind!r}; key comparison reads safetensors and torch.save files "
         "(and Hugging Face folders of them); run 'ckpt-compat check FILE' to see what it is"
@@ -103,20 +105,23 @@ def _safetensors_dtype(code: str) -> str:
     return _SAFETENSORS_DTYPES.get(code, code)
 
 
-def _torch_save(path: Path) -> Stored:
+def _torch_save(path: Path, trusted: bool) -> Stored:
     from ckpt_compat.devices import MapLocation
     from ckpt_compat.formats import Unsupported, Untrusted
     from ckpt_compat.formats.torch_save import torch_load
 
-    options = {"weights_only": True}
+    options = {"weights_only": not trusted}
     try:
-        obj = torch_load(path, options, MapLocation("str", "cpu", "cpu"), trusted=False)
-    except (Unsupported, Untrusted) as exc:
+        obj = torch_load(path, options, MapLocation("str", "cpu", "cpu"), trusted=trusted)
+    except Untrusted as exc:
         raise StoredError(f"{path}: {exc}") from exc
+    except Unsupported as exc:
+        vouch = "; or pass --trust if you trust where the file came from" if not trusted else ""
+        raise StoredError(f"{path}: {exc}{vouch}") from exc
     except Exception as exc:
         raise StoredError(
-            f"{path}: torch.load(weights_only=True) failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-            "run 'ckpt-compat check FILE' for what is wrong with it"
+            f"{path}: torch.load(weights_only={not trusted}) failed ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); run 'ckpt-compat check FILE' for what is wrong with it"
         ) from exc
     state, inside = _unwrapped(obj, path)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -148,7 +153,7 @@ def _unwrapped(obj: Any, path: Path) -> tuple[Mapping[str, Any], str | None]:
     )
 
 
-def _folder(path: Path, max_size: int) -> Stored:
+def _folder(path: Path, max_size: int, trusted: bool) -> Stored:
     present = [name for name in HF_FILES if (path / name).is_file()]
     if not present:
         raise StoredError(
@@ -157,10 +162,10 @@ def _folder(path: Path, max_size: int) -> Stored:
         )
     name = present[0]
     if not name.endswith(".index.json"):
-        stored = _file(path / name, max_size)
+        stored = _file(path / name, max_size, trusted)
         stored.kind = f"Hugging Face folder ({name})"
         return stored
-    return _sharded(path / name, max_size)
+    return _sharded(path / name, max_size, trusted)
 
 
 MAX_INDEX = 100 * 2**20  # bytes of a sharded-checkpoint index read (a large model's is a few MiB)
@@ -194,7 +199,7 @@ def shard_path(index: Path, shard_name: str) -> Path:
     return found
 
 
-def _sharded(index: Path, max_size: int) -> Stored:
+def _sharded(index: Path, max_size: int, trusted: bool) -> Stored:
     weight_map = read_index(index)
     tensors: dict[str, TensorInfo] = {}
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
@@ -205,7 +210,7 @@ def _sharded(index: Path, max_size: int) -> Stored:
             what = "not a regular file" if located.exists() else "missing"  # a folder, a FIFO
             problems.append(f"shard {shard_name} named by the index is {what}")
             continue
-        shard = _file(located, max_size)
+        shard = _file(located, max_size, trusted)
         listed = {k for k, v in weight_map.items() if v == shard_name}
         if listed - set(shard.tensors):
             problems.append(f"{shard_name} lacks {len(listed - set(shard.tensors))} key(s) the index puts there")

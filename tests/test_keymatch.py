@@ -276,3 +276,20 @@ def test_a_reader_that_dies_is_one_line_naming_the_file(
     (line,) = captured.err.strip().splitlines()
     assert str(project / "ok.pt") in line and "the process reading it failed" in line, line
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_a_training_checkpoint_with_its_own_classes_needs_trust(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """weights_only=True refuses the argparse.Namespace a training script saves beside the weights;
+    --trust loads the file with weights_only=False, in the contained child as ever."""
+    import argparse
+
+    torch.save({"state_dict": _net().state_dict(), "args": argparse.Namespace(lr=0.1)}, project / "train.pt")
+    args = ["check", str(project / "train.pt"), "--model", "keymodels:build", "--format", "json"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "argparse.Namespace" in line and "pass --trust" in line, line
+    assert main([*args, "--trust"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["inside"], report["loads_strictly"]) == ("state_dict", True)
