@@ -597,6 +597,11 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError("--inputs: names the example input of --model MODULE:FACTORY; give --model too")
     if args.corpus is not None and (args.model is None or given):
         raise UsageError("--corpus: writes the files of --model MODULE:FACTORY; give --model alone with it")
+    if args.trust and (args.model is None or not (args.checkpoint or args.file)):
+        raise UsageError(
+            "--trust: vouches for the CHECKPOINT that --model is compared with; check FILE alone reads nothing "
+            "that runs code, and --model alone checks files it writes itself"
+        )
     if args.model is not None and not given:
         from ckpt_compat.cli_model import run_check_model
 

@@ -293,3 +293,5 @@ def test_a_training_checkpoint_with_its_own_classes_needs_trust(
     assert main([*args, "--trust"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["inside"], report["loads_strictly"]) == ("state_dict", True)
+    assert main(["check", str(project / "train.pt"), "--trust"]) == 2  # nothing to vouch for without --model
+    assert "--trust: vouches for the CHECKPOINT that --model is compared with" in capsys.readouterr().err
