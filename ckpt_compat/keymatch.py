@@ -254,7 +254,7 @@ def match(stored: Stored, model: nn.Module | Layout, model_name: str) -> KeyMatc
                 True,
             )
         )
-    findings += _ties_stored_twice(stored, ties, found)
+    findings += _ties_stored_twice(stored, ties, found, expected)
     accounted = set(persisted) | set(tracked) | {k for f in findings if f.kind is Kind.TIE_STORED_ONCE for k in f.keys}
     rest_missing = tuple(k for k in missing if k not in accounted)
     rest_unexpected = tuple(k for k in unexpected if k not in accounted)
@@ -325,13 +325,17 @@ def _candidates(keys: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*KNOWN_PREFIXES, *common]))
 
 
-def _ties_stored_twice(stored: Stored, ties: list[tuple[str, ...]], found: Mapping[str, TensorInfo]) -> list[Finding]:
+def _ties_stored_twice(
+    stored: Stored, ties: list[tuple[str, ...]], found: Mapping[str, TensorInfo], expected: Mapping[str, TensorInfo]
+) -> list[Finding]:
     out = []
     names = {v: k for k, v in zip(stored.tensors, found, strict=True)}  # model key -> file key
     for group in ties:
         if not all(k in found for k in group):
             continue
-        values = [stored.read(names[k]) for k in group]
+        # What the one Parameter holds after each copy: load_state_dict casts to its dtype.
+        dtype = getattr(torch, expected[group[0]].dtype, None)
+        values = [_as_loaded(stored.read(names[k]), dtype) for k in group]
         first = values[0].contiguous().view(-1).view(torch.uint8) if values[0].numel() else None
         differ = [
             k
@@ -352,6 +356,16 @@ def _ties_stored_twice(stored: Stored, ties: list[tuple[str, ...]], found: Mappi
                 )
             )
     return out
+
+
+def _as_loaded(value: torch.Tensor, dtype: Any) -> torch.Tensor:
+    """``value`` as load_state_dict copies it into a Parameter of ``dtype`` (None: as it is)."""
+    if not isinstance(dtype, torch.dtype) or value.dtype == dtype:
+        return value
+    try:
+        return value.to(dtype)
+    except (RuntimeError, TypeError):  # a cast torch has no kernel for: compared as stored
+        return value
 
 
 def _shapes_and_dtypes(found: Mapping[str, TensorInfo], expected: Mapping[str, TensorInfo]) -> list[Finding]:

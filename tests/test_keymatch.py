@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
@@ -295,3 +298,57 @@ def test_a_training_checkpoint_with_its_own_classes_needs_trust(
     assert (report["inside"], report["loads_strictly"]) == ("state_dict", True)
     assert main(["check", str(project / "train.pt"), "--trust"]) == 2  # nothing to vouch for without --model
     assert "--trust: vouches for the CHECKPOINT that --model is compared with" in capsys.readouterr().err
+
+
+EDITS = st.lists(st.sampled_from(["drop", "add", "prefix", "shape", "double", "twice", "buffer"]), max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=EDITS, keys=st.randoms(use_true_random=False), versioned=st.booleans(), safetensors=st.booleans())
+def test_loads_strictly_is_what_load_state_dict_does(
+    project: Path, edits: list[str], keys: Any, versioned: bool, safetensors: bool
+) -> None:
+    """Differential: a state dict edited as files in the wild are (keys dropped or added, a wrapper
+    prefix, a shape or dtype changed, a tie stored twice with two values, a non-persistent buffer
+    saved) is said to load strictly exactly when load_state_dict(strict=True) takes it and leaves
+    every tensor the file holds in the model as the file holds it (cast to the model's dtype)."""
+    state = _net().state_dict() if versioned else dict(_net().state_dict())
+    for edit in edits:
+        names = list(state)
+        if edit == "drop" and names:
+            del state[keys.choice(names)]
+        elif edit == "add":
+            state[f"extra{keys.randint(0, 9)}.weight"] = torch.zeros(2)
+        elif edit == "prefix":
+            renamed = type(state)(("module." + k, v) for k, v in state.items())
+            if hasattr(state, "_metadata"):
+                renamed._metadata = state._metadata  # type: ignore[attr-defined]
+            state = renamed
+        elif edit == "shape" and names:
+            name = keys.choice(names)
+            state[name] = torch.zeros(*(d + 1 for d in state[name].shape)) if state[name].dim() else torch.zeros(2)
+        elif edit == "double" and names:
+            name = keys.choice(names)
+            state[name] = state[name].double() if state[name].is_floating_point() else state[name]
+        elif edit == "twice" and "head.weight" in state:
+            state["head.weight"] = state["head.weight"] + 1
+        elif edit == "buffer":
+            state["position_ids"] = torch.arange(5)
+    path = project / ("edited.safetensors" if safetensors else "edited.pt")
+    if safetensors:
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    found = match(read_stored(path), _net(), "keymodels:build")
+    model = _net()
+    on_disk = read_stored(path)
+    loadable = type(state)(state) if not safetensors else dict(state)
+    if not safetensors and hasattr(state, "_metadata"):
+        loadable._metadata = state._metadata  # type: ignore[attr-defined]
+    try:
+        model.load_state_dict(loadable, strict=True)
+        held = model.state_dict()
+        torch_says = all(torch.equal(held[k], on_disk.read(k).to(held[k].dtype)) for k in on_disk.tensors)
+    except RuntimeError:
+        torch_says = False
+    assert found.loads_strictly is torch_says, (edits, [(f.kind.value, f.keys) for f in found.findings])
