@@ -6,7 +6,8 @@ own archive reader checks, each tensor storage's record length against its dtype
 count, each tensor view inside its storage; the legacy format's five pickles and storage layout;
 safetensors' header rules (`safetensors_header`); onnx's checker and each tensor's bytes
 (`onnxdata`); a DCP `.metadata` pickle's globals, and its data files against it (`dcpmeta`); a
-Hugging Face folder's shards against its index (`hffolder`). The pickles are scanned
+Hugging Face folder's shards against its index (`hffolder`); a ``.pt2``'s raw weights against
+its payload config (`pt2payload`). The pickles are scanned
 (`picklescan`) for what a ``weights_only=True`` load would refuse.
 """
 
@@ -146,8 +147,10 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
         result.executes = "a TorchScript archive holds code that torch.jit.load runs (__setstate__, forward)"
         return result
     if kind == "torch_export":
+        from ckpt_compat.pt2payload import payload_problems
         from ckpt_compat.trust import pickled_refusals
 
+        result.problems += payload_problems(archive)
         refused = pickled_refusals(path)
         if refused:
             result.executes = "torch.export.load falls back to weights_only=False on pickles that name " + "; ".join(
