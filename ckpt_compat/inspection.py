@@ -144,6 +144,7 @@ def _inspect_zip(path: Path, found: Identified) -> Inspection:
     if kind in ("torch_zip", "torchscript") and (stray := _outside_archive_dir(archive.namelist())):
         result.problems.append(stray)
     if kind == "torchscript":
+        result.problems += _container_problems(path)  # torch.jit.load opens it with the same reader
         result.executes = "a TorchScript archive holds code that torch.jit.load runs (__setstate__, forward)"
         return result
     if kind == "torch_export":
