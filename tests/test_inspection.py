@@ -528,3 +528,15 @@ def test_a_legacy_verdict_is_what_torch_load_does(tmp_path: Path, name: str) -> 
         loads = False
     inspection = inspect_checkpoint(path)
     assert (inspection.verdict == "ok") is loads, (loads, inspection.lines())
+
+
+def test_a_torchscript_archive_its_reader_refuses_is_broken(tmp_path: Path) -> None:
+    import torch
+
+    path = _copy("torchscript", tmp_path)
+    assert inspect_checkpoint(path).verdict == "unsafe"  # it runs code: never "ok"
+    _records(lambda r, root: r.update({f"{root}/version": b"99\n"}))(path)
+    with pytest.raises(RuntimeError, match="version 99"):
+        torch.jit.load(str(path))
+    inspection = inspect_checkpoint(path)
+    assert inspection.verdict == "broken" and "version 99" in inspection.problems[0]
