@@ -145,7 +145,10 @@ def _onnx(path: Path) -> str:
     try:
         import onnx
     except ImportError:
-        return ""
+        raise MissingDependency(
+            f"{path}: it may be an ONNX model, which only the onnx package reads, and onnx is not installed; "
+            "pip install onnx (or 'ckpt-compat[onnx]') and check it again"
+        ) from None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
@@ -163,6 +166,11 @@ MAX_SIZE = 256 * 2**30  # larger files are refused before anything is read (``--
 
 class NotAFile(ValueError):
     """A FIFO, device, socket or oversized file: refused before anything is read (a usage error)."""
+
+
+class MissingDependency(NotAFile):
+    """A file that only an optional package can tell about, which is not installed: the message
+    names the file and the package to install (a usage error, never a verdict on the file)."""
 
 
 def refuse_special(path: Path, max_size: int = MAX_SIZE) -> os.stat_result:

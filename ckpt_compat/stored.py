@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ckpt_compat.identify import MAX_SIZE, NotAFile, identify_kind, refuse_special
+from ckpt_compat.identify import MAX_SIZE, MissingDependency, NotAFile, identify_kind, refuse_special
 
 # Where trainers keep the weights inside a checkpoint dict, most common first.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ema")
@@ -79,7 +79,13 @@ def _file(path: Path, max_size: int, trusted: bool) -> Stored:
 
 
 def _safetensors(path: Path) -> Stored:
-    from safetensors import safe_open
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise MissingDependency(
+            f"{path}: a safetensors file, and the safetensors package is not installed; pip install safetensors "
+            "(or 'ckpt-compat[safetensors]') and check it again"
+        ) from None
 
     try:
         reader: Any = safe_open(str(path), framework="pt")

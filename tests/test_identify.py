@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ckpt_compat.formats import get_format
-from ckpt_compat.identify import identify
+from ckpt_compat.identify import identify, identify_kind
 from ckpt_compat.specs import build, example_inputs
 from tests.samples import load
 
@@ -55,3 +56,28 @@ def test_torch_export_archives_of_both_layouts_are_recognised(release: str) -> N
     # layout (<name>/models/, archive_format): both are programs that torch.export.load reads.
     path = FIXTURES / f"torch-{release}" / "drawn-00" / "torch_export.pt2"
     assert identify(path).startswith("a torch.export program")
+
+
+def test_a_file_only_a_missing_package_reads_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without onnx installed an ONNX file cannot be told from noise: not "broken", but a usage
+    error naming the file and the package (likewise safetensors for check FILE --model)."""
+    from safetensors.torch import save_file
+
+    from ckpt_compat.cli import main
+    from ckpt_compat.identify import MissingDependency
+    from ckpt_compat.keymatch import Layout, match_task
+
+    onnx_file = Path(__file__).resolve().parent.parent / "ckpt_compat/fixtures/corpora/torch-2.13/tied/onnx.onnx"
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "w.safetensors"))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what import finds when the package is not installed
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    with pytest.raises(MissingDependency, match="pip install onnx"):
+        identify_kind(onnx_file)
+    assert main(["check", str(onnx_file)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(onnx_file) in line and "onnx is not installed" in line
+    layout = Layout.of(torch.nn.Linear(2, 2, bias=False)).to_json()
+    answer = match_task({"path": str(tmp_path / "w.safetensors"), "max_size": 2**30, "layout": layout, "model": "m"})
+    assert "safetensors package is not installed" in answer["refused"]
