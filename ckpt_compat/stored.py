@@ -1,4 +1,5 @@
-"""The tensors a checkpoint on disk holds, read without running anything in it.
+"""The tensors a checkpoint on disk holds, read without running anything in it (unless someone
+vouched for it: ``trusted``), in the contained child of ``check FILE --model`` (`keymatch.match_task`).
 
 `read_stored` takes a safetensors file, a torch.save file (``.pt``, ``.bin``; loaded with
 ``weights_only=True``, and TorchScript archives refused where torch would execute them), or a
