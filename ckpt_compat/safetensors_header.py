@@ -107,7 +107,9 @@ def _tensor_problem(key: str, meta: Any) -> tuple[str, tuple[int, int] | None]:
     numel = 1
     for d in shape:
         numel *= d
-    need = (numel * bits + 7) // 8
+    if (numel * bits) % 8:  # a packed dtype's tensor ends inside a byte: safetensors refuses to slice it
+        return f"{key}: {meta['dtype']} {shape} is {numel * bits} bits, not a whole number of bytes", None
+    need = numel * bits // 8
     if not 0 <= begin <= stop or stop - begin != need:
         return f"{key}: data_offsets {offsets} hold {stop - begin} bytes; {meta['dtype']} {shape} needs {need}", None
     return "", (begin, stop)

@@ -360,6 +360,21 @@ def _header_case(change: Callable[[dict[str, Any]], Any]) -> Callable[[Path], No
     return write
 
 
+def _packed(shape: list[int], nbytes: int) -> Callable[[Path], None]:
+    """One more tensor, of 4-bit floats (two a byte), after the others' data."""
+
+    def write(path: Path) -> None:
+        raw = path.read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + size])
+        end = len(raw) - 8 - size
+        header["packed"] = {"dtype": "F4", "shape": shape, "data_offsets": [end, end + nbytes]}
+        text = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :] + bytes(nbytes))
+
+    return write
+
+
 def _leading_space(path: Path) -> None:
     raw = path.read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
@@ -377,6 +392,8 @@ def _leading_space(path: Path) -> None:
         _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").pop("shape")),
         _header_case(lambda h: next(v for k, v in h.items() if k != "__metadata__").update({"dtype": "f32"})),
         _leading_space,
+        _packed([3], 2),  # 12 bits: the tensor ends inside a byte
+        _packed([4], 2),
     ],
 )
 def test_a_safetensors_verdict_is_what_safetensors_does(tmp_path: Path, change: Callable[[Path], None]) -> None:
