@@ -4,9 +4,10 @@ DCP's reader unpickles ``.metadata`` with plain pickle (`formats.dcp.untrusted_r
 that could run code). Here the same pickle is read by an unpickler whose only classes are inert
 records: each global the metadata may name (`formats.dcp.METADATA_GLOBALS`) becomes a record of its
 arguments and state, anything else is refused, nothing is imported or called. From the records come
-where each stored item lies: a data file beside ``.metadata``, an offset and a length. A data file
-that is missing, outside the folder or shorter than its items reach passes a look at the files
-alone ("verdict: ok"); DCP's load then fails on it.
+where each stored item lies: a data file beside ``.metadata``, an offset and a length, where DCP
+wrote each item with torch.save (a zip archive opens there). A data file that is missing, outside
+the folder or shorter than its items reach, or an offset that does not open an archive, passes a
+look at the files alone ("verdict: ok"); DCP's load then fails on it.
 """
 
 from __future__ import annotations
@@ -132,4 +133,10 @@ def _item_problem(folder: Path, fields: dict[str, Any], sizes: dict[str, int | s
         return f"its data file {name} {size}"
     if offset + length > size:
         return f"its {length} bytes at offset {offset} run past the end of {name} ({size} bytes)"
+    if length and not fields.get("transform_descriptors"):  # untransformed: DCP torch.save'd it there
+        with open(folder / name, "rb") as stream:
+            stream.seek(offset)
+            head = stream.read(4)
+        if head != b"PK\x03\x04":
+            return f"its bytes at offset {offset} of {name} are not a torch.save archive (they open {head!r})"
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,28 @@ def test_metadata_that_is_not_dcp_metadata_is_broken(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     (folder / ".metadata").write_bytes(pickle.dumps({"storage_data": 5}))
     assert any("does not read as DCP metadata" in p for p in inspect_checkpoint(folder).problems)
+
+
+@pytest.mark.parametrize("shift", [0, 1, 8])
+def test_an_item_that_does_not_open_an_archive_is_broken_as_dcp_load_finds(tmp_path: Path, shift: int) -> None:
+    """Differential: one item's offset moved inside its file (its length kept inside too)."""
+    format_utils = pytest.importorskip("torch.distributed.checkpoint.format_utils")
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    folder = _copy(tmp_path)
+
+    def move(info: Any) -> None:
+        object.__setattr__(info, "offset", info.offset + shift)
+        object.__setattr__(info, "length", info.length - shift)
+
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    move(next(iter(metadata.storage_data.values())))
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DCP warns that no process group is initialised
+            format_utils.dcp_to_torch_save(str(folder), str(tmp_path / "out.pt"))
+        loads = True
+    except (Exception, CheckpointException):  # DCP's own exception is a BaseException
+        loads = False
+    assert (inspect_checkpoint(folder).verdict != "broken") is loads, inspect_checkpoint(folder).lines()
