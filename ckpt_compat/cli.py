@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="output_format",
         choices=("text", "json", "markdown"),
         default="text",
-        help="how --model prints its result (default: text)",
+        help="how CHECKPOINT's inspection or --model's result is printed (default: text)",
     )
     check.add_argument(
         "--max-size",
@@ -618,7 +618,7 @@ def _check(args: argparse.Namespace) -> int:
 
         return run_match_model(args.checkpoint or args.file, args)
     if args.spec is None:
-        return _inspect(args.checkpoint or args.file, args.max_size)
+        return _inspect(args.checkpoint or args.file, args.max_size, args.output_format)
     return _check_spec(args)
 
 
@@ -984,7 +984,7 @@ def _bench_gate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if regressed else EXIT_OK
 
 
-def _inspect(path: Path, max_size: int | None) -> int:
+def _inspect(path: Path, max_size: int | None, output_format: str = "text") -> int:
     from ckpt_compat.identify import MAX_SIZE, NotAFile
     from ckpt_compat.inspection import inspect_checkpoint
 
@@ -994,8 +994,10 @@ def _inspect(path: Path, max_size: int | None) -> int:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    for line in inspection.lines():
-        print(line)
+    if output_format == "json":
+        print(json.dumps(inspection.to_json(), indent=2))
+    else:
+        print("\n".join(inspection.markdown() if output_format == "markdown" else inspection.lines()))
     return EXIT_OK if inspection.verdict == "ok" else EXIT_FAILED
 
 

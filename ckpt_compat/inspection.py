@@ -72,6 +72,36 @@ class Inspection:
 
         return [shown(line) for line in out]  # names in it are the file's: each stays one line
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``check FILE --format json`` prints: the verdict and every finding, typed."""
+        from ckpt_compat.picklescan import add_safe_globals_call
+
+        return {
+            "schema": "ckpt-compat/inspection/1",
+            "path": str(self.path),
+            "kind": self.kind,
+            "description": self.description,
+            "verdict": self.verdict,
+            "problems": list(self.problems),
+            "refused_globals": list(self.refused),
+            # The one call that allows them all, where this torch has add_safe_globals (2.4+).
+            "add_safe_globals": (
+                add_safe_globals_call(self.refused) or None
+                if self.refused and hasattr(torch_serialization(), "add_safe_globals")
+                else None
+            ),
+            "unreadable_opcodes": list(self.unreadable),
+            "pickle_protocol": self.protocol or None,
+            "executes": self.executes or None,
+        }
+
+    def markdown(self) -> list[str]:
+        """The lines as Markdown (a GitHub step summary): every name and message escaped."""
+        from ckpt_compat.errorinfo import markdown
+
+        head, *rest = self.lines()
+        return [f"### {markdown(head, 1000)}", "", *(f"- {markdown(line.strip(), 2000)}" for line in rest)]
+
 
 def torch_serialization() -> Any:
     import torch.serialization

@@ -557,3 +557,26 @@ def test_a_torchscript_archive_its_reader_refuses_is_broken(tmp_path: Path) -> N
         torch.jit.load(str(path))
     inspection = inspect_checkpoint(path)
     assert inspection.verdict == "broken" and "version 99" in inspection.problems[0]
+
+
+def test_check_json_is_typed_and_follows_its_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import jsonschema
+
+    from ckpt_compat.cli import main
+
+    schema = json.loads(
+        (Path(__file__).resolve().parent.parent / "ckpt_compat/schemas/inspection.schema.json").read_text()
+    )
+    path = _copy("torch_zip", tmp_path)
+    assert main(["check", str(path), "--format", "json"]) == 0
+    clean = json.loads(capsys.readouterr().out)
+    jsonschema.validate(clean, schema)
+    assert (clean["verdict"], clean["problems"], clean["kind"]) == ("ok", [], "torch_zip")
+    payloads.write("reduce_protocol_2", path, tmp_path / "canary")
+    assert main(["check", str(path), "--format", "json"]) == 1
+    hostile = json.loads(capsys.readouterr().out)
+    jsonschema.validate(hostile, schema)
+    assert hostile["verdict"] == "unsafe" and hostile["refused_globals"] and not (tmp_path / "canary").exists()
+    assert main(["check", str(path), "--format", "markdown"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("### ") and "- verdict: unsafe" in out
