@@ -14,6 +14,7 @@ its payload config (`pt2payload`). The pickles are scanned
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import stat
@@ -233,7 +234,25 @@ def _container_problems(path: Path) -> list[str]:
         order = bytes(reader.get_record("byteorder"))
         if order not in (b"little", b"big"):
             return [f"its byteorder record is {order[:40]!r}, neither little nor big: torch.load fails on it"]
+    if reader.has_record(".storage_alignment") and _load_reads(".storage_alignment"):
+        alignment = bytes(reader.get_record(".storage_alignment"))
+        try:
+            int(alignment)  # as torch.load reads it
+        except ValueError:
+            return [f"its .storage_alignment record is {alignment[:40]!r}, not a number: torch.load fails on it"]
     return []
+
+
+@functools.cache
+def _load_reads(record: str) -> bool:
+    """Whether this torch's torch.load reads ``record`` (torch 2.6+ reads .storage_alignment), from
+    its own source: a record it ignores cannot fail a load."""
+    import inspect
+
+    try:
+        return f'"{record}"' in inspect.getsource(torch_serialization()._load)
+    except (OSError, TypeError, AttributeError):  # no source shipped: assume it does, as today's torch
+        return True
 
 
 _ENFORCE = re.compile(r"\[enforce fail at [^\]]*\]\s*\.?\s*")

@@ -446,6 +446,9 @@ def _records(change: Callable[[dict[str, bytes], str], None]) -> Callable[[Path]
         _records(lambda r, root: r.update({f"{root}/.data/serialization_id": b"\xff\xfe"})),
         _records(lambda r, root: r.pop(f"{root}/byteorder", None)),
         _records(lambda r, root: r.update({f"{root}/extra": b"x"})),
+        _records(lambda r, root: r.update({f"{root}/.storage_alignment": b"abc"})),
+        _records(lambda r, root: r.update({f"{root}/.storage_alignment": b"7"})),
+        _records(lambda r, root: r.update({f"{root}/.format_version": b"zz"})),
     ],
 )
 def test_a_torch_zip_verdict_is_what_torch_load_does(tmp_path: Path, change: Callable[[Path], None]) -> None:
