@@ -245,8 +245,8 @@ def _container_problems(path: Path) -> list[str]:
 
 @functools.cache
 def _load_reads(record: str) -> bool:
-    """Whether this torch's torch.load reads ``record`` (torch 2.6+ reads .storage_alignment), from
-    its own source: a record it ignores cannot fail a load."""
+    """Whether this torch's torch.load reads ``record`` (releases that write .storage_alignment read
+    it back), from its own source: a record it ignores cannot fail a load."""
     import inspect
 
     try:
