@@ -12,12 +12,13 @@ look at the files alone ("verdict: ok"); DCP's load then fails on it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 MAX_METADATA = 256 * 2**20  # bytes of .metadata read (a 70B-parameter model's is a few MiB)
 
@@ -99,44 +100,61 @@ def storage_problems(folder: Path, allowed: frozenset[str]) -> list[str]:
         return [f"its .metadata does not read as DCP metadata ({exc})"]
     except OSError as exc:
         return [f"its .metadata cannot be read ({exc.strerror or exc})"]
-    sizes: dict[str, int | str] = {}
     problems = []
-    for index, fields in items:
-        problem = _item_problem(folder, fields, sizes)
-        if problem:
-            problems.append(f"stored item {_fqn(index)!r}: {problem}")
+    with contextlib.ExitStack() as stack:
+        files = _DataFiles(folder, stack)
+        for index, fields in items:
+            problem = _item_problem(fields, files)
+            if problem:
+                problems.append(f"stored item {_fqn(index)!r}: {problem}")
     return problems
 
 
-def _size(path: Path) -> int | str:
-    """The size of a regular file, or what it is instead: DCP writes no links, FIFOs or devices."""
-    try:
-        mode = path.lstat()
-    except FileNotFoundError:
-        return "is missing"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    return mode.st_size if stat.S_ISREG(mode.st_mode) else "is not a regular file (a link, a folder, a FIFO?)"
+class _DataFiles:
+    """The checkpoint's data files, each looked at and opened once however many items it holds."""
+
+    def __init__(self, folder: Path, stack: contextlib.ExitStack) -> None:
+        self.folder, self.stack = folder, stack
+        self.sizes: dict[str, int | str] = {}
+        self.streams: dict[str, IO[bytes]] = {}
+
+    def size(self, name: str) -> int | str:
+        """The size of a regular file, or what it is instead: DCP writes no links, FIFOs or devices."""
+        if name not in self.sizes:
+            try:
+                mode = (self.folder / name).lstat()
+            except FileNotFoundError:
+                self.sizes[name] = "is missing"
+            except OSError as exc:
+                self.sizes[name] = f"cannot be read ({exc.strerror})"
+            else:
+                regular = stat.S_ISREG(mode.st_mode)
+                self.sizes[name] = mode.st_size if regular else "is not a regular file (a link, a folder, a FIFO?)"
+        return self.sizes[name]
+
+    def head(self, name: str, offset: int) -> bytes:
+        """The first bytes at ``offset`` of a regular data file (`size` said it is one)."""
+        if name not in self.streams:
+            self.streams[name] = self.stack.enter_context(open(self.folder / name, "rb"))  # noqa: SIM115 - closed by the stack
+        stream = self.streams[name]
+        stream.seek(offset)
+        return stream.read(4)
 
 
-def _item_problem(folder: Path, fields: dict[str, Any], sizes: dict[str, int | str]) -> str | None:
+def _item_problem(fields: dict[str, Any], files: _DataFiles) -> str | None:
     name, offset, length = fields.get("relative_path"), fields.get("offset"), fields.get("length")
     if not isinstance(name, str) or type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
         return f"its storage info is not a file name, offset and length ({name!r:.60}, {offset!r:.20}, {length!r:.20})"
     relative = PurePosixPath(name)
     if not name or relative.is_absolute() or ".." in relative.parts or "\\" in name or "\0" in name:
         return f"its data file {name!r:.100} is not a file inside the checkpoint folder"
-    if name not in sizes:
-        sizes[name] = _size(folder / name)
-    size = sizes[name]
+    size = files.size(name)
     if isinstance(size, str):
         return f"its data file {name} {size}"
     if offset + length > size:
         return f"its {length} bytes at offset {offset} run past the end of {name} ({size} bytes)"
     if length and not fields.get("transform_descriptors"):  # untransformed: DCP torch.save'd it there
-        with open(folder / name, "rb") as stream:
-            stream.seek(offset)
-            head = stream.read(4)
+        head = files.head(name, offset)
         if head != b"PK\x03\x04":
             return f"its bytes at offset {offset} of {name} are not a torch.save archive (they open {head!r})"
     return None

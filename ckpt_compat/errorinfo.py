@@ -22,6 +22,21 @@ def one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).split())
 
 
+def entry_point(ep: Any) -> str:
+    """A plugin's entry point as an error names it: its name, its target and the distribution
+    that ships it (the package to fix or uninstall)."""
+    dist = getattr(getattr(ep, "dist", None), "name", None)
+    return f"entry point {ep.name!r} = {ep.value!r}" + (f" of {dist}" if dist else "")
+
+
+def does_not_load(ep: Any, exc: BaseException) -> str:
+    """Why a plugin is left out: its entry point, what loading it raised, and what to do."""
+    return (
+        f"{entry_point(ep)} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); fix or "
+        "uninstall the package that provides it"
+    )
+
+
 def shown(text: str) -> str:
     """``text`` with every character that would break or fake a line of output (a newline, a
     carriage return, an escape sequence, any other unprintable) written as its escape: a file's or

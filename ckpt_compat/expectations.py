@@ -54,19 +54,16 @@ def shipped() -> tuple[Path, ...]:
     loaded by every command."""
     import importlib.metadata
 
+    from ckpt_compat.errorinfo import does_not_load, entry_point
+
     plugins = []
     for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        dist = getattr(getattr(ep, "dist", None), "name", None)
-        where = f"entry point {ep.name!r} = {ep.value!r}" + (f" of {dist}" if dist else "")
         try:
             path = ep.load()()
         except Exception as exc:  # its known issues are unknown: no cell of its formats could be judged
-            raise ExpectationsError(
-                f"{where} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); fix or "
-                "uninstall the package that provides it"
-            ) from exc
+            raise ExpectationsError(does_not_load(ep, exc)) from exc
         if not isinstance(path, Path) or not path.is_file():
-            raise ExpectationsError(f"{where} gave {path!r:.100}, not a TOML file")
+            raise ExpectationsError(f"{entry_point(ep)} gave {path!r:.100}, not a TOML file")
         plugins.append(path)
     return (BUILTIN, CROSS_VERSION, *plugins)
 

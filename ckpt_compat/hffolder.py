@@ -13,17 +13,12 @@ from pathlib import Path
 
 from ckpt_compat.identify import NotAFile
 from ckpt_compat.inspection import Inspection, inspect_checkpoint
-from ckpt_compat.stored import HF_FILES, StoredError, read_index, shard_path
+from ckpt_compat.stored import StoredError, read_index, shard_path
 
 
-def is_hf_folder(path: Path) -> bool:
-    return any((path / name).is_file() for name in HF_FILES)
-
-
-def inspect_folder(path: Path, max_size: int) -> Inspection:
-    """Inspect the Hugging Face folder at ``path`` (`is_hf_folder`): its single checkpoint file,
-    or its index and every shard the index names."""
-    name = next(n for n in HF_FILES if (path / n).is_file())
+def inspect_folder(path: Path, name: str, max_size: int) -> Inspection:
+    """Inspect the Hugging Face folder at ``path`` by its checkpoint file ``name``
+    (`stored.hf_checkpoint`): that one file, or the index and every shard the index names."""
     if not name.endswith(".index.json"):
         inner = inspect_checkpoint(path / name, max_size=max_size)
         result = Inspection(path, f"a Hugging Face folder: {name}, {inner.description}", "hf_folder")

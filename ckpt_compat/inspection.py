@@ -114,11 +114,11 @@ def inspect_checkpoint(path: Path, *, max_size: int = MAX_SIZE) -> Inspection:
     """Inspect ``path`` without unpickling or executing anything. Raises NotAFile or OSError."""
     info = refuse_special(path, max_size)
     if stat.S_ISDIR(info.st_mode):
-        from ckpt_compat.hffolder import inspect_folder, is_hf_folder
+        from ckpt_compat.hffolder import inspect_folder
+        from ckpt_compat.stored import hf_checkpoint
 
-        if not (path / ".metadata").is_file() and is_hf_folder(path):
-            return inspect_folder(path, max_size)
-        return _inspect_dcp(path)
+        name = None if (path / ".metadata").is_file() else hf_checkpoint(path)
+        return _inspect_dcp(path) if name is None else inspect_folder(path, name, max_size)
     found = identify_kind(path)
     with open(path, "rb") as f:
         head = f.read(16)

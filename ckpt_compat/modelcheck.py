@@ -161,7 +161,6 @@ def check_model(
     from ckpt_compat.roundtrip import check_spec
 
     started = time.perf_counter()
-    model.check_deterministic()
-    model.check_forward()
+    model.check_forward(model.check_deterministic())
     results = check_spec(model, formats, workdir, producers=producers, consumers=consumers)
     return ModelCheck(model, judge(results, expectations), time.perf_counter() - started, [f.name for f in formats])

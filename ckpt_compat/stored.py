@@ -160,14 +160,19 @@ def _unwrapped(obj: Any, path: Path) -> tuple[Mapping[str, Any], str | None]:
     )
 
 
+def hf_checkpoint(path: Path) -> str | None:
+    """The checkpoint file of the Hugging Face folder at ``path`` (the first of `HF_FILES` there),
+    or None when it holds none."""
+    return next((name for name in HF_FILES if (path / name).is_file()), None)
+
+
 def _folder(path: Path, max_size: int, trusted: bool) -> Stored:
-    present = [name for name in HF_FILES if (path / name).is_file()]
-    if not present:
+    name = hf_checkpoint(path)
+    if name is None:
         raise StoredError(
             f"{path}: a directory without {', '.join(HF_FILES)}; give a checkpoint file or a Hugging Face "
             "save_pretrained folder"
         )
-    name = present[0]
     if not name.endswith(".index.json"):
         stored = _file(path / name, max_size, trusted)
         stored.kind = f"Hugging Face folder ({name})"
@@ -236,4 +241,13 @@ def _sharded(index: Path, max_size: int, trusted: bool) -> Stored:
     )
 
 
-__all__ = ["NotAFile", "Stored", "StoredError", "TensorInfo", "read_index", "read_stored", "shard_path"]
+__all__ = [
+    "NotAFile",
+    "Stored",
+    "StoredError",
+    "TensorInfo",
+    "hf_checkpoint",
+    "read_index",
+    "read_stored",
+    "shard_path",
+]

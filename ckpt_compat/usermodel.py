@@ -104,15 +104,17 @@ class UserModel:
                 pass
         return self._made(self.seed).to("meta").eval()
 
-    def check_forward(self) -> None:
+    def check_forward(self, built: nn.Module | None = None) -> None:
         """The forward must run on the example inputs before any save, or every cell would compare
         one error with another and pass having checked no output: raise `UserModelError` with
-        what it raised (inputs of the wrong shape, dtype or device; a model that needs CUDA)."""
+        what it raised (inputs of the wrong shape, dtype or device; a model that needs CUDA).
+        ``built``: a build under the seed already at hand (`check_deterministic`'s), run in eval mode."""
         from ckpt_compat.loading import NoForward, forward_outputs
 
         if self.call is None:
             return
-        for output in forward_outputs(self._made(self.seed).eval(), self.call).values():
+        model = (built if built is not None else self._made(self.seed)).eval()
+        for output in forward_outputs(model, self.call).values():
             if isinstance(output, NoForward):
                 raise UserModelError(
                     f"inputs={self.inputs_name or 'the example inputs'}: the model's forward raises on them on the "
@@ -120,10 +122,12 @@ class UserModel:
                     "give inputs it runs on, or none to check the state dict only"
                 )
 
-    def check_deterministic(self) -> None:
+    def check_deterministic(self) -> nn.Module:
         """Two builds under the same seed must agree, or no saved file could be judged against a
-        rebuilt model: raise `UserModelError` naming the first tensor that differs."""
-        a, b = _tensors(self._made(self.seed)), _tensors(self._made(self.seed))
+        rebuilt model: raise `UserModelError` naming the first tensor that differs. Returns one of
+        them (for `check_forward`: a large model is built once less)."""
+        first = self._made(self.seed)
+        a, b = _tensors(first), _tensors(self._made(self.seed))
         if list(a) != list(b):
             raise UserModelError(f"model={self.name}: two builds have other tensors: {sorted(set(a) ^ set(b))[:5]}")
         for key, x in a.items():
@@ -133,6 +137,7 @@ class UserModel:
                     f"model={self.name}: two builds under torch.manual_seed({self.seed}) differ at {key!r}; "
                     "seed every other random source in the factory (numpy, random) or load fixed weights"
                 )
+        return first
 
 
 def _name_of(source: Any) -> str:

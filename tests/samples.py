@@ -1,7 +1,10 @@
-"""Hand-written specs the tests share (tests/specs/*.json)."""
+"""Hand-written specs the tests share (tests/specs/*.json), and a zip rewriter."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ckpt_compat.specs import ModelSpec
@@ -18,3 +21,16 @@ def bag(*tensors: dict[str, object]) -> ModelSpec:
     return ModelSpec.from_json(
         {"root": {"kind": "dict", "children": {"bag": {"kind": "tensors", "tensors": list(tensors)}}}}
     )
+
+
+def rewrite_zip(path: Path, change: Callable[[dict[str, bytes]], None]) -> None:
+    """The zip archive at ``path`` rebuilt with its records (name -> bytes) as ``change`` leaves
+    them: every CRC right, as a tool that edits archives (or a writer with a bug) leaves it."""
+    with zipfile.ZipFile(path) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    change(records)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in records.items():
+            archive.writestr(zipfile.ZipInfo(name), data)
+    path.write_bytes(out.getvalue())

@@ -21,6 +21,7 @@ import pytest
 from ckpt_compat import payloads
 from ckpt_compat.identify import NotAFile
 from ckpt_compat.inspection import inspect_checkpoint
+from tests.samples import rewrite_zip
 
 TIED = Path(__file__).resolve().parent.parent / "ckpt_compat" / "fixtures" / "corpora" / "torch-2.13" / "tied"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
@@ -416,21 +417,10 @@ def test_a_safetensors_verdict_is_what_safetensors_does(tmp_path: Path, change: 
 
 
 def _records(change: Callable[[dict[str, bytes], str], None]) -> Callable[[Path], None]:
-    """The torch.save archive rebuilt with its records changed: every CRC right, as a tool that
-    edits archives (or a writer with a bug) leaves it."""
-    import io
-    import zipfile
+    """The torch.save archive rebuilt with its records changed (``change(records, archive root)``)."""
 
     def write(path: Path) -> None:
-        with zipfile.ZipFile(path) as archive:
-            records = {name: archive.read(name) for name in archive.namelist()}
-        root = next(iter(records)).split("/")[0]
-        change(records, root)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-            for name, data in records.items():
-                archive.writestr(zipfile.ZipInfo(name), data)
-        path.write_bytes(out.getvalue())
+        rewrite_zip(path, lambda records: change(records, next(iter(records)).split("/")[0]))
 
     return write
 
@@ -472,28 +462,22 @@ def test_a_torch_zip_verdict_is_what_torch_load_does(tmp_path: Path, change: Cal
 def test_a_tensor_view_past_its_storage_is_broken_as_torch_load_finds(tmp_path: Path, field: int, value: int) -> None:
     """The pickle's (storage offset, size, stride) of a 6-element tensor rewritten in place: a view
     reaching past the storage fails torch.load; a broadcast (stride 0) or empty one loads."""
-    import io
     import pickletools
-    import zipfile
 
     import torch
 
+    def patch(records: dict[str, bytes]) -> None:
+        name = next(n for n in records if n.endswith("data.pkl"))
+        ops = list(pickletools.genops(records[name]))
+        after = next(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
+        small = [pos for op, _, pos in ops[after:] if op.name == "BININT1"][:3]  # offset, size, stride
+        pickled = bytearray(records[name])
+        pickled[small[field] + 1] = value
+        records[name] = bytes(pickled)
+
     path = tmp_path / "view.pt"
     torch.save({"a": torch.arange(6, dtype=torch.float32)}, path)
-    with zipfile.ZipFile(path) as archive:
-        records = {name: archive.read(name) for name in archive.namelist()}
-    name = next(n for n in records if n.endswith("data.pkl"))
-    ops = list(pickletools.genops(records[name]))
-    after = next(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
-    small = [pos for op, _, pos in ops[after:] if op.name == "BININT1"][:3]  # offset, size, stride
-    pickled = bytearray(records[name])
-    pickled[small[field] + 1] = value
-    records[name] = bytes(pickled)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for member, data in records.items():
-            archive.writestr(zipfile.ZipInfo(member), data)
-    path.write_bytes(out.getvalue())
+    rewrite_zip(path, patch)
     try:
         torch.load(str(path), weights_only=True)
         loads = True

@@ -4,9 +4,7 @@ where torch.export.load cannot build the weights (a differential over record edi
 from __future__ import annotations
 
 import importlib.util
-import io
 import logging
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,21 +12,14 @@ import pytest
 import torch
 
 from ckpt_compat.inspection import inspect_checkpoint
+from tests.samples import rewrite_zip
 
 FIXTURE = Path(__file__).resolve().parent.parent / "ckpt_compat/fixtures/corpora/torch-2.13/tied/torch_export.pt2"
 
 
 def _edit(change: Callable[[dict[str, bytes], str], None]) -> Callable[[Path], None]:
     def write(path: Path) -> None:
-        with zipfile.ZipFile(path) as archive:
-            records = {name: archive.read(name) for name in archive.namelist()}
-        weight = next(n for n in records if n.endswith("data/weights/weight_0"))
-        change(records, weight)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-            for name, data in records.items():
-                archive.writestr(zipfile.ZipInfo(name), data)
-        path.write_bytes(out.getvalue())
+        rewrite_zip(path, lambda records: change(records, next(n for n in records if n.endswith("weights/weight_0"))))
 
     return write
 

@@ -79,18 +79,20 @@ class Unloadable(Format):
 
 def _plugin(ep: importlib.metadata.EntryPoint) -> Format:
     """The format an entry point names, or an `Unloadable` saying why not."""
-    dist = getattr(getattr(ep, "dist", None), "name", None)
-    where = f"entry point {ep.name!r} = {ep.value!r}" + (f" of {dist}" if dist else "")
+    from ckpt_compat.errorinfo import does_not_load, entry_point
+
     try:
         cls = ep.load()
     except Exception as exc:
-        why = f"{where} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        reason = does_not_load(ep, exc)
     else:
         if isinstance(cls, type) and issubclass(cls, Format) and not inspect.isabstract(cls):
             made: Format = cls()
             return made
-        why = f"{where} is {cls!r:.80}, not a ckpt_compat Format subclass"
-    reason = f"{why}; fix or uninstall the package that provides it"
+        reason = (
+            f"{entry_point(ep)} is {cls!r:.80}, not a ckpt_compat Format subclass; fix or uninstall the package "
+            "that provides it"
+        )
     unloadable: type[Unloadable] = type("Unloadable", (Unloadable,), {"name": ep.name, "reason": reason})
     return unloadable()
 
