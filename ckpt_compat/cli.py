@@ -365,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = _parser().parse_args(argv)
+        # Called as the program (no argv): nothing but the command line is in this process, so its
+        # workers' fork server may be a fork of it. Called by other code, whose state it would copy
+        # into every worker (replaced standard streams, warning filters, patches): never.
+        args.server_template = SERVER_TEMPLATE if argv is None else ()
         if args.command in ("run", "produce", "verify", "check", "security"):
             start_janitor()  # before any child or temporary file: cleans up even after SIGKILL
         command = {
@@ -524,9 +528,9 @@ def _in_pool(
 
     started = time.perf_counter()
     _writable_dir(args.out)
-    with Pool(ARGV, jobs=args.jobs, timeout=timeout).start() as pool:  # they import torch meanwhile
+    with Pool(ARGV, jobs=args.jobs, timeout=timeout, fork_here=args.server_template).start() as pool:
         found = pool.submit(AVAILABILITY)  # and then every format's packages, to say which are usable
-        # Meanwhile: this process imports torch, the registry and the command's modules, and a bad
+        # Meanwhile: this process imports the registry and the command's modules, and a bad
         # --formats fails now, not after the workers' answer.
         if names:
             check_format_names(args.formats)
@@ -632,7 +636,7 @@ def _check_spec(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = _writable_dir(args.out)
-    with Pool(ARGV, jobs=1, timeout=RUN_TIMEOUT).start() as pool:  # it imports torch meanwhile
+    with Pool(ARGV, jobs=1, timeout=RUN_TIMEOUT, fork_here=args.server_template).start() as pool:
         found = pool.submit(AVAILABILITY)  # and the formats' packages, which this process need not
         spec = _read_spec(args.spec)
         check_format_names(args.formats)
@@ -681,6 +685,10 @@ def _check_spec(args: argparse.Namespace) -> int:
             return _finish(report, out)  # the report says which formats are usable: the worker's answer
 
 
+# What this process, run as the program, imports before its workers' fork server is forked from it:
+# the server then imports only the formats' packages (torch is 1-1.5 s of a core of its ~5 s, per
+# command). Only torch and the command line's modules: nothing of the command's work reaches the workers.
+SERVER_TEMPLATE = ("torch",)
 PRODUCE_TIMEOUT = 900.0  # seconds to write one spec in every format
 RUN_TIMEOUT = 900.0  # seconds to check one spec in every format (a heavy one takes a few)
 
@@ -733,7 +741,8 @@ def _verify(args: argparse.Namespace) -> int:
     from ckpt_compat.workers import ARGV, AVAILABILITY
 
     # The workers' fork server imports (seconds) while this process imports and reads the manifests.
-    with Pool(ARGV, jobs=args.jobs, timeout=args.timeout, memory=MEMORY_LIMIT).start() as pool:
+    pool = Pool(ARGV, jobs=args.jobs, timeout=args.timeout, memory=MEMORY_LIMIT, fork_here=args.server_template)
+    with pool.start():
         found = pool.submit(AVAILABILITY)  # for the report: the workers import the formats' packages anyway
         return _verify_in(pool, args, found)
 

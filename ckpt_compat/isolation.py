@@ -353,7 +353,10 @@ class Pool:
         timeout: float,
         memory: int | None = MEMORY_LIMIT,
         env: dict[str, str] | None = None,
+        fork_here: Sequence[str] = (),
     ) -> None:
+        """``fork_here``: the fork server is a fork of this process after it imported these
+        (`forkserver.Forkserver`); for a caller that holds nothing the workers must not see."""
         from ckpt_compat.forkserver import Forkserver
 
         cores = usable_cores()
@@ -369,7 +372,7 @@ class Pool:
         shared = {**share, **(env or {})}
         # The workers (and their restarts) are forks of one server that imported once; so are the
         # processes a worker starts (`Forkserver.inherited`).
-        self.forkserver = Forkserver(argv[0], env=shared, serves_children=True)
+        self.forkserver = Forkserver(argv[0], env=shared, serves_children=True, fork_here=fork_here)
         self.children = [
             Child(argv, timeout=timeout, memory=memory, env=shared, forkserver=self.forkserver)
             for _ in range(self.jobs)

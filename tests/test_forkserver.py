@@ -3,6 +3,7 @@ once, contained exactly as an exec'd child is; where forking is not possible, an
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -162,6 +163,49 @@ def test_nothing_a_pool_forked_outlives_its_sigkilled_parent() -> None:
     assert all(alive(p) for p in processes)
     sigkill(parent)
     assert wait_gone(processes), "a forked worker, its child or the server outlived the parent"
+
+
+_TEMPLATE = """
+import json, os, sys, threading, time
+import torch
+from ckpt_compat.isolation import Pool, usable_cores
+if sys.argv[1] == "thread":  # another thread runs: a fork would copy only this one
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+with Pool(["tests.sleeper"], jobs=2, timeout=60, fork_here=("torch",)).start() as pool:
+    answers = pool.map([{"do": "inherited"}] * 2)
+    server = pool.forkserver._proc.pid
+    command = open(f"/proc/{server}/cmdline").read().split("\\0")
+print(json.dumps({"answers": answers, "server": server, "command": command, "here": sys.argv[0],
+                  "hash": hash("a string"), "threads": max(1, usable_cores() // 2), "pid": os.getpid()}))
+"""
+
+
+@pytest.mark.parametrize("thread", ["alone", "thread"])
+def test_a_server_forked_from_its_pool_owner_skips_the_imports_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
+) -> None:
+    """``fork_here``: the server is a fork of the process that imported torch already (the CLI's),
+    so it imports only the rest; its workers get the thread count their share of the cores says
+    (OpenMP read the environment when torch loaded, before the share was known) and one hash
+    seed. With another thread running, a fork is not safe: an interpreter of its own, as before."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "preloads"
+    monkeypatch.setenv("CKPT_COMPAT_TEST_PRELOAD_LOG", str(log))
+    ran = subprocess.run([sys.executable, "-c", _TEMPLATE, thread], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    got = json.loads(ran.stdout)
+    assert _preloads(log) == [got["server"]]
+    forked = got["command"][:2] == [sys.executable, "-c"]
+    assert forked == (thread == "alone"), got["command"]
+    assert forked or got["command"][1:3] == ["-m", "ckpt_compat.forkserver"]
+    for answer in got["answers"]:
+        assert answer["parent"] == got["server"]
+        assert answer["torch"] == forked  # the sleeper's server imports no torch of its own
+        assert answer["threads"] == (got["threads"] if forked else None)
+        assert (answer["hash"] == got["hash"]) == forked  # a fork keeps this process's hash seed
+    assert got["answers"][0]["hash"] == got["answers"][1]["hash"]  # one seed for every worker
 
 
 def test_two_threads_waiting_for_one_child_reap_it_once() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ckpt_compat.forkserver import supported
 from ckpt_compat.manifest import MANIFEST
 from tests.processes import alive, cmdline, descendants
 
@@ -85,16 +86,15 @@ def test_a_sigkilled_verify_leaves_no_process_and_no_temp_dir(old_corpus: Path, 
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline:
-        # An exec'd worker runs ckpt_compat.isolation; a forked one, and its server, show the server's command.
-        workers = [
-            p
-            for p in descendants(proc.pid)
-            if any(m in cmdline(p) for m in ("ckpt_compat.isolation", "ckpt_compat.forkserver"))
-        ]
+        # An exec'd worker runs ckpt_compat.isolation; a forked one, and its server, show the server's
+        # command: ckpt_compat.forkserver, or the CLI's own where the server is a fork of it.
+        workers = [p for p in descendants(proc.pid) if "ckpt_compat" in cmdline(p)]
         if workers and set(temp.glob("ckpt-compat-*")) - before:
             break
         time.sleep(0.05)
     assert workers, "verify never started its worker"
+    if supported():  # the command's workers' server is a fork of it (it imported torch already)
+        assert any(cmdline(p) == cmdline(proc.pid) for p in workers), [cmdline(p) for p in workers]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
