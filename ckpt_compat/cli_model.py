@@ -13,6 +13,7 @@ from ckpt_compat.cli_common import EXIT_FAILED, EXIT_OK, UsageError, select_form
 from ckpt_compat.cli_common import expectations as load_expectations
 
 if TYPE_CHECKING:
+    from ckpt_compat.forkserver import Forkserver
     from ckpt_compat.formats import Format
 
 
@@ -97,6 +98,20 @@ def run_match_model(path: Path, args: argparse.Namespace) -> int:
     unpickler ran code before torch 2.6: CVE-2025-32434) and safetensors read it in a contained,
     memory-limited child (`keymatch.match_task`); this process builds the user's model, on meta,
     and renders the child's typed answer."""
+    from ckpt_compat.forkserver import Forkserver
+
+    # The reader is a fork of a server forked from this process now, before the user's code runs
+    # (where this process may be forked: `Forkserver`): it imports neither torch again nor any of
+    # the user's code, and the server readies while the model is built.
+    server = Forkserver("ckpt_compat.keymatch", fork_here=args.server_template) if args.server_template else None
+    if server is None:
+        return _match_model(path, args, None)
+    with server:
+        server.start()
+        return _match_model(path, args, server)
+
+
+def _match_model(path: Path, args: argparse.Namespace, server: Forkserver | None) -> int:
     from ckpt_compat.identify import MAX_SIZE
     from ckpt_compat.isolation import MEMORY_LIMIT, Failure, call_once
     from ckpt_compat.keymatch import KeyMatch, Layout
@@ -116,7 +131,7 @@ def run_match_model(path: Path, args: argparse.Namespace) -> int:
         "model": model.id,
         "trusted": bool(args.trust),
     }
-    answer = call_once(ARGV, request, timeout=READ_TIMEOUT, memory=MEMORY_LIMIT)
+    answer = call_once(ARGV, request, timeout=READ_TIMEOUT, memory=MEMORY_LIMIT, forkserver=server)
     if isinstance(answer, Failure):
         raise UsageError(
             f"{path}: the process reading it failed ({answer.kind}: {' '.join(answer.message.split())[:300]}); "

@@ -5,6 +5,7 @@ the files); the command itself, its child and its errors, through the CLI as use
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,37 @@ def test_the_file_is_read_in_another_process(
     monkeypatch.setattr("safetensors.safe_open", refuse)
     assert _cli_check(project / "ok.pt", capsys)[0] == 0
     assert _cli_check(project / "ok.safetensors", capsys)[0] == 0
+
+
+def test_as_the_program_the_reader_is_forked_before_the_users_code_runs(project: Path) -> None:
+    """``ckpt-compat check FILE --model``, run as the program: the reader is a fork of a server forked
+    before the user's module was imported (`cli_model.run_match_model`): the user's module is
+    imported once, by the command, and the answer is the same as from an interpreter of its own."""
+    import subprocess
+
+    torch.save(_net().state_dict(), project / "ok.pt")
+    record = project / "imports"
+    (project / "keymodels.py").write_text(
+        MODELS + f"\nopen({str(record)!r}, 'a').write(f'{{__import__(\"os\").getpid()}}\\n')\n"
+    )
+    root = Path(__file__).parents[1]
+    command = [
+        sys.executable,
+        "-m",
+        "ckpt_compat.cli",
+        "check",
+        "ok.pt",
+        "--model",
+        "keymodels:build",
+        "--format",
+        "json",
+    ]
+    ran = subprocess.run(
+        command, cwd=project, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{root}"}
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["loads_strictly"] is True
+    assert len(record.read_text().split()) == 1  # the command's import; the reader never ran the module
 
 
 def test_a_reader_that_dies_is_one_line_naming_the_file(
