@@ -838,7 +838,7 @@ def _security(args: argparse.Namespace) -> int:
     _writable_dir(args.out.parent)
     from ckpt_compat.security import attack_server, check_payloads
 
-    with attack_server() as server:
+    with attack_server(args.server_template) as server:
         server.start()  # it imports while this process does
         expectations = _expectations([])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,12 +80,13 @@ def options(name: str) -> dict[str, Any]:
     return {"loader": loader, "weights_only": True} if loader == "torch.load" else {"loader": loader}
 
 
-def attack_server() -> Forkserver:
+def attack_server(fork_here: Sequence[str] = ()) -> Forkserver:
     """The fork server `check_payloads` forks its attacks from (start it early: it imports torch and
-    the readers, seconds, while the caller prepares)."""
+    the readers, seconds, while the caller prepares). ``fork_here``: as `forkserver.Forkserver`'s
+    (the CLI run as the program: the server is a fork of it, after it imported torch)."""
     from ckpt_compat.forkserver import Forkserver
 
-    return Forkserver("ckpt_compat.security")
+    return Forkserver("ckpt_compat.security", fork_here=fork_here)
 
 
 def check_payloads(
