@@ -165,8 +165,11 @@ class Forkserver:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.settimeout(PRELOAD_TIMEOUT)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        if self.fork_here and _can_fork_here(self.fork_here):
-            self._proc = _ForkedHere(_fork_here(theirs, ours, self.module, env))
+        forked = (
+            _fork_here(theirs, ours, self.module, env) if self.fork_here and _can_fork_here(self.fork_here) else None
+        )
+        if forked is not None:
+            self._proc = _ForkedHere(forked)
         else:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ckpt_compat.forkserver", str(theirs.fileno()), self.module],
@@ -259,9 +262,11 @@ class _ForkedHere:
         self.pid = pid
 
     def wait(self) -> int:
-        with contextlib.suppress(ChildProcessError):  # reaped already
-            os.waitpid(self.pid, 0)
-        return 0
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped already
+            return -signal.SIGKILL
+        return os.waitstatus_to_exitcode(status)
 
 
 def _can_fork_here(imports: Sequence[str]) -> bool:
@@ -281,16 +286,19 @@ def _can_fork_here(imports: Sequence[str]) -> bool:
     return torch is None or not torch.cuda.is_initialized()
 
 
-def _fork_here(theirs: socket.socket, ours: socket.socket, module: str, env: dict[str, str]) -> int:
+def _fork_here(theirs: socket.socket, ours: socket.socket, module: str, env: dict[str, str]) -> int | None:
     """Fork the server from this process: what `_serve` needs of an exec'd one (a session of its
     own, no standard streams, ``env``; OpenMP's thread count, which the runtime read from the
     environment when torch loaded here, set as that environment says) and nothing of the work
-    this process does after the fork. Returns its pid."""
+    this process does after the fork. Returns its pid, or None where the fork failed."""
     sys.stdout.flush()
     sys.stderr.flush()
-    with warnings.catch_warnings():  # Python >= 3.12 on OpenBLAS's thread: it forks cleanly (see `_serve`)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        with warnings.catch_warnings():  # Python >= 3.12 on OpenBLAS's thread: it forks cleanly (see `_serve`)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:  # out of processes or memory: an interpreter may still start, or say why not
+        return None
     if pid:
         return pid
     code = 1
