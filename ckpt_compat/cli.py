@@ -994,12 +994,13 @@ def _bench_gate(args: argparse.Namespace) -> int:
 
 
 def _inspect(path: Path, max_size: int | None, output_format: str = "text") -> int:
-    from ckpt_compat.identify import MAX_SIZE, NotAFile
-    from ckpt_compat.inspection import inspect_checkpoint
+    from ckpt_compat.checkfile import NotRead, inspect_contained
+    from ckpt_compat.identify import MAX_SIZE, NotAFile, refuse_special
 
     try:
-        inspection = inspect_checkpoint(path, max_size=max_size or MAX_SIZE)
-    except NotAFile as exc:
+        refuse_special(path, max_size or MAX_SIZE)  # here first: a FIFO or a missing file needs no child
+        inspection = inspect_contained(path, max_size or MAX_SIZE)
+    except (NotAFile, NotRead) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it ({exc.strerror or exc})") from None

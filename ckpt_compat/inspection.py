@@ -96,6 +96,44 @@ class Inspection:
             "executes": self.executes or None,
         }
 
+    @classmethod
+    def from_json(cls, data: Any) -> Inspection:
+        """`to_json`'s object back, checked field by field: it comes from the process that read the
+        file (`checkfile`), which a file made against a reader may have turned. Raises ValueError."""
+        if not isinstance(data, dict) or data.get("schema") != "ckpt-compat/inspection/1":
+            raise ValueError("not a ckpt-compat/inspection/1 object")
+
+        def text(name: str) -> str:
+            value = data.get(name)
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text, got {value!r:.80}")
+            return value
+
+        def texts(name: str) -> list[str]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a list of text, got {value!r:.80}")
+            return list(value)
+
+        protocol, executes = data.get("pickle_protocol"), data.get("executes")
+        if protocol is not None and (type(protocol) is not int or protocol < 0):
+            raise ValueError(f"pickle_protocol must be a whole number >= 0 or null, got {protocol!r:.80}")
+        if executes is not None and not isinstance(executes, str):
+            raise ValueError(f"executes must be text or null, got {executes!r:.80}")
+        found = cls(
+            Path(text("path")),
+            text("description"),
+            text("kind"),
+            texts("problems"),
+            texts("refused_globals"),
+            texts("unreadable_opcodes"),
+            executes or "",
+            protocol or 0,
+        )
+        if found.verdict != data.get("verdict"):
+            raise ValueError(f"verdict {data.get('verdict')!r:.40} does not follow from the findings ({found.verdict})")
+        return found
+
     def markdown(self) -> list[str]:
         """The lines as Markdown (a GitHub step summary): every name and message escaped."""
         from ckpt_compat.errorinfo import markdown

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def test_a_file_only_a_missing_package_reads_is_a_usage_error(
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(MissingDependency, match="pip install onnx"):
         identify_kind(onnx_file)
+    # check FILE reads in a child of its own (`checkfile`): a machine without onnx, for it too.
+    blocker = tmp_path / "without-onnx"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")])))
     assert main(["check", str(onnx_file)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert str(onnx_file) in line and "onnx is not installed" in line
