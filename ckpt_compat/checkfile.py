@@ -14,7 +14,9 @@ from typing import Any
 from ckpt_compat.inspection import Inspection
 
 ARGV = ["ckpt_compat.checkfile"]  # what the child runs: this module, serving `handle`
-READ_TIMEOUT = 900.0  # seconds: every CRC of the largest file --max-size lets through
+# Seconds the child may read for: every CRC of a large file, read at no less than 64 MiB/s.
+READ_TIMEOUT = 900.0
+SLOWEST_READ = 64 * 2**20  # bytes per second
 
 
 class NotRead(ValueError):
@@ -43,16 +45,23 @@ def handle(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def inspect_contained(path: Path, max_size: int) -> Inspection:
-    """`inspection.inspect_checkpoint` of ``path``, run in a contained child. A child that dies or
-    hangs on the file makes it broken (torch.load's reader would meet the same bytes); raises
-    `NotRead` for what the child refused to read, RuntimeError for an answer that is no inspection."""
+    """`inspection.inspect_checkpoint` of ``path``, run in a contained child. A child that dies on
+    the file or exhausts its memory makes it broken (torch.load's reader would meet the same bytes);
+    raises `NotRead` for what the child refused to read or did not finish reading (a slow disk is no
+    verdict on the file), RuntimeError for an answer that is no inspection."""
     from ckpt_compat.isolation import MEMORY_LIMIT, Failure, call_once
 
-    answer = call_once(ARGV, {"path": str(path), "max_size": max_size}, timeout=READ_TIMEOUT, memory=MEMORY_LIMIT)
+    timeout = READ_TIMEOUT + _size(path) / SLOWEST_READ
+    answer = call_once(ARGV, {"path": str(path), "max_size": max_size}, timeout=timeout, memory=MEMORY_LIMIT)
+    if isinstance(answer, Failure) and answer.kind == "timeout":  # a hostile file, or only a slow disk
+        raise NotRead(
+            f"{path}: reading it did not finish in {timeout:.0f} s (a file made to hang a reader, or a disk "
+            f"slower than {SLOWEST_READ // 2**20} MiB/s); do not load it unchecked"
+        )
     died = f"{answer.kind}: {' '.join(answer.message.split())[:300]}" if isinstance(answer, Failure) else None
     if isinstance(answer, dict) and isinstance(answer.get("exhausted"), str):
         died = answer["exhausted"]
-    if died is not None:  # a native crash, a hang or exhausted memory in torch's, onnx's or our reader
+    if died is not None:  # a native crash or exhausted memory in torch's, onnx's or our reader
         return Inspection(
             path,
             "not read to the end: it stopped the process reading it",
@@ -68,6 +77,13 @@ def inspect_contained(path: Path, max_size: int) -> Inspection:
         return Inspection.from_json(answer.get("inspection") if isinstance(answer, dict) else None)
     except ValueError as exc:
         raise RuntimeError(f"{path}: the reading process answered {str(answer)[:300]!r} ({exc})") from None
+
+
+def _size(path: Path) -> int:
+    """Bytes to read: a file's, or a folder's files' (a DCP or Hugging Face checkpoint)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 if __name__ == "__main__":

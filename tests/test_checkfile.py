@@ -37,8 +37,8 @@ def test_the_commands_process_parses_nothing_of_the_file(
 def test_a_file_that_stops_its_reader_is_broken_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A native crash, a hang or exhausted memory while reading: the file is broken (torch.load's
-    own reader meets the same bytes), said as a finding, and the command goes on (exit 1)."""
+    """A native crash or exhausted memory while reading: the file is broken (torch.load's own
+    reader meets the same bytes), said as a finding, and the command goes on (exit 1)."""
     monkeypatch.setattr("ckpt_compat.isolation.MEMORY_LIMIT", 64 * 2**20)  # the child dies on its imports
     assert main(["check", str(TIED / "torch_zip.pt")]) == 1
     out = capsys.readouterr().out.splitlines()
@@ -82,3 +82,16 @@ def test_an_error_of_ours_in_the_reader_is_no_verdict(monkeypatch: pytest.Monkey
     monkeypatch.setattr("ckpt_compat.isolation.call_once", lambda *args, **kwargs: {"usage": "x: too large"})
     with pytest.raises(checkfile.NotRead, match="x: too large"):
         checkfile.inspect_contained(TIED / "torch_zip.pt", 2**30)
+
+
+def test_a_read_that_does_not_finish_is_no_verdict(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hostile file may hang a reader, and a slow disk may only look like one: exit 2, one line."""
+    monkeypatch.setattr(checkfile, "READ_TIMEOUT", 0.01)
+    monkeypatch.setattr(checkfile, "SLOWEST_READ", 2**60)
+    assert main(["check", str(TIED / "torch_zip.pt")]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert "torch_zip.pt: reading it did not finish in 0 s" in line and "do not load it unchecked" in line
+    assert captured.out == ""
