@@ -8,6 +8,9 @@ checked field by field (`Inspection.from_json`) before anything is rendered from
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +83,17 @@ def inspect_contained(path: Path, max_size: int) -> Inspection:
 
 
 def _size(path: Path) -> int:
-    """Bytes to read: a file's, or a folder's files' (a DCP or Hugging Face checkpoint)."""
+    """Bytes to read: a file's, or a folder's regular files' (a DCP or Hugging Face checkpoint),
+    links neither followed nor counted (a link loop in a hostile folder must not hang this)."""
     if not path.is_dir():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    total = 0
+    for folder, _, names in os.walk(path):  # followlinks=False
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 if __name__ == "__main__":
