@@ -281,10 +281,10 @@ def test_the_file_is_read_in_another_process(
     assert _cli_check(project / "ok.safetensors", capsys)[0] == 0
 
 
-def test_as_the_program_the_reader_is_forked_before_the_users_code_runs(project: Path) -> None:
-    """``ckpt-compat check FILE --model``, run as the program: the reader is a fork of a server forked
-    before the user's module was imported (`cli_model.run_match_model`): the user's module is
-    imported once, by the command, and the answer is the same as from an interpreter of its own."""
+def test_as_the_program_the_reader_runs_none_of_the_users_code(project: Path) -> None:
+    """``ckpt-compat check FILE --model``, run as the program, where the reader is a fork of a server
+    forked from the command (`cli_model.run_match_model`): the user's module is imported once, by
+    the command, and the answer is the one an interpreter of its own gives (the other tests here)."""
     import subprocess
 
     torch.save(_net().state_dict(), project / "ok.pt")
